@@ -1,0 +1,194 @@
+"""Datasets: mini-ImageNet list files, and a small synthetic set for tests and the demo.
+
+List format (the course's): ``<root>/{train,val,test}.txt``, one ``images/<wnid>/<file>.JPEG <label>``
+per line, paths relative to ``<root>``. Line endings may be LF or CRLF (the real files use CRLF).
+An optional ``<root>/classes.txt`` (``<wnid> <label> <name...>``) gives class names.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torchvision import transforms as T
+
+from utils.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+SYNTHETIC = "synthetic"
+
+
+def build_transform(img_size, train):
+    if train:
+        resize = [T.RandomResizedCrop(img_size, scale=(0.35, 1.0), antialias=True),
+                  T.RandomHorizontalFlip()]
+    else:
+        resize = [T.Resize(round(img_size / 0.875), antialias=True), T.CenterCrop(img_size)]
+    return T.Compose(resize + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def to_rgb(img):
+    """Greyscale, palette, RGBA and CMYK all become 3-channel RGB."""
+    if img.mode == "P":
+        img = img.convert("RGBA")  # palette transparency must be resolved before dropping alpha
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def read_list(path, num_classes=None):
+    """Parse a list file into ``[(relative_path, label, line_number)]`` with file:line errors."""
+    if not os.path.isfile(path):
+        raise UserError(f"list file not found: {path}")
+    entries = []
+    with open(path, encoding="utf-8", newline=None) as f:  # newline=None folds CRLF into LF
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise UserError(f"{path}:{lineno}: malformed line {line!r} "
+                                "(expected '<image path> <integer label>')")
+            label = int(parts[1])
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                raise UserError(f"{path}:{lineno}: label {label} out of range "
+                                f"[0, {num_classes if num_classes is not None else '?'})")
+            entries.append((parts[0], label, lineno))
+    if not entries:
+        raise UserError(f"list file is empty: {path}")
+    return entries
+
+
+def read_classes(root, train_entries):
+    """Class names from classes.txt when present, else the wnid folder of each label's images."""
+    path = os.path.join(root, "classes.txt")
+    if os.path.isfile(path):
+        names = {}
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.split(maxsplit=2)
+                if not parts:
+                    continue
+                if len(parts) < 2 or not parts[1].isdigit():
+                    raise UserError(f"{path}:{lineno}: malformed line {line.strip()!r} "
+                                    "(expected '<wnid> <label> [name]')")
+                names[int(parts[1])] = parts[2].strip() if len(parts) > 2 else parts[0]
+        return [names.get(i, str(i)) for i in range(max(names) + 1)]
+    wnids = {}
+    for rel, label, _ in train_entries:
+        wnids.setdefault(label, os.path.basename(os.path.dirname(rel)) or str(label))
+    return [wnids.get(i, str(i)) for i in range(max(wnids) + 1)]
+
+
+def evenly_spaced(items, limit):
+    """A deterministic slice of ``limit`` items spread over the whole list (keeps every class)."""
+    if not limit or limit >= len(items):
+        return items
+    idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in idx]
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """Images named by a mini-ImageNet list file, returned as ``(tensor[3,H,W], label)``."""
+
+    def __init__(self, root, split, classes, transform, limit=None):
+        self.list_path = os.path.join(root, f"{split}.txt")
+        entries = evenly_spaced(read_list(self.list_path, len(classes)), limit)
+        self.samples = []
+        for rel, label, lineno in entries:
+            path = os.path.join(root, rel)
+            if not os.path.isfile(path):
+                raise UserError(f"missing image {path} (listed at {self.list_path}:{lineno})")
+            self.samples.append((path, label))
+        self.classes = classes
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as img:
+                img.load()  # decode now: the file closes when the block ends
+                img = to_rgb(img)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        return self.transform(img), label
+
+
+SYNTHETIC_SHAPES = ("disc", "square", "ring")
+SYNTHETIC_COLOURS = {"warm": (0.9, 0.55, 0.1), "cool": (0.1, 0.55, 0.9)}
+SYNTHETIC_SIZES = {"train": 1200, "val": 300, "test": 300}
+
+
+class SyntheticShapes(torch.utils.data.Dataset):
+    """Coloured shapes on noisy backgrounds: 6 classes, shape x colour, so both cues matter.
+
+    Generated deterministically from (seed, split) at construction; no files are written.
+    """
+
+    def __init__(self, split, transform, size=64, seed=0, limit=None):
+        n = limit or SYNTHETIC_SIZES[split]
+        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        self.classes = [f"{c} {s}" for c in SYNTHETIC_COLOURS for s in SYNTHETIC_SHAPES]
+        self.labels = rng.integers(0, len(self.classes), n).tolist()
+        self.images = [self._draw(label, size, rng) for label in self.labels]
+        self.transform = transform
+
+    def _draw(self, label, size, rng):
+        colour = np.array(list(SYNTHETIC_COLOURS.values())[label // len(SYNTHETIC_SHAPES)])
+        shape = SYNTHETIC_SHAPES[label % len(SYNTHETIC_SHAPES)]
+        background = rng.uniform(0.2, 0.6) + rng.normal(0, 0.08, (size, size, 1))
+        img = Image.fromarray((np.clip(background.repeat(3, 2), 0, 1) * 255).astype(np.uint8))
+        fill = tuple(int(v) for v in np.clip(colour + rng.normal(0, 0.08, 3), 0, 1) * 255)
+        r = rng.uniform(0.18, 0.32) * size
+        cx, cy = rng.uniform(r, size - r, 2)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        draw = ImageDraw.Draw(img)
+        if shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif shape == "disc":
+            draw.ellipse(box, fill=fill)
+        else:
+            draw.ellipse(box, outline=fill, width=max(2, int(r / 3)))
+        return img
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+@dataclass
+class DataSpec:
+    """What a run trained on: enough to rebuild its evaluation data and label its outputs."""
+    root: str
+    classes: list
+    synthetic: bool
+
+    @property
+    def name(self):
+        return "synthetic shapes (built-in)" if self.synthetic else self.root
+
+
+def describe_root(root):
+    """Check a data root and read its classes; ``synthetic`` selects the built-in set."""
+    if root == SYNTHETIC:
+        classes = [f"{c} {s}" for c in SYNTHETIC_COLOURS for s in SYNTHETIC_SHAPES]
+        return DataSpec(root, classes, True)
+    if not os.path.isdir(root):
+        raise UserError(f"data root not found: {root} (set --data-root or DATA_ROOT, "
+                        f"or use '{SYNTHETIC}' for the built-in data)")
+    train = read_list(os.path.join(root, "train.txt"))
+    classes = read_classes(root, train)
+    return DataSpec(root, classes, False)
+
+
+def build_dataset(spec, split, img_size, train=False, limit=None, seed=0):
+    transform = build_transform(img_size, train)
+    if spec.synthetic:
+        return SyntheticShapes(split, transform, seed=seed, limit=limit)
+    return ListDataset(spec.root, split, spec.classes, transform, limit=limit)

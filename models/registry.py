@@ -1,0 +1,30 @@
+"""``--model NAME`` -> constructor, as in timm: every entry script looks models up here."""
+from utils.errors import UserError
+
+_MODELS = {}
+
+
+def register(name, task):
+    """Register a factory ``f(num_classes, **config) -> nn.Module`` under ``name``."""
+    def deco(fn):
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = (fn, task)
+        return fn
+    return deco
+
+
+def list_models(task=None):
+    return sorted(n for n, (_, t) in _MODELS.items() if task in (None, t))
+
+
+def model_task(name):
+    if name not in _MODELS:
+        raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    return _MODELS[name][1]
+
+
+def create_model(name, num_classes, **config):
+    if name not in _MODELS:
+        raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    return _MODELS[name][0](num_classes=num_classes, **config)

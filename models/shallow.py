@@ -1,0 +1,178 @@
+"""Task 2: shallow networks against a from-scratch ResNet34.
+
+Layers are counted by ``utils.complexity.count_weighted_layers``: every convolution or linear
+layer applied in a forward pass of the deployed model (a recurrent layer counts once per step).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from utils.errors import UserError
+from .registry import register
+from .backbones import conv_bn_relu
+
+
+class RGBOnly(nn.Module):
+    """Gives an RGB classifier the ``model(x, channels)`` call of the Task 1 models."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, channels=None):
+        if channels is not None and "".join(channels) != "RGB":
+            raise UserError(f"this model takes RGB input only, got {''.join(channels)!r}")
+        return self.net(x)
+
+    def deploy(self):
+        if hasattr(self.net, "deploy"):
+            self.net.deploy()
+        return self
+
+
+def fold_bn(weight, bn):
+    """Kernel and bias of ``bn(conv(x))`` as one biased convolution (inference statistics)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+class RepConv(nn.Module):
+    """RepVGG-style block: k x k, 1x1 and identity branches (each with BatchNorm) while training,
+    folded into a single k x k convolution by ``deploy()``, which gives identical outputs."""
+
+    def __init__(self, cin, cout, k=3, stride=1):
+        super().__init__()
+        self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
+        self.conv_k = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+        self.bn_k = nn.BatchNorm2d(cout)
+        self.conv_1 = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+        self.bn_1 = nn.BatchNorm2d(cout)
+        self.bn_id = nn.BatchNorm2d(cout) if cin == cout and stride == 1 else None
+        self.fused = None
+
+    def forward(self, x):
+        if self.fused is not None:
+            return self.fused(x)
+        y = self.bn_k(self.conv_k(x)) + self.bn_1(self.conv_1(x))
+        return y + self.bn_id(x) if self.bn_id is not None else y
+
+    @torch.no_grad()
+    def deploy(self):
+        w, b = fold_bn(self.conv_k.weight, self.bn_k)
+        w1, b1 = fold_bn(F.pad(self.conv_1.weight, [self.k // 2] * 4), self.bn_1)
+        w, b = w + w1, b + b1
+        if self.bn_id is not None:
+            eye = torch.zeros_like(self.conv_k.weight)
+            eye[torch.arange(self.cin), torch.arange(self.cin), self.k // 2, self.k // 2] = 1
+            wi, bi = fold_bn(eye, self.bn_id)
+            w, b = w + wi, b + bi
+        self.fused = nn.Conv2d(self.cin, self.cout, self.k, self.stride, self.k // 2)
+        self.fused.weight.copy_(w)
+        self.fused.bias.copy_(b)
+        for name in ("conv_k", "bn_k", "conv_1", "bn_1", "bn_id"):
+            delattr(self, name)
+        self.bn_id = None
+        return self
+
+
+class ShallowNet(nn.Module):
+    """Three wide re-parameterised convolutions and a linear classifier: 4 weighted layers.
+
+    Depth is traded for width and early, cheap downsampling (a strided first layer and max
+    pooling, neither of which counts as a weighted layer). Each convolution trains as a
+    multi-branch RepConv and deploys as one plain convolution.
+    """
+
+    def __init__(self, num_classes, widths=(96, 256, 512), first_kernel=5, dropout=0.1):
+        super().__init__()
+        w0, w1, w2 = widths
+        self.features = nn.Sequential(
+            RepConv(3, w0, first_kernel, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            RepConv(w0, w1, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            RepConv(w1, w2, 3), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(w2, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+    def deploy(self):
+        for m in self.features:
+            if isinstance(m, RepConv):
+                m.deploy()
+        return self
+
+
+class ResidualDenseBlock(nn.Module):
+    """Dense connections inside, a 1x1 local fusion back to the input width, a residual outside."""
+
+    def __init__(self, channels, growth=32, layers=4):
+        super().__init__()
+        self.layers = nn.ModuleList(conv_bn_relu(channels + i * growth, growth) for i in range(layers))
+        self.fuse = nn.Conv2d(channels + layers * growth, channels, 1)
+
+    def forward(self, x):
+        feats = [x]
+        for layer in self.layers:
+            feats.append(layer(torch.cat(feats, 1)))
+        return x + self.fuse(torch.cat(feats, 1))
+
+
+class RecurrentConv(nn.Module):
+    """One 3x3 convolution applied ``steps`` times with shared weights (the RNN variant)."""
+
+    def __init__(self, channels, steps=3):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(steps))
+
+    def forward(self, x):
+        h = x
+        for bn in self.bns:
+            h = F.relu(bn(self.conv(h)) + x)
+        return h
+
+
+class RRDBNet(nn.Module):
+    """The original's shallow model rebuilt: stem, one residual dense block, transition, classifier."""
+
+    def __init__(self, num_classes, channels=64, growth=32, width=128, recurrent_steps=0):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(3, channels, 3, stride=2),
+            ResidualDenseBlock(channels, growth),
+            conv_bn_relu(channels, width, 1), nn.AvgPool2d(2),
+            RecurrentConv(width, recurrent_steps) if recurrent_steps else nn.Identity())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@register("resnet34", task=2)
+def resnet34(num_classes):
+    """torchvision's ResNet34, randomly initialised (never pretrained)."""
+    return RGBOnly(torchvision.models.resnet34(weights=None, num_classes=num_classes))
+
+
+@register("rrdb", task=2)
+def rrdb(num_classes):
+    return RGBOnly(RRDBNet(num_classes))
+
+
+@register("rrdb_rnn", task=2)
+def rrdb_rnn(num_classes):
+    return RGBOnly(RRDBNet(num_classes, recurrent_steps=3))
+
+
+@register("repshallow", task=2)
+def repshallow(num_classes, widths=(96, 256, 512), first_kernel=5):
+    """Ours: 3 RepVGG-style convolutions + linear, 4 weighted layers once deployed."""
+    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel))
+
+
+@register("shallow", task=2)
+def shallow(num_classes, **config):
+    """The current best shallow design (see README, Task 2)."""
+    return repshallow(num_classes, **config)

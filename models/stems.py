@@ -1,0 +1,131 @@
+"""Network stems for inputs whose channels vary: which ones, how many, in what order.
+
+Every stem here is called as ``stem(x, channels)`` where ``x`` is ``[B, C, H, W]`` and
+``channels`` names the C input channels (e.g. ``("R", "B")``) in order.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ChannelHyperStem(nn.Module):
+    """Generates a convolution kernel for whatever channels it is given (our Task 1 stem).
+
+    Each channel of the vocabulary owns a learned embedding. For a call with channel set S, a
+    small MLP reads every present channel's embedding together with the mean embedding of S and
+    outputs mixing coefficients over a bank of shared kernel templates (template mixing, as in
+    the CHAMMI baselines and DOFA's weight generator); the mixed template is that channel's
+    ``out x k x k`` kernel. Conditioning on S lets the R kernel differ when R arrives alone from
+    when it arrives with G and B, so the stem can make up for what is missing.
+
+    Kernels depend on the channel set, not on the pixels, so a batch shares one kernel and the
+    convolution is a single ordinary ``conv2d``; averaging over the present channels keeps
+    activations at the same scale for 1, 2 or 3 channels. In eval mode the kernel of each
+    combination is generated once and cached: inference then costs one plain convolution.
+    Permuting the input channels together with their names permutes the kernel's input slices
+    the same way, so the output does not change.
+    """
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, vocab="RGB",
+                 embed_dim=32, hidden=64, templates=16):
+        super().__init__()
+        self.vocab = vocab
+        self.out_channels, self.kernel_size = out_channels, kernel_size
+        self.stride, self.padding = stride, padding
+        self.embed = nn.Embedding(len(vocab), embed_dim)
+        self.mlp = nn.Sequential(nn.Linear(2 * embed_dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, templates))
+        # Variance of a one-input-channel Kaiming init, split across the templates that get mixed.
+        self.templates = nn.Parameter(
+            torch.randn(templates, out_channels, kernel_size, kernel_size)
+            * (2 / kernel_size ** 2 / templates) ** 0.5)
+        nn.init.normal_(self.embed.weight, std=1.0)
+        self._cache = {}
+        self._register_load_state_dict_pre_hook(lambda *args, **kw: self._cache.clear())
+
+    def train(self, mode=True):
+        self._cache.clear()
+        return super().train(mode)
+
+    def kernel(self, channels):
+        """``[out, len(channels), k, k]`` kernel for these channels, in their order."""
+        idx = torch.tensor([self.vocab.index(c) for c in channels], device=self.templates.device)
+        e = self.embed(idx)
+        context = e.mean(0, keepdim=True).expand_as(e)
+        coef = self.mlp(torch.cat([e, context], 1)) / len(channels)
+        return torch.einsum("ct,tokl->ockl", coef, self.templates)
+
+    def forward(self, x, channels):
+        if x.shape[1] != len(channels):
+            raise ValueError(f"input has {x.shape[1]} channels but {len(channels)} names")
+        key = tuple(channels)
+        if self.training or torch.is_grad_enabled():
+            weight = self.kernel(key)
+        else:
+            if key not in self._cache:
+                self._cache[key] = self.kernel(key)
+            weight = self._cache[key]
+        return F.conv2d(x, weight.to(x.dtype), stride=self.stride, padding=self.padding)
+
+
+class SeedDWGStem(nn.Module):
+    """The original's dynamic weight generator, batched: per-image channel means -> MLP -> kernel.
+
+    Blind to channel names (the original was), so callers pad missing channels positionally.
+    The per-image kernels run as one grouped convolution instead of the original's Python loop.
+    """
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, in_channels=3, hidden=64):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.stride, self.padding = stride, padding
+        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, out_channels * in_channels * kernel_size ** 2))
+        fan_in = in_channels * kernel_size ** 2
+        nn.init.normal_(self.mlp[2].weight, std=(2 / fan_in) ** 0.5 / hidden ** 0.5)
+        nn.init.normal_(self.mlp[2].bias, std=(2 / fan_in) ** 0.5)
+
+    def kernels(self, x):
+        k = self.kernel_size
+        return self.mlp(x.mean((2, 3))).view(-1, self.out_channels, self.in_channels, k, k)
+
+    def forward(self, x, channels=None):
+        b, c, h, w = x.shape
+        weight = self.kernels(x).reshape(b * self.out_channels, c, self.kernel_size, self.kernel_size)
+        y = F.conv2d(x.reshape(1, b * c, h, w), weight, stride=self.stride, padding=self.padding,
+                     groups=b)
+        return y.view(b, self.out_channels, *y.shape[2:])
+
+    def forward_reference(self, x):
+        """The original's per-image loop; kept for the equivalence test and the benchmark."""
+        weights = self.kernels(x)
+        return torch.cat([F.conv2d(x[i:i + 1], weights[i], stride=self.stride, padding=self.padding)
+                          for i in range(x.shape[0])])
+
+
+class FilledStem(nn.Module):
+    """A plain convolution over the full vocabulary; missing channels are filled in first.
+
+    ``fill``: ``zero`` or ``mean`` (the mean of the present channels stands in for each
+    missing one); channels are placed by name.
+    """
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, vocab="RGB", fill="zero"):
+        super().__init__()
+        if fill not in ("zero", "mean"):
+            raise ValueError(f"unknown fill {fill!r}")
+        self.vocab, self.fill = vocab, fill
+        self.conv = nn.Conv2d(len(vocab), out_channels, kernel_size, stride, padding, bias=False)
+
+    def expand(self, x, channels):
+        b, c, h, w = x.shape
+        full = len(self.vocab)
+        if tuple(channels) == tuple(self.vocab):
+            return x
+        base = x.mean(1, keepdim=True) if self.fill == "mean" else x.new_zeros(b, 1, h, w)
+        out = base.expand(b, full, h, w).clone()
+        out[:, [self.vocab.index(ch) for ch in channels]] = x
+        return out
+
+    def forward(self, x, channels):
+        return self.conv(self.expand(x, channels))

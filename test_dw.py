@@ -1,0 +1,93 @@
+"""Evaluate a Task 1 checkpoint on every channel combination (and image size); print and save tables."""
+import argparse
+import os
+import sys
+
+import pandas as pd
+
+from data import DEFAULT_COMBOS, describe_root, parse_combo_list
+from engine import evaluate_split
+from utils import distributed
+from utils.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+from utils.complexity import complexity_row, stem_cost
+from utils.errors import UserError, cli
+from utils.report import bar_chart, fmt_table, write_results
+
+METRICS = ["accuracy", "precision", "recall", "f1", "f1_macro"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."))
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--combos", default=",".join(DEFAULT_COMBOS))
+    p.add_argument("--img-sizes", default=None, help="comma-separated (default: the training size)")
+    p.add_argument("--out", default=None, help="results folder (default: <run folder>/eval)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, default=None, help="evaluate this many images (evenly spaced)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")
+    return p.parse_args(argv)
+
+
+def summary_rows(df):
+    """Mean and worst combination per image size."""
+    rows = []
+    for size, part in df.groupby("img_size", sort=False):
+        worst = part.loc[part["accuracy"].idxmin()]
+        rows.append({"img_size": size, "mean_accuracy": part["accuracy"].mean(), "mean_f1": part["f1"].mean(),
+                     "worst_combo": worst["combo"], "worst_accuracy": worst["accuracy"]})
+    return pd.DataFrame(rows)
+
+
+def print_complexity(model, model_name):
+    row = complexity_row(model)
+    print(f"\ncomplexity of {model_name} at 3x224x224: {row['params'] / 1e6:.3f} M params, "
+          f"{row['macs'] / 1e9:.3f} GMACs, {row['flops'] / 1e9:.3f} GFLOPs, "
+          f"fwd/bwd {row['fwd_bwd_mb']:.1f} MB, {row['layers']} weighted layers")
+    costs = [stem_cost(model, combo) for combo in ("RGB", "RG", "R")]
+    print("stem against a plain convolution of the same shape (MACs at 224 px):")
+    print(pd.DataFrame(costs).to_markdown(index=False))
+    return row, costs
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    ctx = distributed.init(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    spec = describe_root(args.data_root)
+    check_classes(ckpt, spec.classes)
+    model = model_from_checkpoint(ckpt).to(ctx.device)
+    combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
+    try:
+        sizes = [int(s) for s in args.img_sizes.split(",")] if args.img_sizes else [ckpt["args"]["img_size"]]
+    except ValueError:
+        raise UserError(f"--img-sizes must be comma-separated integers, got {args.img_sizes!r}") from None
+    rows = []
+    for size in sizes:
+        rows += evaluate_split(model, spec, args.split, size, combos, ctx, args.batch_size, args.workers, args.limit)
+    if not ctx.main:
+        return 0
+    for r in rows:
+        r.update(model=ckpt["model"], checkpoint=ckpt["path"])
+    out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "eval")
+    df = write_results(rows, out, title=f"{ckpt['model']} on {spec.name}, {args.split} split")
+    summary = summary_rows(df)
+    print(f"\n{ckpt['model']} ({ckpt['config']}) on {spec.name}, {args.split} split, {rows[0]['images']} images")
+    print(fmt_table(df[["combo", "img_size", *METRICS]], percent=METRICS, digits=2))
+    print(fmt_table(summary, percent=["mean_accuracy", "mean_f1", "worst_accuracy"], digits=2))
+    bar_chart(df, "combo", "accuracy", "img_size", os.path.join(out, "accuracy_by_combo.png"),
+              f"{ckpt['model']}: {args.split} accuracy per channel combination ({spec.name})")
+    if args.complexity:
+        row, costs = print_complexity(model, ckpt["model"])
+        write_results([row], out, stem="complexity")
+        write_results(costs, out, stem="stem_cost")
+    print(f"\nwrote {out}/results.json, .csv, .md and accuracy_by_combo.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

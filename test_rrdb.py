@@ -1,0 +1,101 @@
+"""Compare Task 2 checkpoints against a ResNet34 baseline: complexity, layers, metrics, ratio."""
+import argparse
+import os
+import sys
+
+import matplotlib
+
+from data import describe_root
+from engine import evaluate_split
+from models import deploy
+from utils import distributed
+from utils.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+from utils.complexity import complexity_row
+from utils.errors import UserError, cli
+from utils.report import fmt_table, write_results
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TARGET = 0.9
+COLUMNS = ["model", "layers", "params", "macs", "flops", "accuracy", "precision", "recall", "f1",
+           "ratio_to_baseline", "pass_90"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--baseline", default=None,
+                   help="ResNet34 checkpoint (default: the first of --checkpoints whose model is resnet34)")
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."))
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--img-size", type=int, default=None, help="default: each checkpoint's training size")
+    p.add_argument("--out", default="results/task2")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p.parse_args(argv)
+
+
+def add_ratios(rows, baseline_accuracy):
+    """Accuracy as a fraction of the baseline's, and whether it reaches the 90% target."""
+    for r in rows:
+        r["ratio_to_baseline"] = r["accuracy"] / baseline_accuracy if baseline_accuracy > 0 else float("nan")
+        r["pass_90"] = bool(r["ratio_to_baseline"] >= TARGET)
+    return rows
+
+
+def evaluate_checkpoint(path, spec, args, ctx):
+    ckpt = load_checkpoint(path)
+    check_classes(ckpt, spec.classes)
+    model = deploy(model_from_checkpoint(ckpt)).to(ctx.device)
+    size = args.img_size or ckpt["args"]["img_size"]
+    [metrics] = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size, args.workers,
+                               args.limit)
+    cost = complexity_row(model.cpu())
+    return {"model": ckpt["model"], "checkpoint": ckpt["path"], "img_size": size,
+            "epochs": ckpt["args"]["epochs"], "seed": ckpt["args"]["seed"], **cost, **metrics}
+
+
+def plot(df, path, title):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(df["model"], df["accuracy"], color=["tab:gray" if m == "resnet34" else "tab:blue" for m in df["model"]])
+    ax.axhline(TARGET * df.loc[df["model"] == "resnet34", "accuracy"].max(), ls="--", c="tab:red",
+               label="90% of ResNet34")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    plt.xticks(rotation=20)
+    plt.tight_layout()
+    plt.savefig(path, dpi=120)
+    plt.close()
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    ctx = distributed.init(args.device)
+    spec = describe_root(args.data_root)
+    paths = list(args.checkpoints)
+    if args.baseline and args.baseline not in paths:
+        paths.insert(0, args.baseline)
+    rows = [evaluate_checkpoint(p, spec, args, ctx) for p in paths]
+    base = [r for r in rows if r["checkpoint"] == load_checkpoint(args.baseline)["path"]] if args.baseline \
+        else [r for r in rows if r["model"] == "resnet34"]
+    if not base:
+        raise UserError("no ResNet34 baseline: pass --baseline or include a resnet34 checkpoint")
+    add_ratios(rows, base[0]["accuracy"])
+    if not ctx.main:
+        return 0
+    df = write_results(rows, args.out, title=f"Task 2 on {spec.name}, {args.split} split")
+    print(f"\nTask 2 on {spec.name}, {args.split} split ({rows[0]['images']} images); "
+          f"MACs/FLOPs/params at 3x224x224; ratio = accuracy / ResNet34 accuracy")
+    print(fmt_table(df[COLUMNS], percent=["accuracy", "precision", "recall", "f1", "ratio_to_baseline"], digits=2))
+    plot(df, os.path.join(args.out, "accuracy.png"), f"Task 2 accuracy ({spec.name})")
+    print(f"\nwrote {args.out}/results.json, .csv, .md and accuracy.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

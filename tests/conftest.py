@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def make_list_root(path, classes=3, per_class=6, size=24, crlf=False):
+    """A tiny dataset in the mini-ImageNet list format, with real JPEG files."""
+    rng = np.random.default_rng(0)
+    eol = "\r\n" if crlf else "\n"
+    lines = {s: [] for s in ("train", "val", "test")}
+    for label in range(classes):
+        wnid = f"n{label:08d}"
+        os.makedirs(path / "images" / wnid, exist_ok=True)
+        for i in range(per_class):
+            colour = np.zeros(3)
+            colour[label % 3] = 200
+            arr = np.clip(rng.normal(colour, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            rel = f"images/{wnid}/{wnid}_{i}.JPEG"
+            Image.fromarray(arr).save(path / rel, "JPEG")
+            split = "train" if i < per_class - 2 else ("val" if i == per_class - 2 else "test")
+            lines[split].append(f"{rel} {label}")
+    for split, ls in lines.items():
+        (path / f"{split}.txt").write_bytes((eol.join(ls) + eol).encode())
+    return path
+
+
+@pytest.fixture
+def list_root(tmp_path):
+    return make_list_root(tmp_path / "data")
+
+
+def run_script(*args, timeout=300):
+    """Run an entry script as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,70 @@
+"""Tiny train + test runs through the entry scripts, as a user would run them."""
+import json
+import os
+
+import pytest
+
+import test_dw
+import test_rrdb
+import train_dw
+import train_rrdb
+
+TINY = ["--data-root", "synthetic", "--limit", "96", "--img-size", "24", "--batch-size", "16",
+        "--workers", "0", "--epochs", "2"]
+
+
+def test_task1_train_then_test(tmp_path, capsys):
+    out = tmp_path / "dwg"
+    assert train_dw.main(["--model", "dwg", "--backbone", "small", "--out", str(out), *TINY]) == 0
+    assert {"best.pt", "last.pt", "log.csv", "config.json"} <= set(os.listdir(out))
+    assert len((out / "log.csv").read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert test_dw.main(["--checkpoint", str(out / "best.pt"), "--data-root", "synthetic", "--limit", "60",
+                         "--img-sizes", "24,32", "--workers", "0", "--combos", "RGB,RG,B,BGR"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic" in printed and "worst" in printed
+    rows = json.loads((out / "eval" / "results.json").read_text())
+    assert [(r["combo"], r["img_size"]) for r in rows] == [(c, s) for s in (24, 32) for c in ("RGB", "RG", "B", "BGR")]
+    for r in rows:
+        assert {"combo", "img_size", "accuracy", "precision", "recall", "f1", "f1_macro"} <= set(r)
+        assert all(0 <= r[k] <= 1 for k in ("accuracy", "precision", "recall", "f1", "f1_macro"))
+    assert (out / "eval" / "accuracy_by_combo.png").stat().st_size > 1000
+    assert (out / "eval" / "results.md").read_text().count("\n") >= 9
+
+
+def test_task1_complexity_report(tmp_path, capsys):
+    out = tmp_path / "seed"
+    train_dw.main(["--model", "seed_dwg", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"])
+    test_dw.main(["--checkpoint", str(out), "--data-root", "synthetic", "--limit", "30", "--workers", "0",
+                  "--complexity", "--out", str(tmp_path / "ev")])
+    printed = capsys.readouterr().out
+    assert "GMACs" in printed and "extra_params" in printed
+    cost = json.loads((tmp_path / "ev" / "stem_cost.json").read_text())
+    assert [c["channels"] for c in cost] == ["RGB", "RG", "R"]
+    assert all(c["extra_macs"] > 0 for c in cost)  # per-image kernel generation costs extra
+
+
+def test_task2_train_then_compare(tmp_path, capsys):
+    for model in ("resnet34", "shallow"):
+        assert train_rrdb.main(["--model", model, "--out", str(tmp_path / model), *TINY[:-1], "1"]) == 0
+    capsys.readouterr()
+    assert test_rrdb.main(["--checkpoints", str(tmp_path / "shallow" / "best.pt"), "--baseline",
+                           str(tmp_path / "resnet34" / "best.pt"), "--data-root", "synthetic", "--limit", "60",
+                           "--workers", "0", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["resnet34", "shallow"]
+    assert rows[0]["ratio_to_baseline"] == 1.0 and rows[1]["layers"] == 4
+    assert rows[1]["ratio_to_baseline"] == pytest.approx(rows[1]["accuracy"] / rows[0]["accuracy"])
+    assert "pass_90" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.environ.get("DATA_ROOT"), reason="DATA_ROOT not set")
+def test_on_a_slice_of_real_data(tmp_path):
+    root = os.environ["DATA_ROOT"]
+    args = ["--data-root", root, "--limit", "80", "--img-size", "32", "--batch-size", "16", "--workers", "0",
+            "--epochs", "1", "--backbone", "small"]
+    assert train_dw.main(["--out", str(tmp_path / "r"), *args]) == 0
+    assert test_dw.main(["--checkpoint", str(tmp_path / "r"), "--data-root", root, "--limit", "40",
+                         "--workers", "0"]) == 0
+    rows = json.loads((tmp_path / "r" / "eval" / "results.json").read_text())
+    assert len(rows) == 7 and rows[0]["images"] == 40

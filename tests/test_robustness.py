@@ -1,0 +1,160 @@
+"""Runs that survive: resume after a kill, signals, bad input, distributed evaluation."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from utils.checkpoint import save_atomic
+
+RUN = ["--model", "plain_zero", "--backbone", "small", "--data-root", "synthetic", "--limit", "192",
+       "--img-size", "24", "--batch-size", "16", "--workers", "0", "--seed", "3", "--deterministic"]
+
+
+def _wait_for_epochs(log, n, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if log.exists() and len(log.read_text().splitlines()) >= n + 1:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise TimeoutError(log)
+
+
+def _log_without_times(path):
+    return [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = run_script("train_dw.py", *RUN, "--epochs", "3", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train_dw.py", *RUN, "--epochs", "3", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_epochs(out / "log.csv", 1, proc)
+    proc.send_signal(signal.SIGKILL)  # in epoch 2: last.pt holds epoch 1
+    proc.wait()
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1
+    r = run_script("train_dw.py", "--resume", str(out))
+    assert r.returncode == 0, r.stderr
+    final, ref = (torch.load(p / "last.pt", weights_only=False) for p in (out, reference_run))
+    assert final["epoch"] == ref["epoch"] == 3
+    for k, v in ref["state_dict"].items():
+        assert torch.equal(final["state_dict"][k], v), k
+    assert _log_without_times(out / "log.csv") == _log_without_times(reference_run / "log.csv")
+
+
+def test_sigint_saves_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train_dw.py", *RUN, "--epochs", "4", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(out / "log.csv", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert f"--resume {out}" in err and "Traceback" not in err
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step"]) >= (1, 0)
+    r = run_script("train_dw.py", "--resume", str(out))
+    assert r.returncode == 0, r.stderr
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 4
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"a": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"a": 1}
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def _expect_error(r, pattern):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--lr", "1e30", "--warmup-epochs", "0",
+                   "--out", str(tmp_path / "r"))
+    _expect_error(r, "non-finite loss")
+    assert "at epoch 1 step" in r.stderr
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_bad_input_errors(tmp_path, reference_run, list_root):
+    ckpt = reference_run / "best.pt"
+    cases = [
+        (["train_dw.py", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "a")], "data root not found"),
+        (["train_dw.py", *RUN, "--out", str(reference_run)], "already holds a run"),
+        (["train_dw.py", "--resume", str(reference_run), "--model", "dwg"], "is a checkpoint of 'plain_zero'"),
+        (["train_dw.py", *RUN, "--train-channels", "RR", "--out", str(tmp_path / "b")], "channel 'R' repeated"),
+        (["test_dw.py", "--checkpoint", str(ckpt), "--data-root", "synthetic", "--combos", "RGB,RX"],
+         "unknown channel 'X'"),
+        (["test_dw.py", "--checkpoint", str(ckpt), "--data-root", "synthetic", "--combos", "RGB,"],
+         "empty channel combination"),
+        (["test_dw.py", "--checkpoint", str(ckpt), "--data-root", str(list_root)], "trained on 6 classes"),
+        (["test_dw.py", "--checkpoint", str(tmp_path / "no.pt"), "--data-root", "synthetic"], "checkpoint not found"),
+        (["test_rrdb.py", "--checkpoints", str(ckpt), "--data-root", "synthetic"], "no ResNet34 baseline"),
+    ]
+    for args, pattern in cases:
+        _expect_error(run_script(*args), pattern)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:5000])
+    _expect_error(run_script("test_dw.py", "--checkpoint", str(truncated), "--data-root", "synthetic"),
+                  "truncated or corrupt")
+    assert (reference_run / "last.pt").stat().st_size > 5000  # refusals left the run untouched
+
+
+def test_missing_image_in_a_training_run(tmp_path, list_root):
+    os.remove(list_root / "images" / "n00000001" / "n00000001_2.JPEG")
+    r = run_script("train_dw.py", "--data-root", str(list_root), "--out", str(tmp_path / "r"), "--workers", "0")
+    _expect_error(r, "missing image")
+    assert "train.txt:7" in r.stderr
+
+
+def test_corrupt_image_inside_a_worker(tmp_path, list_root):
+    (list_root / "images" / "n00000001" / "n00000001_2.JPEG").write_bytes(b"")
+    r = run_script("train_dw.py", "--data-root", str(list_root), "--out", str(tmp_path / "r"), "--workers", "1",
+                   "--img-size", "16", "--batch-size", "4", "--backbone", "small", "--epochs", "1")
+    _expect_error(r, "cannot read image")
+    assert "n00000001_2.JPEG" in r.stderr
+
+
+def test_two_process_gloo_evaluation_matches_single_process(tmp_path, reference_run):
+    common = ["--checkpoint", str(reference_run / "best.pt"), "--data-root", "synthetic", "--limit", "101",
+              "--workers", "0", "--device", "cpu", "--combos", "RGB,G"]
+    single = run_script("test_dw.py", *common, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    two = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "test_dw.py",
+                     *common, "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    a, b = ((tmp_path / d / "results.json").read_text() for d in ("one", "two"))
+    assert a.replace(str(tmp_path / "one"), "") == b.replace(str(tmp_path / "two"), "")
+    assert '"images": 101' in b
+
+
+def test_two_process_training_runs(tmp_path):
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train_dw.py",
+                   *RUN, "--epochs", "1", "--out", str(tmp_path / "ddp"))
+    assert r.returncode == 0, r.stderr
+    assert "x2" in r.stdout and (tmp_path / "ddp" / "best.pt").exists()

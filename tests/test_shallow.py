@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+import models
+from models.shallow import RepConv
+from utils.complexity import complexity_row, count_weighted_layers
+
+TASK2 = ["resnet34", "rrdb", "rrdb_rnn", "repshallow", "shallow"]
+EXPECTED_LAYERS = {"resnet34": 37, "rrdb": 8, "rrdb_rnn": 11, "repshallow": 4, "shallow": 4}
+
+
+def _randomise_bn(model):
+    """Give every BatchNorm non-trivial statistics so that folding it is really exercised."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("name", TASK2)
+@pytest.mark.parametrize("size", [32, 64, 97])
+def test_shapes_and_layer_counts(name, size):
+    model = models.deploy(models.create_model(name, 10))
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, 10)
+    assert count_weighted_layers(model, size) == EXPECTED_LAYERS[name]
+
+
+def test_shallow_is_within_the_limit_and_resnet34_is_not_pretrained():
+    assert count_weighted_layers(models.deploy(models.create_model("shallow", 50)), 224) <= 4
+    a, b = models.create_model("resnet34", 5), models.create_model("resnet34", 5)
+    assert not torch.equal(a.net.conv1.weight, b.net.conv1.weight)  # random init, no fixed weights
+
+
+@pytest.mark.parametrize("cin, cout, k, stride", [(3, 8, 5, 2), (8, 8, 3, 1), (8, 16, 3, 1)])
+def test_repconv_fold_is_exact(cin, cout, k, stride):
+    torch.manual_seed(0)
+    block = RepConv(cin, cout, k, stride)
+    _randomise_bn(block)
+    block.eval()
+    x = torch.randn(2, cin, 15, 15)
+    with torch.no_grad():
+        ref = block(x)
+        block.deploy()
+        out = block(x)
+    assert not hasattr(block, "conv_k")
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_deployed_shallow_model_matches_training_form():
+    torch.manual_seed(0)
+    model = models.create_model("shallow", 10)
+    _randomise_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        trained_layers = count_weighted_layers(model, 64)
+        models.deploy(model)
+        out = model(x)
+    assert trained_layers > 4 == count_weighted_layers(model, 64)
+    assert (out - ref).abs().max() < 1e-4
+
+
+def test_complexity_row_columns():
+    row = complexity_row(models.create_model("rrdb", 50))
+    assert set(row) >= {"params", "macs", "flops", "fwd_bwd_mb", "params_mb", "layers"}
+    assert row["flops"] == 2 * row["macs"] > 0
+    assert 0.1e6 < row["params"] < 0.2e6  # the original reported 0.17M

@@ -1,0 +1,67 @@
+"""Checkpoints that survive being killed, and that say what they hold.
+
+A checkpoint is a dict: ``model`` (registry name), ``config`` (its constructor arguments),
+``classes``, ``state_dict`` and, for resuming, optimizer/scheduler/scaler states, ``epoch``
+(epochs completed), ``step`` (batches done in the epoch after that), ``best_acc`` and RNG states.
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+
+from models import create_model
+from .errors import UserError
+
+REQUIRED = ("model", "config", "classes", "state_dict")
+
+
+def save_atomic(obj, path):
+    """Write to a temporary file beside ``path``, fsync, then rename over it: a kill at any
+    moment leaves either the old file or the new one, never a truncated one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path):
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise UserError(f"cannot read checkpoint {path}: truncated or corrupt ({exc})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
+        raise UserError(f"{path} is not a checkpoint of this project (needs {', '.join(REQUIRED)})")
+    ckpt["path"] = path
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    model = create_model(ckpt["model"], len(ckpt["classes"]), **ckpt["config"])
+    if ckpt.get("deployed"):
+        model.deploy()
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise UserError(f"{ckpt['path']}: weights do not fit model {ckpt['model']!r} ({first})") from None
+    return model
+
+
+def check_classes(ckpt, classes):
+    if len(ckpt["classes"]) != len(classes):
+        raise UserError(f"{ckpt['path']} was trained on {len(ckpt['classes'])} classes, "
+                        f"but the data has {len(classes)}")

@@ -1,0 +1,52 @@
+"""torchrun / DistributedDataParallel plumbing. A plain ``python`` run is world size 1."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def init(device_flag="auto"):
+    """Set up the process group when launched by torchrun (nccl on CUDA, gloo on CPU)."""
+    use_cuda = torch.cuda.is_available() if device_flag == "auto" else device_flag == "cuda"
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Context(rank, world, device)
+
+
+def gather_objects(obj, ctx):
+    """Every rank's ``obj`` as a list, in rank order (a one-element list when not distributed)."""
+    if ctx.world == 1:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx):
+    if ctx.world > 1:
+        dist.barrier()
+
+
+def shutdown():
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -11,7 +11,7 @@ install:
 
 demo: install
 	$(PYTHON) train_dw.py --model dwg --backbone small --data-root $(DEMO_DATA) --img-size 32 \
-		--epochs 4 --batch-size 64 --workers 1 --limit 3000 --out $(DEMO_OUT) --overwrite
+		--epochs 6 --batch-size 64 --workers 1 --limit 3000 --out $(DEMO_OUT) --overwrite
 	$(PYTHON) test_dw.py --checkpoint $(DEMO_OUT)/best.pt --data-root $(DEMO_DATA) --workers 1 --complexity
 
 test: install

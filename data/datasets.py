@@ -130,7 +130,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
     """
 
     def __init__(self, split, transform, size=64, seed=0, limit=None):
-        n = limit or SYNTHETIC_SIZES[split]
+        n = min(limit or SYNTHETIC_SIZES[split], SYNTHETIC_SIZES[split])
         rng = np.random.default_rng([seed, SPLITS.index(split)])
         self.classes = [f"{c} {s}" for c in SYNTHETIC_COLOURS for s in SYNTHETIC_SHAPES]
         self.labels = rng.integers(0, len(self.classes), n).tolist()

@@ -44,3 +44,16 @@ def fmt_table(df, percent=(), digits=4):
         if col in shown:
             shown[col] = (100 * shown[col]).map(lambda v: f"{v:.2f}")
     return shown.to_markdown(index=False, floatfmt=f".{digits}f")
+
+
+def update_readme(section, text, path="README.md"):
+    """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->``."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    with open(path) as f:
+        readme = f.read()
+    if start not in readme or end not in readme:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{start}\n{text}\n{end}{tail}")

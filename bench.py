@@ -1,0 +1,211 @@
+"""Benchmarks: stem and whole-model speed, data-pipeline throughput, and the complexity table.
+
+    python -m bench [--parts stem,model,data,complexity] [--threads 2] [--quick]
+
+Times are medians of torch.utils.benchmark runs after warm-up, with the thread count fixed;
+every speed is reported as a ratio to its plain counterpart measured in the same run, because
+absolute times drift on shared machines. Writes results/bench/<part>.md and bench.json, and
+refreshes the complexity table in README.md.
+"""
+import argparse
+import json
+import os
+import platform
+import time
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torch.utils import benchmark
+
+import models
+from data import build_dataset, describe_root
+from data.channels import sample_subset
+from models.stems import ChannelHyperStem, SeedDWGStem
+from utils.complexity import complexity_row, stem_cost
+from utils.report import update_readme, write_results
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="stem,model,data,complexity")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-sizes", default="1,32,128")
+    p.add_argument("--img-sizes", default="64,224")
+    p.add_argument("--model-img-size", type=int, default=None, help="default 224 on CUDA, 128 on CPU")
+    p.add_argument("--model-batch", type=int, default=None, help="default 64 on CUDA, 16 on CPU")
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "synthetic"))
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed runs per measurement")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    return p.parse_args(argv)
+
+
+def median_seconds(fn, args, min_time):
+    for _ in range(3):  # warm-up: allocator, caches, lazy init
+        fn()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
+    return t.blocked_autorange(min_run_time=min_time).median
+
+
+def bench_stem(args):
+    """Plain conv stem vs ours (kernel per batch / cached) vs the original's per-image loop."""
+    dev, rows = torch.device(args.device), []
+    torch.manual_seed(0)
+    plain = nn.Conv2d(3, 64, 7, 2, 3, bias=False).to(dev).eval()
+    ours = ChannelHyperStem(64, 7, 2, 3).to(dev).eval()
+    seed = SeedDWGStem(64, 7, 2, 3).to(dev).eval()
+    rgb = ("R", "G", "B")
+    for size in map(int, args.img_sizes.split(",")):
+        for bs in map(int, args.batch_sizes.split(",")):
+            x = torch.randn(bs, 3, size, size, device=dev)
+            with torch.no_grad():
+                ours(x, rgb)  # fill the cache for the cached variant
+                variants = {
+                    "plain conv": lambda: plain(x),
+                    "ours, kernel per batch": lambda: F.conv2d(x, ours.kernel(rgb), stride=2, padding=3),
+                    "ours, cached kernel": lambda: ours(x, rgb),
+                    "original, batched (grouped conv)": lambda: seed(x),
+                    "original, per-image loop": lambda: seed.forward_reference(x),
+                }
+                times = {k: median_seconds(f, args, args.min_time) for k, f in variants.items()}
+            for k, t in times.items():
+                rows.append({"img_size": size, "batch": bs, "stem": k, "ms_per_image": 1e3 * t / bs,
+                             "ratio_to_plain": t / times["plain conv"]})
+    return rows
+
+
+def bench_model(args):
+    """Training step and inference throughput: our stem against the plain model."""
+    dev, rows = torch.device(args.device), []
+    size = args.model_img_size or (224 if args.device == "cuda" else 128)
+    bs = args.model_batch or (64 if args.device == "cuda" else 16)
+    pairs = [("densenet121", size, bs), ("small", 64, 64)]
+    for backbone, img, batch in pairs:
+        torch.manual_seed(0)
+        plain = (torchvision.models.densenet121(num_classes=50) if backbone == "densenet121"
+                 else models.create_model("plain_zero", 50, backbone="small"))
+        nets = {"plain": plain, "dwg": models.create_model("dwg", 50, backbone=backbone)}
+        x = torch.randn(batch, 3, img, img, device=dev)
+        y = torch.randint(0, 50, (batch,), device=dev)
+        times = {}
+        for name, net in nets.items():
+            net = net.to(dev)
+            call = (lambda n: (lambda: n(x))) if name == "plain" and backbone == "densenet121" else \
+                (lambda n: (lambda: n(x, ("R", "G", "B"))))
+            fwd = call(net)
+            opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(fwd(), y).backward()
+                opt.step()
+
+            net.train()
+            times[(name, "train step")] = median_seconds(step, args, args.min_time)
+            net.eval()
+            with torch.no_grad():
+                times[(name, "inference")] = median_seconds(fwd, args, args.min_time)
+        for (name, mode), t in times.items():
+            rows.append({"backbone": backbone, "img_size": img, "batch": batch, "model": name, "mode": mode,
+                         "images_per_s": batch / t, "ratio_to_plain": t / times[("plain", mode)]})
+    return rows
+
+
+def bench_data(args):
+    """Images/s the loader delivers (decode, resize, channel sampling) beside what a model consumes."""
+    spec = describe_root(args.data_root)
+    img = 64
+    ds = build_dataset(spec, "train", img, train=True, limit=None if not args.quick else 256)
+    n = min(len(ds), 256 if args.quick else 1024)
+    sub = torch.utils.data.Subset(ds, range(n))
+    rows = []
+    for workers in (0, 1, 2):
+        loader = torch.utils.data.DataLoader(sub, batch_size=64, num_workers=workers, drop_last=True)
+        g = torch.Generator().manual_seed(0)
+        start, seen = time.perf_counter(), 0
+        for x, _ in loader:
+            sample_subset(x, ("R", "G", "B"), g)
+            seen += len(x)
+        rows.append({"what": f"loader, {workers} workers", "img_size": img, "images_per_s": seen / (time.perf_counter() - start)})
+    torch.set_num_threads(args.threads)
+    model = models.create_model("dwg", len(spec.classes), backbone="small")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 3, img, img), torch.randint(0, len(spec.classes), (64,))
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x, ("R", "G", "B")), y).backward()
+        opt.step()
+
+    rows.append({"what": "model consumes (dwg, small backbone, train step)", "img_size": img,
+                 "images_per_s": 64 / median_seconds(step, args, args.min_time)})
+    for r in rows:
+        r["data"] = spec.name
+    return rows
+
+
+def bench_complexity(args):
+    rows = []
+    for name in models.list_models():
+        kw = {"backbone": "densenet121"} if models.registry.model_task(name) == 1 else {}
+        model = models.deploy(models.create_model(name, 50, **kw))
+        rows.append({"model": name, "backbone": kw.get("backbone", "-"), **complexity_row(model)})
+    stems = []
+    for name in ("dwg", "seed_dwg", "plain_zero"):
+        model = models.create_model(name, 50, backbone="densenet121")
+        for combo in ("RGB", "RG", "R"):
+            stems.append({"model": name, **stem_cost(model, combo)})
+    return rows, stems
+
+
+def complexity_markdown(rows):
+    df = pd.DataFrame(rows)
+    table = pd.DataFrame({
+        "model": df["model"], "backbone": df["backbone"], "Params (M)": df["params"] / 1e6,
+        "Multi-Adds (G)": df["macs"] / 1e9, "FLOPs (G)": df["flops"] / 1e9,
+        "Fwd/bwd memory (MB)": df["fwd_bwd_mb"], "weighted layers": df["layers"]})
+    return table.to_markdown(index=False, floatfmt=".3f")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.img_sizes, args.min_time = "1,8", "32", 0.05
+        args.model_img_size, args.model_batch = 64, 4
+    torch.set_num_threads(args.threads)
+    parts = args.parts.split(",")
+    env = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+           "cpu": platform.processor() or platform.machine(),
+           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+    print(f"benchmark environment: {env}")
+    report = {"environment": env}
+    runners = {"stem": bench_stem, "model": bench_model, "data": bench_data}
+    for part in parts:
+        if part in runners:
+            rows = runners[part](args)
+            report[part] = rows
+            write_results(rows, args.out, part, f"{part} benchmark ({env['device']}, {args.threads} threads)")
+            print(f"\n## {part}\n" + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
+    if "complexity" in parts:
+        rows, stems = bench_complexity(args)
+        report["complexity"], report["stem_cost"] = rows, stems
+        table = complexity_markdown(rows)
+        write_results(rows, args.out, "complexity")
+        write_results(stems, args.out, "stem_cost")
+        stem_table = pd.DataFrame(stems).to_markdown(index=False)
+        print(f"\n## complexity at 3x224x224\n{table}\n\n## stem cost (DenseNet-121 stem, 224 px)\n{stem_table}")
+        if not args.quick:
+            update_readme("complexity", f"{table}\n\nStem against a plain convolution of the same shape "
+                          f"(DenseNet-121 stem, 224 px):\n\n{stem_table}")
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

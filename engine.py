@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import build_dataset
-from data.channels import AUGMENTATIONS, select
+from data.channels import select
 from data.loaders import eval_loader
 from utils.distributed import gather_objects
 from utils.errors import UserError
@@ -20,17 +20,18 @@ class StopRequest:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, *, vocab="RGB",
-                    train_combo=None, channel_aug="none", generator=None, amp_dtype=None, scaler=None,
+                    train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
                     label_smoothing=0.0, start_step=0, stop=StopRequest, grad_clip=None):
-    """One pass over ``loader``. Returns ``{"loss", "acc", "step", "interrupted"}``, where
+    """One pass over ``loader``; ``augment(x, names, generator)`` transforms each batch's channels.
+    Returns ``{"loss", "acc", "step", "interrupted"}``, where
     ``step`` counts the batches of this epoch done so far (``start_step`` included)."""
     model.train()
-    augment = AUGMENTATIONS[channel_aug]
     total_loss, correct, seen, step = 0.0, 0, 0, start_step
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ctx.main else True)
     for x, y in bar:
         x, names = select(x, train_combo, vocab) if train_combo else (x, tuple(vocab))
-        x, names = augment(x, names, generator=generator)
+        if augment is not None:
+            x, names = augment(x, names, generator=generator)
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x, names)

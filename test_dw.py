@@ -8,7 +8,7 @@ import pandas as pd
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
 from engine import evaluate_split
 from utils import distributed
-from utils.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+from utils.checkpoint import load_model
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import UserError, cli
 from utils.report import bar_chart, fmt_table, write_results
@@ -57,10 +57,9 @@ def print_complexity(model, model_name):
 def main(argv=None):
     args = parse_args(argv)
     ctx = distributed.init(args.device)
-    ckpt = load_checkpoint(args.checkpoint)
     spec = describe_root(args.data_root)
-    check_classes(ckpt, spec.classes)
-    model = model_from_checkpoint(ckpt).to(ctx.device)
+    ckpt, model = load_model(args.checkpoint, spec.classes)
+    model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
     try:
         sizes = [int(s) for s in args.img_sizes.split(",")] if args.img_sizes else [ckpt["args"]["img_size"]]

@@ -3,19 +3,14 @@ import argparse
 import os
 import sys
 
-import matplotlib
-
 from data import describe_root
 from engine import evaluate_split
 from models import deploy
 from utils import distributed
-from utils.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+from utils.checkpoint import load_model
 from utils.complexity import complexity_row
 from utils.errors import UserError, cli
-from utils.report import fmt_table, write_results
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from utils.report import fmt_table, plt, save_figure, write_results
 
 TARGET = 0.9
 COLUMNS = ["model", "layers", "params", "macs", "flops", "accuracy", "precision", "recall", "f1",
@@ -47,9 +42,8 @@ def add_ratios(rows, baseline_accuracy):
 
 
 def evaluate_checkpoint(path, spec, args, ctx):
-    ckpt = load_checkpoint(path)
-    check_classes(ckpt, spec.classes)
-    model = deploy(model_from_checkpoint(ckpt)).to(ctx.device)
+    ckpt, model = load_model(path, spec.classes)
+    model = deploy(model).to(ctx.device)
     size = args.img_size or ckpt["args"]["img_size"]
     [metrics] = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size, args.workers,
                                args.limit)
@@ -67,9 +61,7 @@ def plot(df, path, title):
     ax.set_title(title, fontsize=10)
     ax.legend()
     plt.xticks(rotation=20)
-    plt.tight_layout()
-    plt.savefig(path, dpi=120)
-    plt.close()
+    save_figure(path)
 
 
 @cli
@@ -81,11 +73,11 @@ def main(argv=None):
     if args.baseline and args.baseline not in paths:
         paths.insert(0, args.baseline)
     rows = [evaluate_checkpoint(p, spec, args, ctx) for p in paths]
-    base = [r for r in rows if r["checkpoint"] == load_checkpoint(args.baseline)["path"]] if args.baseline \
-        else [r for r in rows if r["model"] == "resnet34"]
-    if not base:
+    base = rows[paths.index(args.baseline)] if args.baseline else \
+        next((r for r in rows if r["model"] == "resnet34"), None)
+    if base is None:
         raise UserError("no ResNet34 baseline: pass --baseline or include a resnet34 checkpoint")
-    add_ratios(rows, base[0]["accuracy"])
+    add_ratios(rows, base["accuracy"])
     if not ctx.main:
         return 0
     df = write_results(rows, args.out, title=f"Task 2 on {spec.name}, {args.split} split")

@@ -4,6 +4,7 @@ Single process: ``python train_dw.py ...``; several GPUs: ``torchrun --nproc_per
 """
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import torch
 
 import models
 from data import build_dataset, describe_root, parse_combo, parse_combo_list
+from data.channels import AUGMENTATIONS
 from data.loaders import eval_loader, train_loader
 from engine import StopRequest, evaluate, train_one_epoch
 from utils import distributed
@@ -48,6 +50,8 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout"],
                    help="channel augmentation (default: the model's own)")
+    p.add_argument("--full-prob", type=float, default=None,
+                   help="subset augmentation: probability that a batch keeps every channel (default: the model's)")
     p.add_argument("--train-channels", default=None, help="train on this fixed combination only, e.g. R")
     p.add_argument("--val-combos", default=val_combos, help="model selection uses their mean val accuracy")
     p.add_argument("--seed", type=int, default=0)
@@ -121,11 +125,7 @@ def install_stop_handlers():
 def run(argv, description, default_model, val_combos):
     parser = build_parser(description, default_model, val_combos)
     args = parser.parse_args(argv)
-    ctx = distributed.init(args.device)
-    try:
-        return _run(args, ctx, default_model, parser)
-    finally:
-        distributed.shutdown()
+    return _run(args, distributed.init(args.device), default_model, parser)
 
 
 def _run(args, ctx, default_model, parser):
@@ -142,7 +142,8 @@ def _run(args, ctx, default_model, parser):
         # and only when given on this command line.
         changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out")
                    if getattr(args, k) != parser.get_default(k)}
-        args = argparse.Namespace(**{**saved, **changed, "resume": args.resume})
+        defaults = vars(parser.parse_args([]))  # flags added since the checkpoint was written
+        args = argparse.Namespace(**{**defaults, **saved, **changed, "resume": args.resume})
     args.out = args.out or (os.path.dirname(resume["path"]) if resume else os.path.join("runs", args.model))
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -163,6 +164,11 @@ def _run(args, ctx, default_model, parser):
     config.pop("pretrained", None)  # the checkpoint carries the weights themselves
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
+    if args.full_prob is None:
+        args.full_prob = getattr(model, "full_prob", 0.0)
+    augment = AUGMENTATIONS[args.channel_aug]
+    if args.channel_aug == "subset":
+        augment = functools.partial(augment, full_prob=args.full_prob)
     if resume is not None:
         check_classes(resume, spec.classes)
         model.load_state_dict(resume["state_dict"])
@@ -211,7 +217,7 @@ def _run(args, ctx, default_model, parser):
             json.dump(vars(args), f, indent=2)
         print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
               f"{len(train_set)} train / {len(val_set)} val images at {args.img_size}px; "
-              f"channel aug {args.channel_aug}{f', trained on {train_combo}' if train_combo else ''}; "
+              f"channel aug {args.channel_aug}{f' (full set p={args.full_prob})' if args.full_prob else ''}{f', trained on {train_combo}' if train_combo else ''}; "
               f"device {ctx.device} x{ctx.world}; out {args.out}")
     install_stop_handlers()
     log_path = os.path.join(args.out, "log.csv")
@@ -230,7 +236,7 @@ def _run(args, ctx, default_model, parser):
         stats = train_one_epoch(
             net, train_loader(train_set, args.batch_size, args.workers, args.seed, epoch, ctx, skip),
             optimizer, scheduler, ctx, epoch + 1, vocab=vocab, train_combo=train_combo,
-            channel_aug=args.channel_aug, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler,
+            augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler,
             label_smoothing=args.label_smoothing, start_step=skip)
         if stats["interrupted"]:
             if ctx.main:

@@ -13,14 +13,10 @@ import os
 import subprocess
 import sys
 
-import matplotlib
 import pandas as pd
 import torch
 
-from utils.report import bar_chart, update_readme, write_results
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from utils.report import bar_chart, plt, save_figure, update_readme, write_results
 
 TASK1_MODELS = ["dwg", "plain_zero", "plain_mean", "plain_dropout", "seed_dwg"]
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
@@ -150,9 +146,7 @@ def task2(args, seeds):
     ax.set_ylabel("test accuracy")
     ax.set_title(f"Task 2: accuracy against MACs ({budget(args)})", fontsize=9)
     ax.grid(alpha=0.3)
-    plt.tight_layout()
-    plt.savefig(os.path.join(args.figs, "task2_acc_vs_macs.png"), dpi=120)
-    plt.close()
+    save_figure(os.path.join(args.figs, "task2_acc_vs_macs.png"))
     cols = ["model", "layers", "params", "macs", "accuracy", "accuracy_std", "precision", "recall", "f1",
             "ratio_to_baseline", "seeds"]
     text = agg[cols].to_markdown(index=False, floatfmt=".4f")

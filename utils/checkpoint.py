@@ -61,6 +61,13 @@ def model_from_checkpoint(ckpt):
     return model
 
 
+def load_model(path, classes):
+    """-> (checkpoint, model) for evaluation on data with these classes."""
+    ckpt = load_checkpoint(path)
+    check_classes(ckpt, classes)
+    return ckpt, model_from_checkpoint(ckpt)
+
+
 def check_classes(ckpt, classes):
     if len(ckpt["classes"]) != len(classes):
         raise UserError(f"{ckpt['path']} was trained on {len(ckpt['classes'])} classes, "

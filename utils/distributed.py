@@ -1,4 +1,5 @@
 """torchrun / DistributedDataParallel plumbing. A plain ``python`` run is world size 1."""
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ def init(device_flag="auto"):
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        atexit.register(shutdown)
     return Context(rank, world, device)
 
 

@@ -32,6 +32,10 @@ def bar_chart(df, x, y, group, path, title, ylabel="accuracy"):
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
+    save_figure(path)
+
+
+def save_figure(path):
     plt.tight_layout()
     plt.savefig(path, dpi=120)
     plt.close()

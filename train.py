@@ -128,22 +128,39 @@ def run(argv, description, default_model, val_combos):
     return _run(args, distributed.init(args.device), default_model, parser)
 
 
-def _run(args, ctx, default_model, parser):
-    resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is None:
+def resolve_args(args, parser, default_model):
+    """-> (args, checkpoint to resume or None). A resumed run takes its recipe from the checkpoint;
+    only where and how it runs may change, and only when given on this command line."""
+    if not args.resume:
         args.model = args.model or default_model
-    else:
-        if args.model and resume["model"] != args.model:
-            raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
-        if "optimizer" not in resume:
-            raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
-        saved = resume["args"]
-        # The run's recipe comes from the checkpoint; only where and how it runs may change,
-        # and only when given on this command line.
-        changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out")
-                   if getattr(args, k) != parser.get_default(k)}
-        defaults = vars(parser.parse_args([]))  # flags added since the checkpoint was written
-        args = argparse.Namespace(**{**defaults, **saved, **changed, "resume": args.resume})
+        return args, None
+    resume = load_checkpoint(args.resume)
+    if args.model and resume["model"] != args.model:
+        raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
+    if "optimizer" not in resume:
+        raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
+    changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out")
+               if getattr(args, k) != parser.get_default(k)}
+    defaults = vars(parser.parse_args([]))  # flags added since the checkpoint was written
+    args = argparse.Namespace(**{**defaults, **resume["args"], **changed, "resume": args.resume,
+                                 "pretrained": None})  # the weights come from the checkpoint
+    return args, resume
+
+
+def build_optimizer(model, args, steps_per_epoch):
+    """SGD with Nesterov momentum, no weight decay on biases and norms, warm-up then cosine."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=args.lr, momentum=args.momentum, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)))
+    return optimizer, scheduler
+
+
+def _run(args, ctx, default_model, parser):
+    args, resume = resolve_args(args, parser, default_model)
     args.out = args.out or (os.path.dirname(resume["path"]) if resume else os.path.join("runs", args.model))
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -183,13 +200,7 @@ def _run(args, ctx, default_model, parser):
         raise UserError(f"--batch-size {args.batch_size} x {ctx.world} process(es) is larger than "
                         f"the {len(train_set)} training images")
 
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=args.lr, momentum=args.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)))
+    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch)
     start_epoch, start_step, best_acc = 0, 0, -1.0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])

@@ -99,6 +99,19 @@ def lr_lambda(total_steps, warmup_steps):
     return f
 
 
+def start_log(path, header, epochs_done):
+    """A fresh log, or the old one cut back to the epochs the resumed checkpoint holds (a kill
+    between the log line and the checkpoint would otherwise leave a row twice)."""
+    rows = []
+    if epochs_done and os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = [r for r in list(csv.reader(f))[1:] if int(r[0]) <= epochs_done]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    os.replace(tmp, path)
+
+
 def amp_settings(args, ctx):
     if ctx.device.type != "cuda":
         for flag, on in (("--amp", args.amp != "off"), ("--channels-last", args.channels_last),
@@ -120,6 +133,13 @@ def install_stop_handlers():
               file=sys.stderr)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def stopped(args, ctx, where):
+    if ctx.main:
+        print(f"stopped {where}; saved {args.out}/last.pt. Continue with: --resume {args.out}",
+              file=sys.stderr)
+    return 130
 
 
 def run(argv, description, default_model, val_combos):
@@ -226,16 +246,16 @@ def _run(args, ctx, default_model, parser):
     if ctx.main:
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
+        aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
+        aug += f", trained on {train_combo}" if train_combo else ""
         print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
               f"{len(train_set)} train / {len(val_set)} val images at {args.img_size}px; "
-              f"channel aug {args.channel_aug}{f' (full set p={args.full_prob})' if args.full_prob else ''}{f', trained on {train_combo}' if train_combo else ''}; "
-              f"device {ctx.device} x{ctx.world}; out {args.out}")
+              f"channel aug {aug}; device {ctx.device} x{ctx.world}; out {args.out}")
     install_stop_handlers()
     log_path = os.path.join(args.out, "log.csv")
-    if ctx.main and resume is None:
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "lr", "train_loss", "train_acc", "val_acc",
-                                    *[f"val_acc_{c}" for c in val_combos], "seconds"])
+    if ctx.main:
+        start_log(log_path, ["epoch", "lr", "train_loss", "train_acc", "val_acc",
+                             *[f"val_acc_{c}" for c in val_combos], "seconds"], start_epoch)
     val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx)
     for epoch in range(start_epoch, args.epochs):
         # Everything random in an epoch is seeded from (seed, epoch): resuming from the end of
@@ -252,25 +272,25 @@ def _run(args, ctx, default_model, parser):
         if stats["interrupted"]:
             if ctx.main:
                 save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
-                print(f"stopped in epoch {epoch + 1} after step {stats['step']}; saved "
-                      f"{args.out}/last.pt. Continue with: --resume {args.out}", file=sys.stderr)
-            return 130
+            return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
         results = evaluate(net, val_loader, ctx, val_combos, vocab, amp_dtype, desc="val")
         accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
         val_acc = float(np.mean(list(accs.values())))
         improved = val_acc > best_acc
         best_acc = max(best_acc, val_acc)
         if ctx.main:
-            ckpt = checkpoint(epoch + 1, 0)
-            save_atomic(ckpt, os.path.join(args.out, "last.pt"))
-            if improved:
-                save_atomic(ckpt, os.path.join(args.out, "best.pt"))
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch + 1, f"{scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
                                         f"{stats['acc']:.4f}", f"{val_acc:.4f}",
                                         *[f"{accs[c]:.4f}" for c in val_combos], f"{time.time() - t0:.1f}"])
+            ckpt = checkpoint(epoch + 1, 0)
+            save_atomic(ckpt, os.path.join(args.out, "last.pt"))
+            if improved:
+                save_atomic(ckpt, os.path.join(args.out, "best.pt"))
             print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}  train acc {stats['acc']:.3f}  "
                   f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s]")
+        if StopRequest.requested:  # the signal came during evaluation: the epoch is saved whole
+            return stopped(args, ctx, f"after epoch {epoch + 1}")
     if ctx.main:
         print(f"best val acc {best_acc:.4f} (mean over {', '.join(val_combos)}); checkpoint {args.out}/best.pt")
     return 0

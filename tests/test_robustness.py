@@ -15,14 +15,15 @@ RUN = ["--model", "plain_zero", "--backbone", "small", "--data-root", "synthetic
        "--img-size", "24", "--batch-size", "16", "--workers", "0", "--seed", "3", "--deterministic"]
 
 
-def _wait_for_epochs(log, n, proc, timeout=120):
-    start = time.time()
+def _wait_for_epochs(out, n, proc, timeout=120):
+    """Until epoch ``n`` is logged and checkpointed (the log line is written first)."""
+    start, log = time.time(), out / "log.csv"
     while time.time() - start < timeout:
-        if log.exists() and len(log.read_text().splitlines()) >= n + 1:
+        if log.exists() and len(log.read_text().splitlines()) >= n + 1 and (out / "last.pt").exists():
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
-    raise TimeoutError(log)
+    raise TimeoutError(out)
 
 
 def _log_without_times(path):
@@ -41,7 +42,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "train_dw.py", *RUN, "--epochs", "3", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_epochs(out / "log.csv", 1, proc)
+    _wait_for_epochs(out, 1, proc)
     proc.send_signal(signal.SIGKILL)  # in epoch 2: last.pt holds epoch 1
     proc.wait()
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1
@@ -58,7 +59,7 @@ def test_sigint_saves_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "train_dw.py", *RUN, "--epochs", "4", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_epochs(out / "log.csv", 1, proc)
+    _wait_for_epochs(out, 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
@@ -158,3 +159,13 @@ def test_two_process_training_runs(tmp_path):
                    *RUN, "--epochs", "1", "--out", str(tmp_path / "ddp"))
     assert r.returncode == 0, r.stderr
     assert "x2" in r.stdout and (tmp_path / "ddp" / "best.pt").exists()
+
+
+def test_resumed_log_drops_rows_past_the_checkpoint(tmp_path):
+    from train import start_log
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,val_acc\n1,0.1\n2,0.2\n3,0.3\n")
+    start_log(str(log), ["epoch", "val_acc"], 2)
+    assert log.read_text().splitlines() == ["epoch,val_acc", "1,0.1", "2,0.2"]
+    start_log(str(log), ["epoch", "val_acc"], 0)
+    assert log.read_text().splitlines() == ["epoch,val_acc"]

@@ -21,10 +21,13 @@ class StopRequest:
 
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, *, vocab="RGB",
                     train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
-                    label_smoothing=0.0, start_step=0, stop=StopRequest, grad_clip=None):
+                    label_smoothing=0.0, start_step=0, stop=StopRequest, teacher=None, kd_alpha=0.5,
+                    kd_temperature=4.0):
     """One pass over ``loader``; ``augment(x, names, generator)`` transforms each batch's channels.
-    Returns ``{"loss", "acc", "step", "interrupted"}``, where
-    ``step`` counts the batches of this epoch done so far (``start_step`` included)."""
+    With a ``teacher``, the loss mixes in knowledge distillation (Hinton et al.): ``kd_alpha`` of
+    it is the KL divergence to the teacher's softened outputs at ``kd_temperature``.
+    Returns ``{"loss", "acc", "step", "interrupted"}``, where ``step`` counts the batches of
+    this epoch done so far (``start_step`` included)."""
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, start_step
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ctx.main else True)
@@ -36,6 +39,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, *, vocab="R
         with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x, names)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = F.log_softmax(teacher(x, names).float() / kd_temperature, 1)
+                kd = F.kl_div(F.log_softmax(logits.float() / kd_temperature, 1), target, log_target=True,
+                              reduction="batchmean") * kd_temperature ** 2
+                loss = (1 - kd_alpha) * loss + kd_alpha * kd
         if not math.isfinite(loss.item()):
             raise UserError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step + 1}; "
                             "training stopped, the last good checkpoint is kept")
@@ -45,8 +54,6 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, *, vocab="R
             scaler.unscale_(optimizer)
         else:
             loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

@@ -48,7 +48,9 @@ def evaluate_checkpoint(path, spec, args, ctx):
     [metrics] = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size, args.workers,
                                args.limit)
     cost = complexity_row(model.cpu())
-    return {"model": ckpt["model"], "checkpoint": ckpt["path"], "img_size": size,
+    teacher = ckpt["args"].get("teacher")
+    name = f"{ckpt['model']}+kd" if teacher else ckpt["model"]
+    return {"model": name, "teacher": teacher, "checkpoint": ckpt["path"], "img_size": size,
             "epochs": ckpt["args"]["epochs"], "seed": ckpt["args"]["seed"], **cost, **metrics}
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 import models
+from models import deploy
 from data import build_dataset, describe_root, parse_combo, parse_combo_list
 from data.channels import AUGMENTATIONS
 from data.loaders import eval_loader, train_loader
 from engine import StopRequest, evaluate, train_one_epoch
 from utils import distributed
-from utils.checkpoint import check_classes, load_checkpoint, save_atomic
+from utils.checkpoint import check_classes, load_checkpoint, load_model, save_atomic
 from utils.errors import UserError
 from utils.metrics import classification_metrics
 
@@ -54,6 +55,9 @@ def build_parser(description, default_model, val_combos):
                    help="subset augmentation: probability that a batch keeps every channel (default: the model's)")
     p.add_argument("--train-channels", default=None, help="train on this fixed combination only, e.g. R")
     p.add_argument("--val-combos", default=val_combos, help="model selection uses their mean val accuracy")
+    p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation loss")
+    p.add_argument("--kd-temperature", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
@@ -210,6 +214,10 @@ def _run(args, ctx, default_model, parser):
         check_classes(resume, spec.classes)
         model.load_state_dict(resume["state_dict"])
     amp_dtype, scaler = amp_settings(args, ctx)
+    teacher = None
+    if args.teacher:
+        _, teacher = load_model(args.teacher, spec.classes)
+        teacher = deploy(teacher).to(ctx.device).eval().requires_grad_(False)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -248,6 +256,7 @@ def _run(args, ctx, default_model, parser):
             json.dump(vars(args), f, indent=2)
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
         aug += f", trained on {train_combo}" if train_combo else ""
+        aug += f"; distilled from {args.teacher}" if teacher is not None else ""
         print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
               f"{len(train_set)} train / {len(val_set)} val images at {args.img_size}px; "
               f"channel aug {aug}; device {ctx.device} x{ctx.world}; out {args.out}")
@@ -268,7 +277,8 @@ def _run(args, ctx, default_model, parser):
             net, train_loader(train_set, args.batch_size, args.workers, args.seed, epoch, ctx, skip),
             optimizer, scheduler, ctx, epoch + 1, vocab=vocab, train_combo=train_combo,
             augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler,
-            label_smoothing=args.label_smoothing, start_step=skip)
+            label_smoothing=args.label_smoothing, start_step=skip, teacher=teacher, kd_alpha=args.kd_alpha,
+            kd_temperature=args.kd_temperature)
         if stats["interrupted"]:
             if ctx.main:
                 save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))

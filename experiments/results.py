@@ -127,6 +127,12 @@ def task2(args, seeds):
                                          str(args.epochs), "--img-size", str(args.img_size), "--batch-size",
                                          str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)])
             paths.append(os.path.join(out, "best.pt"))
+        # The same recipe plus distillation from our own from-scratch ResNet34 (no pretrained weights).
+        out = os.path.join(args.runs, "task2", f"shallow_kd-s{seed}")
+        train("train_rrdb.py", out, ["--model", "shallow", "--teacher", paths[0], "--data-root", args.data_root,
+                                     "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size",
+                                     str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)])
+        paths.append(os.path.join(out, "best.pt"))
         ev = os.path.join(args.runs, "task2", f"eval-s{seed}")
         sh("test_rrdb.py", "--checkpoints", *paths, "--data-root", args.data_root, "--workers",
            str(args.workers), "--out", ev)

@@ -47,12 +47,15 @@ def test_task1_complexity_report(tmp_path, capsys):
 def test_task2_train_then_compare(tmp_path, capsys):
     for model in ("resnet34", "shallow"):
         assert train_rrdb.main(["--model", model, "--out", str(tmp_path / model), *TINY[:-1], "1"]) == 0
+    assert train_rrdb.main(["--model", "shallow", "--teacher", str(tmp_path / "resnet34" / "best.pt"),
+                            "--out", str(tmp_path / "kd"), *TINY[:-1], "1"]) == 0
     capsys.readouterr()
-    assert test_rrdb.main(["--checkpoints", str(tmp_path / "shallow" / "best.pt"), "--baseline",
+    assert test_rrdb.main(["--checkpoints", str(tmp_path / "shallow" / "best.pt"), str(tmp_path / "kd" / "best.pt"),
+                           "--baseline",
                            str(tmp_path / "resnet34" / "best.pt"), "--data-root", "synthetic", "--limit", "60",
                            "--workers", "0", "--out", str(tmp_path / "cmp")]) == 0
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert [r["model"] for r in rows] == ["resnet34", "shallow"]
+    assert [r["model"] for r in rows] == ["resnet34", "shallow", "shallow+kd"]
     assert rows[0]["ratio_to_baseline"] == 1.0 and rows[1]["layers"] == 4
     assert rows[1]["ratio_to_baseline"] == pytest.approx(rows[1]["accuracy"] / rows[0]["accuracy"])
     assert "pass_90" in capsys.readouterr().out

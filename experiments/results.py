@@ -57,6 +57,12 @@ def train(script, out, common, *extra):
         sh(script, *common, *extra, "--out", out, "--overwrite")
 
 
+def recipe(args, seed):
+    """The flags every row shares: one budget for all."""
+    return ["--data-root", args.data_root, "--epochs", str(args.epochs), "--img-size", str(args.img_size),
+            "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)]
+
+
 def budget(args):
     return f"{args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, seeds {args.seeds}, CPU"
 
@@ -75,9 +81,7 @@ def task1(args, seeds):
         for model, channel in runs:
             name = f"{model}-{channel}only" if channel else model
             out = os.path.join(args.runs, "task1", f"{name}-s{seed}")
-            common = ["--model", model, "--backbone", "small", "--data-root", args.data_root, "--epochs",
-                      str(args.epochs), "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
-                      "--workers", str(args.workers), "--seed", str(seed)]
+            common = ["--model", model, "--backbone", "small", *recipe(args, seed)]
             extra = ["--train-channels", channel, "--val-combos", channel] if channel else []
             train("train_dw.py", out, common, *extra)
             ev = os.path.join(out, "eval")
@@ -123,15 +127,11 @@ def task2(args, seeds):
         paths = []
         for model in TASK2_MODELS:
             out = os.path.join(args.runs, "task2", f"{model}-s{seed}")
-            train("train_rrdb.py", out, ["--model", model, "--data-root", args.data_root, "--epochs",
-                                         str(args.epochs), "--img-size", str(args.img_size), "--batch-size",
-                                         str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)])
+            train("train_rrdb.py", out, ["--model", model, *recipe(args, seed)])
             paths.append(os.path.join(out, "best.pt"))
         # The same recipe plus distillation from our own from-scratch ResNet34 (no pretrained weights).
         out = os.path.join(args.runs, "task2", f"shallow_kd-s{seed}")
-        train("train_rrdb.py", out, ["--model", "shallow", "--teacher", paths[0], "--data-root", args.data_root,
-                                     "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size",
-                                     str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)])
+        train("train_rrdb.py", out, ["--model", "shallow", "--teacher", paths[0], *recipe(args, seed)])
         paths.append(os.path.join(out, "best.pt"))
         ev = os.path.join(args.runs, "task2", f"eval-s{seed}")
         sh("test_rrdb.py", "--checkpoints", *paths, "--data-root", args.data_root, "--workers",

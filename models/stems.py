@@ -41,7 +41,7 @@ class ChannelHyperStem(nn.Module):
             * (2 / kernel_size ** 2 / templates) ** 0.5)
         nn.init.normal_(self.embed.weight, std=1.0)
         self._cache = {}
-        self._register_load_state_dict_pre_hook(lambda *args, **kw: self._cache.clear())
+        self.register_load_state_dict_pre_hook(lambda *args, **kw: self._cache.clear())
 
     def train(self, mode=True):
         self._cache.clear()
@@ -58,12 +58,12 @@ class ChannelHyperStem(nn.Module):
     def forward(self, x, channels):
         if x.shape[1] != len(channels):
             raise ValueError(f"input has {x.shape[1]} channels but {len(channels)} names")
-        key = tuple(channels)
         if self.training or torch.is_grad_enabled():
-            weight = self.kernel(key)
-        else:
+            weight = self.kernel(channels)
+        else:  # cleared by train() and load_state_dict(), the ways weights change
+            key = (tuple(channels), x.device)
             if key not in self._cache:
-                self._cache[key] = self.kernel(key)
+                self._cache[key] = self.kernel(channels)
             weight = self._cache[key]
         return F.conv2d(x, weight.to(x.dtype), stride=self.stride, padding=self.padding)
 

@@ -77,7 +77,7 @@ def test_cached_kernel_equals_generated_kernel():
     x = torch.randn(2, 2, 12, 12)
     with torch.no_grad():
         first = stem(x, ("R", "B"))
-        assert ("R", "B") in stem._cache
+        assert (("R", "B"), x.device) in stem._cache
         second = stem(x, ("R", "B"))
         direct = F.conv2d(x, stem.kernel(("R", "B")), padding=1)
     torch.testing.assert_close(first, direct)

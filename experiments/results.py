@@ -21,6 +21,10 @@ from utils.report import bar_chart, plt, save_figure, update_readme, write_resul
 TASK1_MODELS = ["dwg", "plain_zero", "plain_mean", "plain_dropout", "seed_dwg"]
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
+# (row name, model, single training channel, extra flags)
+TASK1_RUNS = ([(m, m, None, []) for m in TASK1_MODELS]
+              + [("dwg_full50", "dwg", None, ["--full-prob", "0.5"])]
+              + [(f"plain_zero-{c}only", "plain_zero", c, []) for c in SINGLE])
 TASK2_MODELS = ["resnet34", "rrdb", "rrdb_rnn", "shallow"]
 SIZES = [48, 64, 96]
 
@@ -63,6 +67,11 @@ def recipe(args, seed):
             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)]
 
 
+def is_newer(path, than):
+    """An evaluation is reused only if it was written after the checkpoint it evaluates."""
+    return os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(than)
+
+
 def budget(args):
     return f"{args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, seeds {args.seeds}, CPU"
 
@@ -76,19 +85,19 @@ def mean_std(df, keys, values):
 
 def task1(args, seeds):
     rows = []
-    runs = [(m, None) for m in TASK1_MODELS] + [("plain_zero", c) for c in SINGLE]
     for seed in seeds:
-        for model, channel in runs:
-            name = f"{model}-{channel}only" if channel else model
+        for name, model, channel, extra in TASK1_RUNS:
             out = os.path.join(args.runs, "task1", f"{name}-s{seed}")
             common = ["--model", model, "--backbone", "small", *recipe(args, seed)]
-            extra = ["--train-channels", channel, "--val-combos", channel] if channel else []
+            if channel:
+                extra = ["--train-channels", channel, "--val-combos", channel]
             train("train_dw.py", out, common, *extra)
             ev = os.path.join(out, "eval")
-            sh("test_dw.py", "--checkpoint", os.path.join(out, "best.pt"), "--data-root", args.data_root,
-               "--combos", channel or ",".join(TASK1_COMBOS), "--img-sizes",
-               str(args.img_size) if channel else ",".join(map(str, SIZES)),
-               "--workers", str(args.workers), "--out", ev)
+            if not is_newer(os.path.join(ev, "results.json"), os.path.join(out, "best.pt")):
+                sh("test_dw.py", "--checkpoint", os.path.join(out, "best.pt"), "--data-root", args.data_root,
+                   "--combos", channel or ",".join(TASK1_COMBOS), "--img-sizes",
+                   str(args.img_size) if channel else ",".join(map(str, SIZES)),
+                   "--workers", str(args.workers), "--out", ev)
             for r in json.load(open(os.path.join(ev, "results.json"))):
                 rows.append({**r, "model": name, "seed": seed})
     df = pd.DataFrame(rows)
@@ -99,13 +108,14 @@ def task1(args, seeds):
     title = f"Task 1 on imagenette-mini test split, small backbone, {budget(args)} (CPU proxy)"
     write_results(main_rows.to_dict("records"), args.results, "task1", title)
     table = main_rows.pivot(index="model", columns="combo", values="accuracy")[TASK1_COMBOS]
-    table["mean"] = table[TASK1_COMBOS].mean(1)
-    table["worst"] = table[TASK1_COMBOS].min(1)
+    table["mean"] = table[TASK1_COMBOS].mean(axis=1)
+    table["worst"] = table[TASK1_COMBOS].min(axis=1)
     table["worst/RGB"] = table["worst"] / table["RGB"]
     bounds = main[main.model.str.contains("only")]
     for _, b in bounds.iterrows():
         table.loc["single-channel upper bound", b["combo"]] = b["accuracy"]
-    table = table.reindex(TASK1_MODELS + ["single-channel upper bound"]).reset_index()
+    table = table.reindex([n for n, *_ in TASK1_RUNS if "only" not in n] + ["single-channel upper bound"])
+    table = table.reset_index()
     write_results(table.to_dict("records"), args.results, "task1_accuracy", title + "; accuracy per combination")
     sizes = agg[~agg.model.str.contains("only")].pivot_table(index=["model", "combo"], columns="img_size",
                                                              values="accuracy", sort=False).reset_index()

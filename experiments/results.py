@@ -73,7 +73,8 @@ def is_newer(path, than):
 
 
 def budget(args):
-    return f"{args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, seeds {args.seeds}, CPU"
+    return (f"{args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, seed(s) {args.seeds}, "
+            f"{os.cpu_count()}-core CPU")
 
 
 def mean_std(df, keys, values):
@@ -105,7 +106,7 @@ def task1(args, seeds):
     agg = mean_std(df, ["model", "img_size", "combo"], metrics)
     main = agg[(agg.img_size == args.img_size)]
     main_rows = main[~main.model.str.contains("only")]
-    title = f"Task 1 on imagenette-mini test split, small backbone, {budget(args)} (CPU proxy)"
+    title = f"Task 1 on imagenette-mini test split, small backbone (CPU proxy: {budget(args)})"
     write_results(main_rows.to_dict("records"), args.results, "task1", title)
     table = main_rows.pivot(index="model", columns="combo", values="accuracy")[TASK1_COMBOS]
     table["mean"] = table[TASK1_COMBOS].mean(axis=1)
@@ -124,7 +125,7 @@ def task1(args, seeds):
                   f"Task 1 spatial-size invariance: accuracy of the {args.img_size}px checkpoints at "
                   f"{', '.join(map(str, SIZES))}px ({budget(args)})")
     bar_chart(main_rows, "combo", "accuracy", "model", os.path.join(args.figs, "task1_accuracy.png"),
-              f"Task 1: test accuracy per channel combination ({budget(args)}, CPU proxy)")
+              f"Task 1: test accuracy per channel combination (CPU proxy: {budget(args)})")
     text = table.to_markdown(index=False, floatfmt=".4f")
     update_readme("task1", f"{title}; accuracy as a fraction\n\n{text}\n\nSpatial-size invariance "
                   f"(same checkpoints, accuracy):\n\n{sizes.to_markdown(index=False, floatfmt='.4f')}")
@@ -150,7 +151,7 @@ def task2(args, seeds):
     df = pd.DataFrame(rows)
     agg = mean_std(df, ["model", "layers", "params", "macs"],
                    ["accuracy", "precision", "recall", "f1", "ratio_to_baseline"])
-    title = (f"Task 2 on imagenette-mini test split, {budget(args)} (CPU proxy); "
+    title = (f"Task 2 on imagenette-mini test split (CPU proxy: {budget(args)}); "
              "params/MACs at 3x224x224, layers of the deployed model")
     write_results(agg.to_dict("records"), args.results, "task2", title)
     fig, ax = plt.subplots(figsize=(6, 4))

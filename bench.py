@@ -8,6 +8,7 @@ absolute times drift on shared machines. Writes results/bench/<part>.md and benc
 refreshes the complexity table in README.md.
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -96,9 +97,10 @@ def bench_model(args):
         times = {}
         for name, net in nets.items():
             net = net.to(dev)
-            call = (lambda n: (lambda: n(x))) if name == "plain" and backbone == "densenet121" else \
-                (lambda n: (lambda: n(x, ("R", "G", "B"))))
-            fwd = call(net)
+            if name == "plain" and backbone == "densenet121":
+                fwd = functools.partial(net, x)  # torchvision's model takes no channel names
+            else:
+                fwd = functools.partial(net, x, ("R", "G", "B"))
             opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
 
             def step():

@@ -51,8 +51,8 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout"],
                    help="channel augmentation (default: the model's own)")
-    p.add_argument("--full-prob", type=float, default=None,
-                   help="subset augmentation: probability that a batch keeps every channel (default: the model's)")
+    p.add_argument("--full-prob", type=float, default=0.0,
+                   help="subset augmentation: probability that a batch keeps every channel")
     p.add_argument("--train-channels", default=None, help="train on this fixed combination only, e.g. R")
     p.add_argument("--val-combos", default=val_combos, help="model selection uses their mean val accuracy")
     p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
@@ -205,8 +205,6 @@ def _run(args, ctx, default_model, parser):
     config.pop("pretrained", None)  # the checkpoint carries the weights themselves
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
-    if args.full_prob is None:
-        args.full_prob = getattr(model, "full_prob", 0.0)
     augment = AUGMENTATIONS[args.channel_aug]
     if args.channel_aug == "subset":
         augment = functools.partial(augment, full_prob=args.full_prob)

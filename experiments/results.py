@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pandas as pd
-import torch
 
+from utils.checkpoint import load_checkpoint
 from utils.report import bar_chart, plt, save_figure, update_readme, write_results
 
 TASK1_MODELS = ["dwg", "plain_zero", "plain_mean", "plain_dropout", "seed_dwg"]
@@ -53,7 +53,7 @@ def train(script, out, common, *extra):
     """Train unless a finished run is already there; resume an unfinished one."""
     last = os.path.join(out, "last.pt")
     if os.path.exists(last):
-        done = torch.load(last, map_location="cpu", weights_only=False)
+        done = load_checkpoint(last)
         if done["epoch"] >= done["args"]["epochs"] and done["step"] == 0:
             return
         sh(script, "--resume", out)

@@ -33,27 +33,46 @@ class ChannelHyperStem(nn.Module):
         self.out_channels, self.kernel_size = out_channels, kernel_size
         self.stride, self.padding = stride, padding
         self.embed = nn.Embedding(len(vocab), embed_dim)
-        self.mlp = nn.Sequential(nn.Linear(2 * embed_dim, hidden), nn.GELU(),
-                                 nn.Linear(hidden, templates))
+        self.fc1 = nn.Linear(2 * embed_dim, hidden)
+        self.fc2 = nn.Linear(hidden, templates)
         # Variance of a one-input-channel Kaiming init, split across the templates that get mixed.
         self.templates = nn.Parameter(
             torch.randn(templates, out_channels, kernel_size, kernel_size)
             * (2 / kernel_size ** 2 / templates) ** 0.5)
         nn.init.normal_(self.embed.weight, std=1.0)
         self._cache = {}
+        self._selectors = {}
         self.register_load_state_dict_pre_hook(lambda *args, **kw: self._cache.clear())
 
     def train(self, mode=True):
         self._cache.clear()
         return super().train(mode)
 
+    def selector(self, channels, device):
+        """``[n, 2, vocab]``: row i picks channel i's embedding and the mean embedding of the set.
+
+        One matmul with it replaces index, mean, expand and cat; it depends on the names only,
+        so it is built once per combination.
+        """
+        key = (tuple(channels), device)
+        if key not in self._selectors:
+            n, idx = len(channels), [self.vocab.index(c) for c in channels]
+            sel = torch.zeros(n, 2, len(self.vocab), device=device)
+            sel[range(n), 0, idx] = 1
+            sel[:, 1, idx] = 1 / n
+            self._selectors[key] = sel
+        return self._selectors[key]
+
     def kernel(self, channels):
         """``[out, len(channels), k, k]`` kernel for these channels, in their order."""
-        idx = torch.tensor([self.vocab.index(c) for c in channels], device=self.templates.device)
-        e = self.embed(idx)
-        context = e.mean(0, keepdim=True).expand_as(e)
-        coef = self.mlp(torch.cat([e, context], 1)) / len(channels)
-        return torch.einsum("ct,tokl->ockl", coef, self.templates)
+        n, t = len(channels), self.templates
+        inputs = (self.selector(channels, t.device) @ self.embed.weight).view(n, -1)
+        hidden = F.gelu(F.linear(inputs, self.fc1.weight, self.fc1.bias), approximate="tanh")
+        # Dividing the coefficients by n (folded into the matmul) keeps the stem's output scale
+        # the same for 1, 2 or 3 channels.
+        coef = torch.addmm(self.fc2.bias, hidden, self.fc2.weight.t(), beta=1 / n, alpha=1 / n)
+        # Contiguous once here, or conv2d would copy the transposed view on every call.
+        return (coef @ t.view(len(t), -1)).view(n, *t.shape[1:]).transpose(0, 1).contiguous()
 
     def forward(self, x, channels):
         if x.shape[1] != len(channels):

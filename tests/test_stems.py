@@ -54,6 +54,18 @@ def test_kernel_depends_on_the_channel_set():
     assert not torch.allclose(alone, with_others, atol=1e-5)
 
 
+@pytest.mark.parametrize("combo", ["RGB", "BR", "G", "GBR"])
+def test_kernel_matches_its_definition(combo):
+    """The selector-matmul form equals the plain one: look up, average, MLP, mix templates."""
+    torch.manual_seed(0)
+    stem = ChannelHyperStem(6, 3, vocab="RGB")
+    e = stem.embed(torch.tensor(["RGB".index(c) for c in combo]))
+    mlp_in = torch.cat([e, e.mean(0, keepdim=True).expand_as(e)], 1)
+    coef = stem.fc2(F.gelu(stem.fc1(mlp_in), approximate="tanh")) / len(combo)
+    expected = torch.einsum("ct,tokl->ockl", coef, stem.templates)
+    torch.testing.assert_close(stem.kernel(tuple(combo)), expected)
+
+
 def test_batched_equals_per_image():
     torch.manual_seed(0)
     stem = ChannelHyperStem(6, 5, stride=2, padding=2).eval()

@@ -20,6 +20,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."))
+    p.add_argument("--as-model", default=None,
+                   help="evaluate the weights as this model, e.g. a plain_zero checkpoint as plain_mean "
+                        "(they train identically; the fill rule acts only when channels are missing)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--combos", default=",".join(DEFAULT_COMBOS))
     p.add_argument("--img-sizes", default=None, help="comma-separated (default: the training size)")
@@ -58,7 +61,7 @@ def main(argv=None):
     args = parse_args(argv)
     ctx = distributed.init(args.device)
     spec = describe_root(args.data_root)
-    ckpt, model = load_model(args.checkpoint, spec.classes)
+    ckpt, model = load_model(args.checkpoint, spec.classes, args.as_model)
     model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
     try:

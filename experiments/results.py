@@ -1,6 +1,6 @@
 """Regenerate the README's result tables and figures on real photos (CPU proxy runs).
 
-    python -m experiments.results [--part task1|task2|all] [--seeds 0,1,2] [--epochs 8]
+    python -m experiments.results [--part task1|task2|all] [--seeds 0,1,2] [--epochs 6]
 
 Trains every row with the repository's own entry scripts (runs/results/<row>/, resumable: a
 finished run is reused, an interrupted one resumed), evaluates it with test_dw.py/test_rrdb.py,
@@ -25,6 +25,9 @@ SINGLE = ["R", "G", "B"]
 TASK1_RUNS = ([(m, m, None, []) for m in TASK1_MODELS]
               + [("dwg_full50", "dwg", None, ["--full-prob", "0.5"])]
               + [(f"plain_zero-{c}only", "plain_zero", c, []) for c in SINGLE])
+# plain_mean trains exactly as plain_zero does (RGB only; its fill acts only when a channel is
+# missing), so its row evaluates plain_zero's checkpoint instead of training a copy.
+SAME_TRAINING = {"plain_mean": "plain_zero"}
 TASK2_MODELS = ["resnet34", "rrdb", "rrdb_rnn", "shallow"]
 SIZES = [48, 64, 96]
 
@@ -34,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--part", default="all", choices=["task1", "task2", "all"])
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
     p.add_argument("--seeds", default="0")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
@@ -54,6 +57,7 @@ def train(script, out, common, *extra):
     last = os.path.join(out, "last.pt")
     if os.path.exists(last):
         done = load_checkpoint(last)
+        check_same_recipe(done, common)
         if done["epoch"] >= done["args"]["epochs"] and done["step"] == 0:
             return
         sh(script, "--resume", out)
@@ -65,6 +69,15 @@ def recipe(args, seed):
     """The flags every row shares: one budget for all."""
     return ["--data-root", args.data_root, "--epochs", str(args.epochs), "--img-size", str(args.img_size),
             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)]
+
+
+def check_same_recipe(ckpt, flags):
+    """A run folder left by another budget must not slip into the tables."""
+    for flag, value in zip(flags[::2], flags[1::2]):
+        key = flag.lstrip("-").replace("-", "_")
+        if str(ckpt["args"].get(key)) != value:
+            raise SystemExit(f"error: {ckpt['path']} was trained with {flag} {ckpt['args'].get(key)}, "
+                             f"not {value}; remove that folder or pass another --runs")
 
 
 def is_newer(path, than):
@@ -89,13 +102,15 @@ def task1(args, seeds):
     for seed in seeds:
         for name, model, channel, extra in TASK1_RUNS:
             out = os.path.join(args.runs, "task1", f"{name}-s{seed}")
+            trained = os.path.join(args.runs, "task1", f"{SAME_TRAINING.get(name, name)}-s{seed}")
             common = ["--model", model, "--backbone", "small", *recipe(args, seed)]
             if channel:
                 extra = ["--train-channels", channel, "--val-combos", channel]
-            train("train_dw.py", out, common, *extra)
-            ev = os.path.join(out, "eval")
-            if not is_newer(os.path.join(ev, "results.json"), os.path.join(out, "best.pt")):
-                sh("test_dw.py", "--checkpoint", os.path.join(out, "best.pt"), "--data-root", args.data_root,
+            if name not in SAME_TRAINING:
+                train("train_dw.py", out, common, *extra)
+            ev, best = os.path.join(out, "eval"), os.path.join(trained, "best.pt")
+            if not is_newer(os.path.join(ev, "results.json"), best):
+                sh("test_dw.py", "--checkpoint", best, "--as-model", model, "--data-root", args.data_root,
                    "--combos", channel or ",".join(TASK1_COMBOS), "--img-sizes",
                    str(args.img_size) if channel else ",".join(map(str, SIZES)),
                    "--workers", str(args.workers), "--out", ev)

@@ -32,6 +32,23 @@ def test_task1_train_then_test(tmp_path, capsys):
     assert (out / "eval" / "results.md").read_text().count("\n") >= 9
 
 
+def test_plain_zero_weights_evaluated_as_plain_mean(tmp_path, capsys):
+    """Same weights: RGB results agree; with a channel missing only the fill rule differs."""
+    out = tmp_path / "pz"
+    train_dw.main(["--model", "plain_zero", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"])
+    ev = ["--checkpoint", str(out), "--data-root", "synthetic", "--limit", "60", "--workers", "0",
+          "--combos", "RGB,R"]
+    test_dw.main([*ev, "--out", str(tmp_path / "zero")])
+    test_dw.main([*ev, "--as-model", "plain_mean", "--out", str(tmp_path / "mean")])
+    zero, mean = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("zero", "mean"))
+    assert mean[0]["model"] == "plain_mean" and zero[0]["model"] == "plain_zero"
+    assert mean[0]["accuracy"] == zero[0]["accuracy"]
+    assert (mean[1]["accuracy"], mean[1]["f1"]) != (zero[1]["accuracy"], zero[1]["f1"])
+    with pytest.raises(SystemExit):
+        test_dw.main([*ev, "--as-model", "dwg"])
+    assert "weights do not fit model 'dwg'" in capsys.readouterr().err
+
+
 def test_task1_complexity_report(tmp_path, capsys):
     out = tmp_path / "seed"
     train_dw.main(["--model", "seed_dwg", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"])

@@ -61,10 +61,15 @@ def model_from_checkpoint(ckpt):
     return model
 
 
-def load_model(path, classes):
-    """-> (checkpoint, model) for evaluation on data with these classes."""
+def load_model(path, classes, as_model=None):
+    """-> (checkpoint, model) for evaluation on data with these classes.
+
+    ``as_model`` rebuilds the weights as another registered model with the same parameters.
+    """
     ckpt = load_checkpoint(path)
     check_classes(ckpt, classes)
+    if as_model:
+        ckpt["model"] = as_model
     return ckpt, model_from_checkpoint(ckpt)
 
 

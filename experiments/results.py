@@ -16,6 +16,7 @@ import sys
 import pandas as pd
 
 from utils.checkpoint import load_checkpoint
+from utils.errors import UserError, cli
 from utils.report import bar_chart, plt, save_figure, update_readme, write_results
 
 TASK1_MODELS = ["dwg", "plain_zero", "plain_mean", "plain_dropout", "seed_dwg"]
@@ -76,8 +77,8 @@ def check_same_recipe(ckpt, flags):
     for flag, value in zip(flags[::2], flags[1::2]):
         key = flag.lstrip("-").replace("-", "_")
         if str(ckpt["args"].get(key)) != value:
-            raise SystemExit(f"error: {ckpt['path']} was trained with {flag} {ckpt['args'].get(key)}, "
-                             f"not {value}; remove that folder or pass another --runs")
+            raise UserError(f"{ckpt['path']} was trained with {flag} {ckpt['args'].get(key)}, "
+                            f"not {value}; remove that folder or pass another --runs")
 
 
 def is_newer(path, than):
@@ -186,6 +187,7 @@ def task2(args, seeds):
     print(text)
 
 
+@cli
 def main(argv=None):
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -10,6 +10,7 @@ import torch
 
 from conftest import ROOT, run_script
 from utils.checkpoint import save_atomic
+from utils.errors import UserError
 
 RUN = ["--model", "plain_zero", "--backbone", "small", "--data-root", "synthetic", "--limit", "192",
        "--img-size", "24", "--batch-size", "16", "--workers", "0", "--seed", "3", "--deterministic"]
@@ -169,3 +170,11 @@ def test_resumed_log_drops_rows_past_the_checkpoint(tmp_path):
     assert log.read_text().splitlines() == ["epoch,val_acc", "1,0.1", "2,0.2"]
     start_log(str(log), ["epoch", "val_acc"], 0)
     assert log.read_text().splitlines() == ["epoch,val_acc"]
+
+
+def test_results_refuse_a_run_folder_of_another_recipe():
+    from experiments.results import check_same_recipe
+    ckpt = {"path": "runs/results/task1/dwg-s0/last.pt", "args": {"model": "dwg", "epochs": 8, "seed": 0}}
+    check_same_recipe(ckpt, ["--model", "dwg", "--epochs", "8", "--seed", "0"])
+    with pytest.raises(UserError, match=r"dwg-s0/last.pt was trained with --epochs 8, not 6"):
+        check_same_recipe(ckpt, ["--model", "dwg", "--epochs", "6", "--seed", "0"])

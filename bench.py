@@ -1,6 +1,6 @@
 """Benchmarks: stem and whole-model speed, data-pipeline throughput, and the complexity table.
 
-    python -m bench [--parts stem,model,data,complexity] [--threads 2] [--quick]
+    python -m bench [--parts stem,profile,model,data,complexity] [--threads 2] [--quick]
 
 Times are medians of torch.utils.benchmark runs after warm-up, with the thread count fixed;
 every speed is reported as a ratio to its plain counterpart measured in the same run, because
@@ -31,7 +31,7 @@ from utils.report import update_readme, write_results
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="stem,model,data,complexity")
+    p.add_argument("--parts", default="stem,profile,model,data,complexity")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-sizes", default="1,32,128")
@@ -45,13 +45,13 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def median_seconds(fn, args, min_time):
+def median_seconds(fn, args):
     for _ in range(3):  # warm-up: allocator, caches, lazy init
         fn()
     if args.device == "cuda":
         torch.cuda.synchronize()
     t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
-    return t.blocked_autorange(min_run_time=min_time).median
+    return t.blocked_autorange(min_run_time=args.min_time).median
 
 
 def bench_stem(args):
@@ -74,11 +74,26 @@ def bench_stem(args):
                     "original, batched (grouped conv)": lambda: seed(x),
                     "original, per-image loop": lambda: seed.forward_reference(x),
                 }
-                times = {k: median_seconds(f, args, args.min_time) for k, f in variants.items()}
+                times = {k: median_seconds(f, args) for k, f in variants.items()}
             for k, t in times.items():
                 rows.append({"img_size": size, "batch": bs, "stem": k, "ms_per_image": 1e3 * t / bs,
                              "ratio_to_plain": t / times["plain conv"]})
     return rows
+
+
+def bench_profile(args, calls=200):
+    """Where the per-batch kernel generator of our stem spends its time (torch.profiler)."""
+    stem = ChannelHyperStem(64, 7, 2, 3).to(args.device).eval()
+    rgb = ("R", "G", "B")
+    with torch.no_grad():
+        total = median_seconds(lambda: stem.kernel(rgb), args)
+        with torch.profiler.profile() as prof:
+            for _ in range(calls):
+                stem.kernel(rgb)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    return [{"op": "kernel(), whole call (timer median)", "calls_per_kernel": 1, "self_cpu_us": 1e6 * total},
+            *({"op": e.key, "calls_per_kernel": e.count / calls, "self_cpu_us": e.self_cpu_time_total / calls}
+              for e in ops)]
 
 
 def bench_model(args):
@@ -109,10 +124,10 @@ def bench_model(args):
                 opt.step()
 
             net.train()
-            times[(name, "train step")] = median_seconds(step, args, args.min_time)
+            times[(name, "train step")] = median_seconds(step, args)
             net.eval()
             with torch.no_grad():
-                times[(name, "inference")] = median_seconds(fwd, args, args.min_time)
+                times[(name, "inference")] = median_seconds(fwd, args)
         for (name, mode), t in times.items():
             rows.append({"backbone": backbone, "img_size": img, "batch": batch, "model": name, "mode": mode,
                          "images_per_s": batch / t, "ratio_to_plain": t / times[("plain", mode)]})
@@ -135,7 +150,6 @@ def bench_data(args):
             sample_subset(x, ("R", "G", "B"), g)
             seen += len(x)
         rows.append({"what": f"loader, {workers} workers", "img_size": img, "images_per_s": seen / (time.perf_counter() - start)})
-    torch.set_num_threads(args.threads)
     model = models.create_model("dwg", len(spec.classes), backbone="small")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x, y = torch.randn(64, 3, img, img), torch.randint(0, len(spec.classes), (64,))
@@ -146,7 +160,7 @@ def bench_data(args):
         opt.step()
 
     rows.append({"what": "model consumes (dwg, small backbone, train step)", "img_size": img,
-                 "images_per_s": 64 / median_seconds(step, args, args.min_time)})
+                 "images_per_s": 64 / median_seconds(step, args)})
     for r in rows:
         r["data"] = spec.name
     return rows
@@ -187,7 +201,7 @@ def main(argv=None):
            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
     print(f"benchmark environment: {env}")
     report = {"environment": env}
-    runners = {"stem": bench_stem, "model": bench_model, "data": bench_data}
+    runners = {"stem": bench_stem, "profile": bench_profile, "model": bench_model, "data": bench_data}
     for part in parts:
         if part in runners:
             rows = runners[part](args)

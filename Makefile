@@ -4,7 +4,7 @@ DATA_ROOT ?=
 DEMO_DATA := $(if $(DATA_ROOT),$(DATA_ROOT),synthetic)
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench results
+.PHONY: install demo test bench results gpu-check
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -22,3 +22,6 @@ bench: install
 
 results: install
 	$(PYTHON) -m experiments.results
+
+gpu-check: install
+	$(PYTHON) -m gpu_check

@@ -1,6 +1,6 @@
 """Benchmarks: stem and whole-model speed, data-pipeline throughput, and the complexity table.
 
-    python -m bench [--parts stem,profile,model,data,complexity] [--threads 2] [--quick]
+    python -m bench [--parts stem,profile,model,sandwich,data,complexity] [--threads 2] [--quick]
 
 Times are medians of torch.utils.benchmark runs after warm-up, with the thread count fixed;
 every speed is reported as a ratio to its plain counterpart measured in the same run, because
@@ -22,6 +22,7 @@ import torchvision
 from torch.utils import benchmark
 
 import models
+from losses import LabelLoss, SandwichLoss
 from data import build_dataset, describe_root
 from data.channels import sample_subset
 from models.stems import ChannelHyperStem, SeedDWGStem
@@ -31,7 +32,7 @@ from utils.report import update_readme, write_results
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="stem,profile,model,data,complexity")
+    p.add_argument("--parts", default="stem,profile,model,sandwich,data,complexity")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-sizes", default="1,32,128")
@@ -134,6 +135,40 @@ def bench_model(args):
     return rows
 
 
+def bench_sandwich(args):
+    """What a training step costs with each channel recipe, against plain_zero's RGB step (one
+    optimizer step on one batch; the sandwich makes 1 + ``subsets`` forward/backward passes)."""
+    dev, rows = torch.device(args.device), []
+    size = args.model_img_size or (224 if args.device == "cuda" else 128)
+    bs = args.model_batch or (64 if args.device == "cuda" else 16)
+    setups = [("small", 32, 8)] if args.quick else [("densenet121", size, bs), ("small", 64, 64)]
+    for backbone, img, batch in setups:
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, img, img, device=dev)
+        y = torch.randint(0, 50, (batch,), device=dev)
+        gen = torch.Generator().manual_seed(0)
+        recipes = {"plain_zero, RGB": ("plain_zero", LabelLoss(), None),
+                   "dwg, subset sampling": ("dwg", LabelLoss(), functools.partial(sample_subset, generator=gen)),
+                   "dwg, sandwich (2 reduced sets)": ("dwg", SandwichLoss(LabelLoss(), 2, gen), None)}
+        times = {}
+        for name, (model_name, criterion, augment) in recipes.items():
+            net = models.create_model(model_name, 50, backbone=backbone).to(dev).train()
+            opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+            def step():
+                xb, names = augment(x, "RGB") if augment else (x, tuple("RGB"))
+                opt.zero_grad(set_to_none=True)
+                for loss, _ in criterion(lambda xs, ns: net(xs, ns), xb, names, y):
+                    loss.backward()
+                opt.step()
+
+            times[name] = median_seconds(step, args)
+        for name, t in times.items():
+            rows.append({"backbone": backbone, "img_size": img, "batch": batch, "recipe": name,
+                         "ms_per_step": 1e3 * t, "ratio_to_plain": t / times["plain_zero, RGB"]})
+    return rows
+
+
 def bench_data(args):
     """Images/s the loader delivers (decode, resize, channel sampling) beside what a model consumes."""
     spec = describe_root(args.data_root)
@@ -201,7 +236,8 @@ def main(argv=None):
            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
     print(f"benchmark environment: {env}")
     report = {"environment": env}
-    runners = {"stem": bench_stem, "profile": bench_profile, "model": bench_model, "data": bench_data}
+    runners = {"stem": bench_stem, "profile": bench_profile, "model": bench_model, "sandwich": bench_sandwich,
+               "data": bench_data}
     for part in parts:
         if part in runners:
             rows = runners[part](args)

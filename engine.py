@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import build_dataset
@@ -19,41 +18,36 @@ class StopRequest:
     requested = False
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, *, vocab="RGB",
+def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, *, vocab="RGB",
                     train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
-                    label_smoothing=0.0, start_step=0, stop=StopRequest, teacher=None, kd_alpha=0.5,
-                    kd_temperature=4.0):
-    """One pass over ``loader``; ``augment(x, names, generator)`` transforms each batch's channels.
-    With a ``teacher``, the loss mixes in knowledge distillation (Hinton et al.): ``kd_alpha`` of
-    it is the KL divergence to the teacher's softened outputs at ``kd_temperature``.
+                    start_step=0, stop=StopRequest):
+    """One pass over ``loader``. Batches go to the device first; there ``augment(x, names,
+    generator)`` picks their channels and ``criterion`` (``losses.py``) yields the loss of each
+    forward pass it makes, each back-propagated at once, then one optimizer step.
     Returns ``{"loss", "acc", "step", "interrupted"}``, where ``step`` counts the batches of
-    this epoch done so far (``start_step`` included)."""
+    this epoch done so far (``start_step`` included) and ``loss`` sums a step's passes."""
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, start_step
+
+    def forward(x, names):
+        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model(x, names).float()
+
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ctx.main else True)
     for x, y in bar:
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         x, names = select(x, train_combo, vocab) if train_combo else (x, tuple(vocab))
         if augment is not None:
             x, names = augment(x, names, generator=generator)
-        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x, names)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-            if teacher is not None:
-                with torch.no_grad():
-                    target = F.log_softmax(teacher(x, names).float() / kd_temperature, 1)
-                kd = F.kl_div(F.log_softmax(logits.float() / kd_temperature, 1), target, log_target=True,
-                              reduction="batchmean") * kd_temperature ** 2
-                loss = (1 - kd_alpha) * loss + kd_alpha * kd
-        if not math.isfinite(loss.item()):
-            raise UserError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step + 1}; "
-                            "training stopped, the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        step_loss, logits = 0.0, None
+        for loss, out in criterion(forward, x, names, y):
+            if not math.isfinite(loss.item()):
+                raise UserError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step + 1}; "
+                                "training stopped, the last good checkpoint is kept")
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            step_loss += loss.item()
+            logits = out if logits is None else logits
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -61,7 +55,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, *, vocab="R
             optimizer.step()
         scheduler.step()
         step += 1
-        total_loss += loss.item() * len(y)
+        total_loss += step_loss * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
@@ -102,3 +96,15 @@ def evaluate_split(model, spec, split, img_size, combos, ctx, batch_size=128, wo
                        desc=f"{split} {img_size}px")
     return [{"combo": c, "img_size": img_size, "images": len(t),
              **classification_metrics(t, p, len(spec.classes))} for c, (t, p) in results.items()]
+
+
+def recalibrate(model, spec, img_size, images, ctx, batch_size=128, workers=2):
+    """Per-channel-set BatchNorm statistics of a Task 1 model from ``images`` training images
+    (evenly spaced, evaluation transform), loaded once and reused for every set."""
+    if not hasattr(model, "recalibrate"):
+        raise UserError("--recalibrate needs a Task 1 model (BatchNorm statistics per channel set)")
+    dataset = build_dataset(spec, "train", img_size, limit=images)
+    batches = [x.to(ctx.device) for x, _ in eval_loader(dataset, batch_size, workers, ctx)]
+    model.recalibrate(batches)
+    print(f"recalibrated BatchNorm statistics per channel set on {len(dataset)} training images")
+    return model

@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
-from engine import evaluate_split
+from engine import evaluate_split, recalibrate
 from utils import distributed
 from utils.checkpoint import load_model
 from utils.complexity import complexity_row, stem_cost
@@ -32,6 +32,8 @@ def parse_args(argv):
     p.add_argument("--limit", type=int, default=None, help="evaluate this many images (evenly spaced)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")
+    p.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                   help="first re-estimate BatchNorm statistics per channel set from N training images")
     return p.parse_args(argv)
 
 
@@ -64,6 +66,8 @@ def main(argv=None):
     ckpt, model = load_model(args.checkpoint, spec.classes, args.as_model)
     model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
+    if args.recalibrate:
+        recalibrate(model, spec, ckpt["args"]["img_size"], args.recalibrate, ctx, args.batch_size, args.workers)
     try:
         sizes = [int(s) for s in args.img_sizes.split(",")] if args.img_sizes else [ckpt["args"]["img_size"]]
     except ValueError:

@@ -7,7 +7,7 @@ from data import describe_root
 from engine import evaluate_split
 from models import deploy
 from utils import distributed
-from utils.checkpoint import load_model
+from utils.checkpoint import load_model, save_atomic
 from utils.complexity import complexity_row
 from utils.errors import UserError, cli
 from utils.report import fmt_table, plt, save_figure, write_results
@@ -30,6 +30,8 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--save-deployed", default=None, metavar="DIR",
+                   help="also write each evaluated model, deployed, as DIR/<model>.pt (loads like any checkpoint)")
     return p.parse_args(argv)
 
 
@@ -44,12 +46,17 @@ def add_ratios(rows, baseline_accuracy):
 def evaluate_checkpoint(path, spec, args, ctx):
     ckpt, model = load_model(path, spec.classes)
     model = deploy(model).to(ctx.device)
+    teacher = ckpt["args"].get("teacher")
+    name = f"{ckpt['model']}+kd" if teacher else ckpt["model"]
+    if args.save_deployed and ctx.main:
+        os.makedirs(args.save_deployed, exist_ok=True)
+        kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "args", "epoch") if k in ckpt}
+        save_atomic({**kept, "state_dict": model.state_dict(), "deployed": True},
+                    os.path.join(args.save_deployed, f"{name}.pt"))
     size = args.img_size or ckpt["args"]["img_size"]
     [metrics] = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size, args.workers,
                                args.limit)
     cost = complexity_row(model.cpu())
-    teacher = ckpt["args"].get("teacher")
-    name = f"{ckpt['model']}+kd" if teacher else ckpt["model"]
     return {"model": name, "teacher": teacher, "checkpoint": ckpt["path"], "img_size": size,
             "epochs": ckpt["args"]["epochs"], "seed": ckpt["args"]["seed"], **cost, **metrics}
 

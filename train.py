@@ -24,7 +24,8 @@ from data.channels import AUGMENTATIONS
 from data.loaders import eval_loader, train_loader
 from engine import StopRequest, evaluate, train_one_epoch
 from utils import distributed
-from utils.checkpoint import check_classes, load_checkpoint, load_model, save_atomic
+from losses import DistillationLoss, LabelLoss, SandwichLoss
+from utils.checkpoint import check_classes, init_from, load_checkpoint, load_model, save_atomic
 from utils.errors import UserError
 from utils.metrics import classification_metrics
 
@@ -37,7 +38,15 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--model", default=None,
                    help=f"default {default_model}; one of: {', '.join(models.list_models())}")
     p.add_argument("--backbone", default="densenet121", help="body for Task 1 models: densenet121|resnet18|small")
-    p.add_argument("--pretrained", default=None, help="local torchvision state dict for the body")
+    p.add_argument("--pretrained", default=None,
+                   help="'imagenet' (torchvision's weights, cached under $TORCH_HOME) or a local "
+                        "torchvision state dict, for the body and the stem")
+    p.add_argument("--init-from", default=None, help="start from the weights of one of our checkpoints "
+                                                     "(e.g. a plain_zero run for a dwg)")
+    p.add_argument("--stem-base", action=argparse.BooleanOptionalAction, default=None,
+                   help="dwg: a plain kernel per channel under the hypernetwork (default: the model's)")
+    p.add_argument("--combo-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm statistics per channel set (default: the model's)")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
                    help="folder with train/val/test.txt and images/ ($DATA_ROOT), or 'synthetic'")
     p.add_argument("--limit", type=int, default=None, help="use this many images per split (evenly spaced)")
@@ -49,8 +58,11 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout"],
-                   help="channel augmentation (default: the model's own)")
+    p.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout", "sandwich"],
+                   help="channel augmentation (default: the model's own); sandwich: every step trains "
+                        "the full set on labels and --sandwich-subsets reduced sets towards it")
+    p.add_argument("--sandwich-subsets", type=int, default=2,
+                   help="reduced combinations per sandwich step (the first a single channel)")
     p.add_argument("--full-prob", type=float, default=0.0,
                    help="subset augmentation: probability that a batch keeps every channel")
     p.add_argument("--train-channels", default=None, help="train on this fixed combination only, e.g. R")
@@ -90,9 +102,11 @@ def check_out_dir(out, resuming, overwrite):
 
 
 def model_config(args):
-    if models.registry.model_task(args.model) == 1:
-        return {"backbone": args.backbone, "pretrained": args.pretrained}
-    return {}
+    if models.registry.model_task(args.model) != 1:
+        return {}
+    options = {"base": args.stem_base, "combo_bn": args.combo_bn}
+    return {"backbone": args.backbone, "pretrained": args.pretrained,
+            **{k: v for k, v in options.items() if v is not None}}
 
 
 def lr_lambda(total_steps, warmup_steps):
@@ -163,11 +177,15 @@ def resolve_args(args, parser, default_model):
         raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
     if "optimizer" not in resume:
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
-    changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out")
+    # Where and how it runs may change, and --epochs to extend a run (the cosine schedule is
+    # stretched from the step it has reached); the recipe itself may not.
+    changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out", "epochs")
                if getattr(args, k) != parser.get_default(k)}
+    if "epochs" in changed and changed["epochs"] != resume["args"]["epochs"]:
+        print(f"resuming {resume['path']} with --epochs {changed['epochs']} (was {resume['args']['epochs']})")
     defaults = vars(parser.parse_args([]))  # flags added since the checkpoint was written
     args = argparse.Namespace(**{**defaults, **resume["args"], **changed, "resume": args.resume,
-                                 "pretrained": None})  # the weights come from the checkpoint
+                                 "pretrained": None, "init_from": None})  # weights: the checkpoint's
     return args, resume
 
 
@@ -205,17 +223,28 @@ def _run(args, ctx, default_model, parser):
     config.pop("pretrained", None)  # the checkpoint carries the weights themselves
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
-    augment = AUGMENTATIONS[args.channel_aug]
-    if args.channel_aug == "subset":
-        augment = functools.partial(augment, full_prob=args.full_prob)
+    if args.channel_aug == "sandwich" and train_combo:
+        raise UserError(f"--train-channels {train_combo} trains one fixed combination; "
+                        "pass --channel-aug none instead of the sandwich")
+    if args.init_from:
+        init_from(model, args.init_from, spec.classes)
     if resume is not None:
         check_classes(resume, spec.classes)
         model.load_state_dict(resume["state_dict"])
     amp_dtype, scaler = amp_settings(args, ctx)
+    criterion = LabelLoss(args.label_smoothing)
     teacher = None
     if args.teacher:
         _, teacher = load_model(args.teacher, spec.classes)
         teacher = deploy(teacher).to(ctx.device).eval().requires_grad_(False)
+        criterion = DistillationLoss(criterion, teacher, args.kd_alpha, args.kd_temperature)
+    # Channels are drawn from a generator re-seeded every epoch (see the loop).
+    chan_gen = torch.Generator()
+    augment = AUGMENTATIONS.get(args.channel_aug)
+    if args.channel_aug == "subset":
+        augment = functools.partial(augment, full_prob=args.full_prob)
+    elif args.channel_aug == "sandwich":
+        criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -253,6 +282,8 @@ def _run(args, ctx, default_model, parser):
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
+        aug += f" ({args.sandwich_subsets} reduced sets a step)" if args.channel_aug == "sandwich" else ""
+        aug += f"; initialised from {args.init_from}" if args.init_from else ""
         aug += f", trained on {train_combo}" if train_combo else ""
         aug += f"; distilled from {args.teacher}" if teacher is not None else ""
         print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
@@ -268,15 +299,13 @@ def _run(args, ctx, default_model, parser):
         # Everything random in an epoch is seeded from (seed, epoch): resuming from the end of
         # any epoch replays exactly what an uninterrupted run does.
         seed_everything(args.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-        chan_gen = torch.Generator().manual_seed(args.seed * 7919 + epoch)
+        chan_gen.manual_seed(args.seed * 7919 + epoch)
         skip = start_step if epoch == start_epoch else 0
         t0 = time.time()
         stats = train_one_epoch(
             net, train_loader(train_set, args.batch_size, args.workers, args.seed, epoch, ctx, skip),
-            optimizer, scheduler, ctx, epoch + 1, vocab=vocab, train_combo=train_combo,
-            augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler,
-            label_smoothing=args.label_smoothing, start_step=skip, teacher=teacher, kd_alpha=args.kd_alpha,
-            kd_temperature=args.kd_temperature)
+            optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
+            augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip)
         if stats["interrupted"]:
             if ctx.main:
                 save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))

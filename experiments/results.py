@@ -8,10 +8,15 @@ and writes results/task1*.md|json and results/task2.md|json, figs/task1_*.png, f
 Never run by the tests or CI.
 """
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -19,41 +24,98 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, cli
 from utils.report import bar_chart, plt, save_figure, update_readme, write_results
 
-TASK1_MODELS = ["dwg", "plain_zero", "plain_mean", "plain_dropout", "seed_dwg"]
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
-# (row name, model, single training channel, extra flags)
-TASK1_RUNS = ([(m, m, None, []) for m in TASK1_MODELS]
-              + [("dwg_full50", "dwg", None, ["--full-prob", "0.5"])]
-              + [(f"plain_zero-{c}only", "plain_zero", c, []) for c in SINGLE])
-# plain_mean trains exactly as plain_zero does (RGB only; its fill acts only when a channel is
-# missing), so its row evaluates plain_zero's checkpoint instead of training a copy.
-SAME_TRAINING = {"plain_mean": "plain_zero"}
+
+
+@dataclass
+class Row:
+    """One row of a Task 1 table: how its checkpoint is trained and how it is evaluated.
+
+    ``recipe`` overrides the shared budget (a fine-tuning row trains fewer epochs at a lower LR);
+    ``init`` names the row (same seed) whose checkpoint it starts from; ``same_as`` names the
+    row whose checkpoint it evaluates instead of training its own; ``every_seed`` False means
+    the first seed only (rivals and ablations).
+    """
+    name: str
+    model: str
+    flags: list = field(default_factory=list)
+    recipe: dict = field(default_factory=dict)
+    init: str = None
+    same_as: str = None
+    eval_flags: list = field(default_factory=list)
+    every_seed: bool = True
+    channel: str = None
+    backbone: str = "small"
+
+
+# dwg's recipe on this machine: plain_zero's 6 epochs, then 3 sandwich epochs from its weights.
+FINETUNE = {"epochs": 3, "lr": 0.03, "warmup-epochs": 0.3}
+EARLIER = ["--no-stem-base", "--no-combo-bn"]  # the stem and shared BatchNorm of the earlier dwg
+TASK1_ROWS = [  # in training order: a fine-tuned row after the experts, so its start is ready
+    Row("plain_zero", "plain_zero"),
+    # plain_mean trains exactly as plain_zero does (RGB only; its fill acts only when a channel is
+    # missing), so its row evaluates plain_zero's checkpoint instead of training a copy.
+    Row("plain_mean", "plain_mean", same_as="plain_zero"),
+    *[Row(f"plain_zero-{c}only", "plain_zero", ["--train-channels", c, "--val-combos", c], channel=c)
+      for c in SINGLE],
+    Row("dwg", "dwg", recipe=FINETUNE, init="plain_zero"),
+    Row("dwg_scratch", "dwg", every_seed=False),
+    Row("dwg_earlier", "dwg", EARLIER + ["--channel-aug", "subset"], every_seed=False),
+    Row("plain_dropout", "plain_dropout", every_seed=False),
+    Row("seed_dwg", "seed_dwg", every_seed=False),
+]
+SIZE_ROWS = {"dwg", "plain_zero", "plain_mean"}  # the spatial-size table's rows
+TABLE_ORDER = ["dwg", "dwg_scratch", "dwg_earlier", "plain_zero", "plain_mean", "plain_dropout", "seed_dwg"]
+# Each mechanism alone and together, first seed only; rows of TASK1_ROWS complete the table.
+ABLATION_ROWS = [
+    Row("earlier+bn", "dwg", same_as="dwg_earlier", eval_flags=["--recalibrate", "640"]),
+    Row("base", "dwg", ["--no-combo-bn", "--channel-aug", "subset"]),
+    Row("base+init", "dwg", ["--no-combo-bn", "--channel-aug", "subset"], recipe=FINETUNE, init="plain_zero"),
+    Row("base+init+bn", "dwg", same_as="base+init", eval_flags=["--recalibrate", "640"]),
+    Row("base+init+sandwich", "dwg", ["--no-combo-bn"], recipe=FINETUNE, init="plain_zero"),
+]
+ABLATION_NAMES = {
+    "dwg_earlier": "earlier dwg: template stem, subset sampling, shared BN",
+    "earlier+bn": "+ BN statistics per set (recalibrated)",
+    "base": "base kernels under the hypernetwork (subset sampling)",
+    "base+init": "base, initialised from plain_zero (subset sampling)",
+    "base+init+bn": "base, init + BN per set (recalibrated)",
+    "base+init+sandwich": "base, init + sandwich",
+    "dwg_scratch": "base + sandwich + BN per set, from scratch",
+    "dwg": "base, init + sandwich + BN per set (dwg)",
+}
+# A body other than the small CNN, first seed only.
+RESNET18_ROWS = [Row("plain_zero-resnet18", "plain_zero", backbone="resnet18"),
+                 Row("dwg-resnet18", "dwg", recipe=FINETUNE, init="plain_zero-resnet18", backbone="resnet18")]
 TASK2_MODELS = ["resnet34", "rrdb", "rrdb_rnn", "shallow"]
 SIZES = [48, 64, 96]
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", default="all", choices=["task1", "task2", "all"])
+    p.add_argument("--part", default="all", choices=["task1", "task1-ablation", "task1-resnet18", "task2", "all"])
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
     p.add_argument("--seeds", default="0")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained (and evaluated) at once, each with cores/jobs threads")
     p.add_argument("--runs", default="runs/results", help="checkpoints and logs (not committed)")
     p.add_argument("--results", default="results")
     p.add_argument("--figs", default="figs")
     return p.parse_args(argv)
 
 
-def sh(*cmd):
+def sh(*cmd, threads=None):
     print("+", " ".join(cmd), flush=True)
-    subprocess.run([sys.executable, *cmd], check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    subprocess.run([sys.executable, *cmd], check=True, env=env)
 
 
-def train(script, out, common, *extra):
+def train(script, out, common, *extra, threads=None):
     """Train unless a finished run is already there; resume an unfinished one."""
     last = os.path.join(out, "last.pt")
     if os.path.exists(last):
@@ -61,15 +123,87 @@ def train(script, out, common, *extra):
         check_same_recipe(done, common)
         if done["epoch"] >= done["args"]["epochs"] and done["step"] == 0:
             return
-        sh(script, "--resume", out)
+        sh(script, "--resume", out, threads=threads)
     else:
-        sh(script, *common, *extra, "--out", out, "--overwrite")
+        sh(script, *common, *extra, "--out", out, "--overwrite", threads=threads)
 
 
-def recipe(args, seed):
-    """The flags every row shares: one budget for all."""
-    return ["--data-root", args.data_root, "--epochs", str(args.epochs), "--img-size", str(args.img_size),
-            "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed)]
+def recipe(args, seed, **overrides):
+    """The flags every row shares: one budget for all, unless a row overrides part of it."""
+    values = {"data-root": args.data_root, "epochs": args.epochs, "img-size": args.img_size,
+              "batch-size": args.batch_size, "workers": args.workers, "seed": seed, **overrides}
+    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+
+
+def in_parallel(jobs, tasks):
+    """Run ``tasks`` (callables taking a thread count) ``jobs`` at a time, in order; re-raise the
+    first failure."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ThreadPoolExecutor(jobs) as pool:
+        for f in [pool.submit(task, threads=threads) for task in tasks]:
+            f.result()
+
+
+def run_dir(args, row, seed):
+    return os.path.join(args.runs, "task1", f"{row.name}-s{seed}")
+
+
+def schedule(rows, seeds):
+    """(row, seed) pairs to evaluate: the rows of every seed first (seed by seed), then the
+    first-seed-only rows, so that an interrupted command has whole seeds."""
+    return ([(r, s) for s in seeds for r in rows if r.every_seed]
+            + [(r, seeds[0]) for r in rows if not r.every_seed])
+
+
+def train_rows(args, wanted):
+    """Train the runs behind ``wanted`` (row, seed) pairs, ``--jobs`` at a time in that order; a
+    row that starts from another row's checkpoint waits for it."""
+    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
+    order = []  # runs to train, each after the runs it needs
+
+    def need(row, seed):
+        for name in (row.init, row.same_as):
+            if name:
+                need(every[name], seed)
+        if not row.same_as and (row.name, seed) not in order:
+            order.append((row.name, seed))
+    for row, seed in wanted:
+        need(row, seed)
+    done = {key: threading.Event() for key in order}
+
+    def train_row(name, seed, threads):
+        row = every[name]
+        flags = ["--model", row.model, "--backbone", row.backbone, *row.flags]
+        if row.init:
+            done[(row.init, seed)].wait()
+            flags += ["--init-from", os.path.join(run_dir(args, every[row.init], seed), "best.pt")]
+        try:
+            train("train_dw.py", run_dir(args, row, seed), recipe(args, seed, **row.recipe), *flags,
+                  threads=threads)
+        finally:
+            done[(name, seed)].set()
+    in_parallel(args.jobs, [functools.partial(train_row, *key) for key in order])
+
+
+def task1_rows(args, rows, seeds):
+    """Train (``train_rows``) and evaluate ``rows``; -> DataFrame of evaluation rows."""
+    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
+    wanted = schedule(rows, seeds)
+    train_rows(args, wanted)
+    tasks, results = [], []
+    for row, seed in wanted:
+        ev = os.path.join(run_dir(args, row, seed), "eval")
+        best = os.path.join(run_dir(args, every[row.same_as] if row.same_as else row, seed), "best.pt")
+        results.append((row, seed, ev))
+        if not is_newer(os.path.join(ev, "results.json"), best):
+            sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
+            tasks.append(functools.partial(
+                sh, "test_dw.py", "--checkpoint", best, "--as-model", row.model, "--data-root", args.data_root,
+                "--combos", row.channel or ",".join(TASK1_COMBOS), "--img-sizes", ",".join(map(str, sizes)),
+                "--workers", str(args.workers), "--out", ev, *row.eval_flags))
+    in_parallel(args.jobs, tasks)
+    return pd.DataFrame([{**r, "model": row.name, "seed": seed}
+                         for row, seed, ev in results for r in json.load(open(os.path.join(ev, "results.json")))])
 
 
 def check_same_recipe(ckpt, flags):
@@ -99,53 +233,96 @@ def mean_std(df, keys, values):
 
 
 def task1(args, seeds):
-    rows = []
-    for seed in seeds:
-        for name, model, channel, extra in TASK1_RUNS:
-            out = os.path.join(args.runs, "task1", f"{name}-s{seed}")
-            trained = os.path.join(args.runs, "task1", f"{SAME_TRAINING.get(name, name)}-s{seed}")
-            common = ["--model", model, "--backbone", "small", *recipe(args, seed)]
-            if channel:
-                extra = ["--train-channels", channel, "--val-combos", channel]
-            if name not in SAME_TRAINING:
-                train("train_dw.py", out, common, *extra)
-            ev, best = os.path.join(out, "eval"), os.path.join(trained, "best.pt")
-            if not is_newer(os.path.join(ev, "results.json"), best):
-                sh("test_dw.py", "--checkpoint", best, "--as-model", model, "--data-root", args.data_root,
-                   "--combos", channel or ",".join(TASK1_COMBOS), "--img-sizes",
-                   str(args.img_size) if channel else ",".join(map(str, SIZES)),
-                   "--workers", str(args.workers), "--out", ev)
-            for r in json.load(open(os.path.join(ev, "results.json"))):
-                rows.append({**r, "model": name, "seed": seed})
-    df = pd.DataFrame(rows)
+    df = task1_rows(args, TASK1_ROWS, seeds)
     metrics = ["accuracy", "precision", "recall", "f1", "f1_macro"]
     agg = mean_std(df, ["model", "img_size", "combo"], metrics)
-    main = agg[(agg.img_size == args.img_size)]
-    main_rows = main[~main.model.str.contains("only")]
+    main = agg[agg.img_size == args.img_size]
+    experts = main[main.model.str.contains("only")]
     title = f"Task 1 on imagenette-mini test split, small backbone (CPU proxy: {budget(args)})"
-    write_results(main_rows.to_dict("records"), args.results, "task1", title)
-    table = main_rows.pivot(index="model", columns="combo", values="accuracy")[TASK1_COMBOS]
-    table["mean"] = table[TASK1_COMBOS].mean(axis=1)
-    table["worst"] = table[TASK1_COMBOS].min(axis=1)
-    table["worst/RGB"] = table["worst"] / table["RGB"]
-    bounds = main[main.model.str.contains("only")]
-    for _, b in bounds.iterrows():
-        table.loc["single-channel upper bound", b["combo"]] = b["accuracy"]
-    table = table.reindex([n for n, *_ in TASK1_RUNS if "only" not in n] + ["single-channel upper bound"])
-    table = table.reset_index()
-    write_results(table.to_dict("records"), args.results, "task1_accuracy", title + "; accuracy per combination")
-    sizes = agg[~agg.model.str.contains("only")].pivot_table(index=["model", "combo"], columns="img_size",
+    write_results(main.to_dict("records"), args.results, "task1", title)
+    means = accuracy_table(main, TABLE_ORDER)
+    stds = main.pivot_table(index="model", columns="combo", values="accuracy_std", sort=False)
+    for _, e in experts.iterrows():
+        means.loc["single-channel expert", e["combo"]] = e["accuracy"]
+        stds.loc["single-channel expert", e["combo"]] = e["accuracy_std"]
+    seeds_of = main.groupby("model")["seeds"].max().to_dict()
+    seeds_of["single-channel expert"] = experts["seeds"].max()
+    shown = means.copy().astype(object)
+    for model in means.index:
+        for combo in TASK1_COMBOS:
+            m = means.loc[model, combo]
+            several = seeds_of.get(model, 1) > 1 and not pd.isna(m)
+            shown.loc[model, combo] = f"{m:.3f} ± {stds.loc[model, combo]:.3f}" if several else (
+                "" if pd.isna(m) else f"{m:.3f}")
+    shown["seeds"] = [seeds_of.get(m, 1) for m in means.index]
+    shown = shown.reset_index(names="model")
+    write_results(means.reset_index(names="model").to_dict("records"), args.results, "task1_accuracy",
+                  title + "; accuracy per combination (mean over seeds)")
+    targets = task1_targets(means, stds)
+    write_results(targets.to_dict("records"), args.results, "task1_targets", title + "; targets")
+    sizes = agg[agg.model.isin(SIZE_ROWS)].pivot_table(index=["model", "combo"], columns="img_size",
                                                              values="accuracy", sort=False).reset_index()
     sizes.columns = [str(c) if isinstance(c, int) else c for c in sizes.columns]
     write_results(sizes.to_dict("records"), args.results, "task1_sizes",
                   f"Task 1 spatial-size invariance: accuracy of the {args.img_size}px checkpoints at "
                   f"{', '.join(map(str, SIZES))}px ({budget(args)})")
-    bar_chart(main_rows, "combo", "accuracy", "model", os.path.join(args.figs, "task1_accuracy.png"),
+    bar_chart(main[~main.model.str.contains("only")], "combo", "accuracy", "model",
+              os.path.join(args.figs, "task1_accuracy.png"),
               f"Task 1: test accuracy per channel combination (CPU proxy: {budget(args)})")
-    text = table.to_markdown(index=False, floatfmt=".4f")
-    update_readme("task1", f"{title}; accuracy as a fraction\n\n{text}\n\nSpatial-size invariance "
-                  f"(same checkpoints, accuracy):\n\n{sizes.to_markdown(index=False, floatfmt='.4f')}")
+    text = shown.to_markdown(index=False, floatfmt=".4f")
+    update_readme("task1", f"{title}; test accuracy as a fraction, mean ± standard deviation over the seeds "
+                  f"where a row has several\n\n{text}\n\nTargets (means over the seeds):\n\n"
+                  f"{targets.to_markdown(index=False, floatfmt='.4f')}\n\nSpatial-size invariance "
+                  f"(same checkpoints, accuracy, mean over seeds):\n\n"
+                  f"{sizes.to_markdown(index=False, floatfmt='.4f')}")
     print(text)
+
+
+def task1_targets(means, stds):
+    """dwg against plain_zero on RGB and against each single-channel expert: gap and target (1 point)."""
+    rows = [("RGB", "plain_zero")] + [(c, "single-channel expert") for c in SINGLE]
+    out = []
+    for combo, rival in rows:
+        gap = means.loc["dwg", combo] - means.loc[rival, combo]
+        out.append({"combo": combo, "dwg": means.loc["dwg", combo], "dwg_std": stds.loc["dwg", combo],
+                    "rival": rival, "rival_accuracy": means.loc[rival, combo],
+                    "rival_std": stds.loc[rival, combo], "gap_points": 100 * gap,
+                    "target_met": bool(gap >= -0.01)})
+    return pd.DataFrame(out)
+
+
+def accuracy_table(df, order):
+    """Accuracy per combination (mean over seeds), mean, worst and worst/RGB, rows in ``order``."""
+    table = df.pivot_table(index="model", columns="combo", values="accuracy", sort=False)[TASK1_COMBOS]
+    table["mean"] = table[TASK1_COMBOS].mean(axis=1)
+    table["worst"] = table[TASK1_COMBOS].min(axis=1)
+    table["worst/RGB"] = table["worst"] / table["RGB"]
+    return table.reindex(order)
+
+
+def task1_ablation(args, seeds):
+    """Each mechanism alone and together (first seed, small backbone)."""
+    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS}
+    rows = [every[n] for n in ABLATION_NAMES]
+    df = task1_rows(args, [dataclasses.replace(r, every_seed=False) for r in rows], seeds[:1])
+    table = accuracy_table(df[df.img_size == args.img_size], list(ABLATION_NAMES))
+    for name, seconds in ((n, train_seconds(args, every[n], seeds[0])) for n in ABLATION_NAMES):
+        table.loc[name, "train min"] = seconds / 60
+    table.index = [f"{ABLATION_NAMES[n]} [{n}]" for n in table.index]
+    title = (f"Task 1 ablation on imagenette-mini test split, small backbone (CPU proxy: {budget(args)}; "
+             f"fine-tuning rows: {FINETUNE['epochs']} more epochs after plain_zero's, counted in train min)")
+    text = table.reset_index(names="mechanisms [row]").to_markdown(index=False, floatfmt=".4f")
+    write_results(table.reset_index(names="row").to_dict("records"), args.results, "task1_ablation", title)
+    update_readme("task1-ablation", f"{title}\n\n{text}")
+    print(text)
+
+
+def train_seconds(args, row, seed):
+    """Training time of a row's checkpoint from its log, plus that of the row it started from."""
+    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
+    row = every[row.same_as] if row.same_as else row
+    log = pd.read_csv(os.path.join(run_dir(args, row, seed), "log.csv"))
+    return log["seconds"].sum() + (train_seconds(args, every[row.init], seed) if row.init else 0)
 
 
 def task2(args, seeds):
@@ -195,6 +372,8 @@ def main(argv=None):
     os.makedirs(args.figs, exist_ok=True)
     if args.part in ("task1", "all"):
         task1(args, seeds)
+    if args.part in ("task1-ablation", "all"):
+        task1_ablation(args, seeds)
     if args.part in ("task2", "all"):
         task2(args, seeds)
 

@@ -3,6 +3,9 @@
 ``build_backbone`` returns the body with its own first convolution removed, and the shape that
 the stem must have to take its place, so any stem works with any body.
 """
+import os
+import pickle
+import re
 from dataclasses import dataclass
 
 import torch
@@ -56,28 +59,71 @@ def _resnet18(num_classes):
 
 
 BACKBONES = {"densenet121": _densenet121, "resnet18": _resnet18, "small": _small}
+IMAGENET = "imagenet"
 
 
 def build_backbone(name, num_classes, pretrained=None):
-    """-> (body with an identity where its stem was, StemShape, stem weight from ``pretrained``)."""
+    """-> (body with an identity where its stem was, StemShape, stem weight from ``pretrained``).
+
+    ``pretrained``: ``"imagenet"`` (torchvision's released weights) or a local state dict file.
+    """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     body, stem_name, shape = BACKBONES[name](num_classes)
-    stem_weight = load_pretrained(body, pretrained, stem_name) if pretrained else None
+    stem_weight = None
+    if pretrained:
+        source = imagenet_state_dict(name) if pretrained == IMAGENET else read_state_dict(pretrained)
+        stem_weight = load_pretrained(body, source, stem_name, pretrained)
     parent, _, attr = stem_name.rpartition(".")
     setattr(body.get_submodule(parent) if parent else body, attr, nn.Identity())
     return body, shape, stem_weight
 
 
-def load_pretrained(body, path, stem_name):
-    """Load a local torchvision state dict; layers whose shape differs (the classifier) are skipped."""
+def imagenet_state_dict(name):
+    """torchvision's default ImageNet weights for ``name``, downloaded once into $TORCH_HOME."""
+    if name not in torchvision.models.list_models():
+        raise UserError(f"no ImageNet weights for backbone {name!r} (torchvision has none); "
+                        "train it from scratch or pass a state dict file")
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if os.path.isfile(path):
+        return read_state_dict(path)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"cannot download ImageNet weights for {name} ({exc.__class__.__name__}: "
+                        f"{str(exc).strip() or 'no network'}); offline, put {weights.url} at {path}") from None
+
+
+def read_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise UserError(f"cannot read pretrained weights {path}: {exc}") from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise UserError(f"cannot read pretrained weights {path}: {str(exc).splitlines()[0]}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"pretrained weights {path} are not a state dict")
+    return state
+
+
+# torchvision's released DenseNet files name "norm1" as "norm.1"; torchvision renames them on load.
+_LEGACY_DENSENET = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
+
+
+def load_pretrained(body, state, stem_name, source):
+    """Load a torchvision state dict into ``body``; tensors whose shape differs (the classifier
+    of another number of classes) are skipped. Every convolution of the body must load.
+    Returns the stem's weight (the stem itself is not part of the body)."""
+    state = {_LEGACY_DENSENET.sub(r"\1\2.", k): v for k, v in state.items()}
     own = body.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise UserError(f"pretrained weights {path} match no layer of this backbone")
+    convs = [f"{n}.weight" for n, m in body.named_modules() if isinstance(m, nn.Conv2d) and n != stem_name]
+    missing = [k for k in convs if k not in usable]
+    if missing:
+        raise UserError(f"pretrained weights {source} do not fit this backbone: {len(missing)} of "
+                        f"{len(convs)} convolutions did not load (first: {missing[0]})")
     body.load_state_dict(usable, strict=False)
+    print(f"pretrained {source}: loaded {len(usable)} of {len(own)} tensors of the body; "
+          f"skipped {', '.join(sorted({k.rsplit('.', 1)[0] for k in own if k not in usable})) or 'none'}")
     return usable.get(f"{stem_name}.weight")

@@ -4,41 +4,127 @@ Each model is a stem (``stems.py``) in front of a body (``backbones.py``). ``cha
 the training-time channel augmentation the model is meant to be trained with; the entry script
 uses it unless ``--channel-aug`` says otherwise.
 """
+import itertools
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from data.channels import DEFAULT_VOCAB
 from .backbones import build_backbone
+from .norm import combo_index, convert_to_combo_bn, num_combos
 from .registry import register
 from .stems import ChannelHyperStem, FilledStem, SeedDWGStem
 
 
 class ChannelClassifier(nn.Module):
-    def __init__(self, stem, body, vocab, channel_aug):
+    """``stem(x, channels)`` then ``body``. With ``combo_bn`` every BatchNorm of the body keeps
+    running statistics per channel set (``models/norm.py``); a set that never went through the
+    model in training (nor ``recalibrate``) is evaluated with the full set's statistics."""
+
+    def __init__(self, stem, body, vocab, channel_aug, combo_bn=False):
         super().__init__()
         self.stem, self.body = stem, body
         self.vocab, self.channel_aug = vocab, channel_aug
+        self._combo_bns = []
+        if combo_bn:
+            self.enable_combo_bn()
+
+    @property
+    def combo_bn(self):
+        return bool(self._combo_bns)
+
+    def enable_combo_bn(self):
+        """Give every BatchNorm of the body statistics per channel set (idempotent)."""
+        if not self._combo_bns:
+            self._combo_bns = convert_to_combo_bn(self.body, num_combos(self.vocab))
+            self.register_buffer("combo_seen", torch.zeros(num_combos(self.vocab), dtype=torch.long,
+                                                           device=self.stem_device()))
+        return self
+
+    def stem_device(self):
+        return next(self.parameters()).device
+
+    def _select_statistics(self, channels):
+        k = combo_index(channels, self.vocab)
+        if self.training:
+            self.combo_seen[k] += 1
+        elif not self.combo_seen[k]:
+            k = num_combos(self.vocab) - 1
+        for bn in self._combo_bns:
+            bn.combo = k
 
     def forward(self, x, channels=None):
-        return self.body(self.stem(x, tuple(channels or self.vocab)))
+        channels = tuple(channels or self.vocab)
+        if self._combo_bns:
+            self._select_statistics(channels)
+        return self.body(self.stem(x, channels))
+
+    @torch.no_grad()
+    def recalibrate(self, batches, combos=None):
+        """Re-estimate each channel set's BatchNorm statistics exactly (a cumulative average)
+        from ``batches`` of full-vocabulary images, the weights untouched ("precise BN").
+
+        Every set of the vocabulary by default; converts the body to per-set statistics first.
+        """
+        self.enable_combo_bn()
+        was_training = self.training
+        self.eval()
+        combos = combos or ["".join(c) for k in range(1, len(self.vocab) + 1)
+                            for c in itertools.combinations(self.vocab, k)]
+        for bn in self._combo_bns:
+            bn.train()
+            bn.momentum, bn.saved_momentum = None, bn.momentum
+        for combo in combos:
+            k = combo_index(combo, self.vocab)
+            for bn in self._combo_bns:
+                bn.running_mean[k].zero_()
+                bn.running_var[k].fill_(1)
+                bn.num_batches_tracked[k] = 0
+            idx = [self.vocab.index(c) for c in combo]
+            for x in batches:
+                for bn in self._combo_bns:
+                    bn.combo = k
+                self.body(self.stem(x[:, idx], tuple(combo)))
+            self.combo_seen[k] = max(int(self.combo_seen[k]), 1)
+        for bn in self._combo_bns:
+            bn.momentum = bn.saved_momentum
+            del bn.saved_momentum
+        return self.train(was_training)
 
 
-def _plain(num_classes, fill, channel_aug, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None):
-    body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
-    stem = FilledStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, vocab, fill)
-    if stem_weight is not None and stem_weight.shape == stem.conv.weight.shape:
-        stem.conv.weight.data.copy_(stem_weight)
-    return ChannelClassifier(stem, body, vocab, channel_aug)
+def _register_plain(name, fill, channel_aug, doc):
+    """An ordinary stem over the full vocabulary in front of the body; ``fill`` for missing channels."""
+    def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False):
+        body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
+        stem = FilledStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, vocab, fill)
+        if stem_weight is not None and stem_weight.shape == stem.conv.weight.shape:
+            stem.conv.weight.data.copy_(stem_weight)
+        return ChannelClassifier(stem, body, vocab, channel_aug, combo_bn)
+    factory.__name__, factory.__doc__ = name, doc
+    register(name, task=1)(factory)
+
+
+_register_plain("plain_zero", "zero", "none", "Ordinary stem trained on RGB; missing channels are zeros.")
+_register_plain("plain_mean", "mean", "none",
+                "Ordinary stem trained on RGB; missing channels are the mean of the present ones.")
+_register_plain("plain_dropout", "zero", "dropout",
+                "Ordinary stem trained with random channel dropout; missing channels are zeros.")
 
 
 @register("dwg", task=1)
 def dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None,
-        embed_dim=32, hidden=64, templates=16):
-    """Our channel-adaptive stem, trained with hierarchical channel sampling."""
-    body, shape, _ = build_backbone(backbone, num_classes, pretrained)
+        embed_dim=32, hidden=64, templates=16, base=True, combo_bn=True):
+    """Our channel-adaptive stem with BatchNorm statistics per channel set, trained as a sandwich.
+
+    ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics.
+    """
+    body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
     stem = ChannelHyperStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding,
-                            vocab, embed_dim, hidden, templates)
-    return ChannelClassifier(stem, body, vocab, channel_aug="subset")
+                            vocab, embed_dim, hidden, templates, base)
+    if stem_weight is not None and base:
+        stem.load_state_dict({"conv.weight": stem_weight}, strict=False)
+    return ChannelClassifier(stem, body, vocab, channel_aug="sandwich", combo_bn=combo_bn)
 
 
 @register("seed_dwg", task=1)
@@ -58,21 +144,3 @@ class _Positional(nn.Module):
 
     def forward(self, x, channels):
         return self.stem(F.pad(x, (0, 0, 0, 0, 0, self.full - x.shape[1])))
-
-
-@register("plain_zero", task=1)
-def plain_zero(num_classes, **config):
-    """Ordinary stem trained on RGB; missing channels are zeros."""
-    return _plain(num_classes, "zero", "none", **config)
-
-
-@register("plain_mean", task=1)
-def plain_mean(num_classes, **config):
-    """Ordinary stem trained on RGB; missing channels are the mean of the present ones."""
-    return _plain(num_classes, "mean", "none", **config)
-
-
-@register("plain_dropout", task=1)
-def plain_dropout(num_classes, **config):
-    """Ordinary stem trained with random channel dropout; missing channels are zeros."""
-    return _plain(num_classes, "zero", "dropout", **config)

@@ -1,4 +1,6 @@
 """``--model NAME`` -> constructor, as in timm: every entry script looks models up here."""
+import inspect
+
 from utils.errors import UserError
 
 _MODELS = {}
@@ -27,4 +29,8 @@ def model_task(name):
 def create_model(name, num_classes, **config):
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
-    return _MODELS[name][0](num_classes=num_classes, **config)
+    factory = _MODELS[name][0]
+    unknown = [k for k in config if k not in inspect.signature(factory).parameters]
+    if unknown:
+        raise UserError(f"model {name!r} has no option {unknown[0]!r}")
+    return factory(num_classes=num_classes, **config)

@@ -39,17 +39,22 @@ def fold_bn(weight, bn):
 
 class RepConv(nn.Module):
     """RepVGG-style block: k x k, 1x1 and identity branches (each with BatchNorm) while training,
-    folded into a single k x k convolution by ``deploy()``, which gives identical outputs."""
+    folded into a single biased k x k convolution by ``deploy()``, which gives identical outputs.
+    ``deploy=True`` builds the folded form directly (to load a deployed state dict); ``deploy()``
+    on a folded block does nothing."""
 
-    def __init__(self, cin, cout, k=3, stride=1):
+    def __init__(self, cin, cout, k=3, stride=1, deploy=False):
         super().__init__()
         self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
+        if deploy:
+            self.fused = nn.Conv2d(cin, cout, k, stride, k // 2)
+            return
+        self.fused = None
         self.conv_k = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
         self.bn_k = nn.BatchNorm2d(cout)
         self.conv_1 = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
         self.bn_1 = nn.BatchNorm2d(cout)
         self.bn_id = nn.BatchNorm2d(cout) if cin == cout and stride == 1 else None
-        self.fused = None
 
     def forward(self, x):
         if self.fused is not None:
@@ -59,6 +64,8 @@ class RepConv(nn.Module):
 
     @torch.no_grad()
     def deploy(self):
+        if self.fused is not None:
+            return self
         w, b = fold_bn(self.conv_k.weight, self.bn_k)
         w1, b1 = fold_bn(F.pad(self.conv_1.weight, [self.k // 2] * 4), self.bn_1)
         w, b = w + w1, b + b1
@@ -67,12 +74,12 @@ class RepConv(nn.Module):
             eye[torch.arange(self.cin), torch.arange(self.cin), self.k // 2, self.k // 2] = 1
             wi, bi = fold_bn(eye, self.bn_id)
             w, b = w + wi, b + bi
-        self.fused = nn.Conv2d(self.cin, self.cout, self.k, self.stride, self.k // 2)
-        self.fused.weight.copy_(w)
-        self.fused.bias.copy_(b)
+        fused = nn.Conv2d(self.cin, self.cout, self.k, self.stride, self.k // 2).to(w.device)
+        fused.weight.copy_(w)
+        fused.bias.copy_(b)
         for name in ("conv_k", "bn_k", "conv_1", "bn_1", "bn_id"):
             delattr(self, name)
-        self.bn_id = None
+        self.fused = fused
         return self
 
 
@@ -84,13 +91,13 @@ class ShallowNet(nn.Module):
     multi-branch RepConv and deploys as one plain convolution.
     """
 
-    def __init__(self, num_classes, widths=(96, 256, 512), first_kernel=5, dropout=0.1):
+    def __init__(self, num_classes, widths=(96, 256, 512), first_kernel=5, dropout=0.1, deploy=False):
         super().__init__()
         w0, w1, w2 = widths
         self.features = nn.Sequential(
-            RepConv(3, w0, first_kernel, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            RepConv(w0, w1, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            RepConv(w1, w2, 3), nn.ReLU(inplace=True))
+            RepConv(3, w0, first_kernel, stride=2, deploy=deploy), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            RepConv(w0, w1, 3, deploy=deploy), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            RepConv(w1, w2, 3, deploy=deploy), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(w2, num_classes))
 
@@ -98,7 +105,8 @@ class ShallowNet(nn.Module):
         return self.head(self.features(x))
 
     def deploy(self):
-        for m in self.features:
+        """Fold every re-parameterised block (idempotent)."""
+        for m in list(self.modules()):
             if isinstance(m, RepConv):
                 m.deploy()
         return self
@@ -167,12 +175,12 @@ def rrdb_rnn(num_classes):
 
 
 @register("repshallow", task=2)
-def repshallow(num_classes, widths=(96, 256, 512), first_kernel=5):
+def repshallow(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False):
     """Ours: 3 RepVGG-style convolutions + linear, 4 weighted layers once deployed."""
-    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel))
+    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy))
 
 
 @register("shallow", task=2)
-def shallow(num_classes, **config):
+def shallow(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False):
     """The current best shallow design (see README, Task 2)."""
-    return repshallow(num_classes, **config)
+    return repshallow(num_classes, widths, first_kernel, deploy)

@@ -15,8 +15,16 @@ class ChannelHyperStem(nn.Module):
     small MLP reads every present channel's embedding together with the mean embedding of S and
     outputs mixing coefficients over a bank of shared kernel templates (template mixing, as in
     the CHAMMI baselines and DOFA's weight generator); the mixed template is that channel's
-    ``out x k x k`` kernel. Conditioning on S lets the R kernel differ when R arrives alone from
-    when it arrives with G and B, so the stem can make up for what is missing.
+    ``out x k x k`` correction. Conditioning on S lets the R kernel differ when R arrives alone
+    from when it arrives with G and B, so the stem can make up for what is missing.
+
+    With ``base`` (the default) the correction is added to a plain kernel per vocabulary channel:
+    channel c of S gets ``base[c]`` plus an equal share of the missing channels' base kernels,
+    which is exactly a plain convolution whose missing inputs are filled with the mean of the
+    present ones. The hypernetwork's last layer starts at zero, so before training the stem *is*
+    that plain convolution: a trained RGB stem (ours, or an ImageNet one) loads into ``base``
+    and the model starts with the plain model's RGB outputs. Without ``base`` the templates
+    alone make the kernel (the earlier design).
 
     Kernels depend on the channel set, not on the pixels, so a batch shares one kernel and the
     convolution is a single ordinary ``conv2d``; averaging over the present channels keeps
@@ -27,7 +35,7 @@ class ChannelHyperStem(nn.Module):
     """
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, vocab="RGB",
-                 embed_dim=32, hidden=64, templates=16):
+                 embed_dim=32, hidden=64, templates=16, base=True):
         super().__init__()
         self.vocab = vocab
         self.out_channels, self.kernel_size = out_channels, kernel_size
@@ -35,24 +43,45 @@ class ChannelHyperStem(nn.Module):
         self.embed = nn.Embedding(len(vocab), embed_dim)
         self.fc1 = nn.Linear(2 * embed_dim, hidden)
         self.fc2 = nn.Linear(hidden, templates)
-        # Variance of a one-input-channel Kaiming init, split across the templates that get mixed.
-        self.templates = nn.Parameter(
-            torch.randn(templates, out_channels, kernel_size, kernel_size)
-            * (2 / kernel_size ** 2 / templates) ** 0.5)
         nn.init.normal_(self.embed.weight, std=1.0)
+        if base:
+            # A plain kernel per vocabulary channel, Kaiming-initialised for the full input, and
+            # a hypernetwork that starts at zero: before training the stem is a plain convolution
+            # on the full set and mean-fills the missing channels on a subset, and a trained RGB
+            # stem can be loaded into ``base`` as it is.
+            self.base = nn.Parameter(torch.randn(len(vocab), out_channels, kernel_size, kernel_size)
+                                     * (2 / kernel_size ** 2 / len(vocab)) ** 0.5)
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+            template_std = (2 / kernel_size ** 2 / len(vocab) / templates) ** 0.5
+        else:
+            self.register_parameter("base", None)
+            # Variance of a one-input-channel Kaiming init, split across the mixed templates.
+            template_std = (2 / kernel_size ** 2 / templates) ** 0.5
+        self.templates = nn.Parameter(
+            torch.randn(templates, out_channels, kernel_size, kernel_size) * template_std)
         self._cache = {}
         self._selectors = {}
-        self.register_load_state_dict_pre_hook(lambda *args, **kw: self._cache.clear())
+        self.register_load_state_dict_pre_hook(self._load_hook)
+
+    def _load_hook(self, module, state, prefix, *args):
+        """Drop cached kernels; take a plain stem's ``[out, V, k, k]`` weight as ``base``."""
+        self._cache.clear()
+        plain = state.pop(prefix + "conv.weight", None)
+        if plain is not None and self.base is not None and prefix + "base" not in state:
+            state[prefix + "base"] = plain.transpose(0, 1)
 
     def train(self, mode=True):
         self._cache.clear()
         return super().train(mode)
 
     def selector(self, channels, device):
-        """``[n, 2, vocab]``: row i picks channel i's embedding and the mean embedding of the set.
+        """``([n, 2, V], [n, V])`` for this combination, built once since they depend on names only.
 
-        One matmul with it replaces index, mean, expand and cat; it depends on the names only,
-        so it is built once per combination.
+        The first: row i picks channel i's embedding and the mean embedding of the set (one
+        matmul replaces index, mean, expand and cat). The second mixes ``base``: channel i's own
+        kernel plus the missing channels' kernels shared equally among the present ones, which is
+        what filling each missing channel with the mean of the present ones does to a plain conv.
         """
         key = (tuple(channels), device)
         if key not in self._selectors:
@@ -60,19 +89,26 @@ class ChannelHyperStem(nn.Module):
             sel = torch.zeros(n, 2, len(self.vocab), device=device)
             sel[range(n), 0, idx] = 1
             sel[:, 1, idx] = 1 / n
-            self._selectors[key] = sel
+            fill = torch.full((n, len(self.vocab)), 1 / n, device=device)
+            fill[:, idx] = 0
+            fill[range(n), idx] = 1
+            self._selectors[key] = sel, fill
         return self._selectors[key]
 
     def kernel(self, channels):
         """``[out, len(channels), k, k]`` kernel for these channels, in their order."""
         n, t = len(channels), self.templates
-        inputs = (self.selector(channels, t.device) @ self.embed.weight).view(n, -1)
+        sel, fill = self.selector(channels, t.device)
+        inputs = (sel @ self.embed.weight).view(n, -1)
         hidden = F.gelu(F.linear(inputs, self.fc1.weight, self.fc1.bias), approximate="tanh")
         # Dividing the coefficients by n (folded into the matmul) keeps the stem's output scale
         # the same for 1, 2 or 3 channels.
         coef = torch.addmm(self.fc2.bias, hidden, self.fc2.weight.t(), beta=1 / n, alpha=1 / n)
+        kernel = coef @ t.view(len(t), -1)
+        if self.base is not None:
+            kernel = kernel + fill @ self.base.view(len(self.vocab), -1)
         # Contiguous once here, or conv2d would copy the transposed view on every call.
-        return (coef @ t.view(len(t), -1)).view(n, *t.shape[1:]).transpose(0, 1).contiguous()
+        return kernel.view(n, *t.shape[1:]).transpose(0, 1).contiguous()
 
     def forward(self, x, channels):
         if x.shape[1] != len(channels):

@@ -178,3 +178,13 @@ def test_results_refuse_a_run_folder_of_another_recipe():
     check_same_recipe(ckpt, ["--model", "dwg", "--epochs", "8", "--seed", "0"])
     with pytest.raises(UserError, match=r"dwg-s0/last.pt was trained with --epochs 8, not 6"):
         check_same_recipe(ckpt, ["--model", "dwg", "--epochs", "6", "--seed", "0"])
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    assert run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(out)).returncode == 0
+    r = run_script("train_dw.py", "--resume", str(out), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert "with --epochs 2 (was 1)" in r.stdout
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 2
+    assert len((out / "log.csv").read_text().splitlines()) == 3

@@ -70,3 +70,37 @@ def test_complexity_row_columns():
     assert set(row) >= {"params", "macs", "flops", "fwd_bwd_mb", "params_mb", "layers"}
     assert row["flops"] == 2 * row["macs"] > 0
     assert 0.1e6 < row["params"] < 0.2e6  # the original reported 0.17M
+
+
+def test_deploy_twice_is_a_no_op_and_a_model_can_be_built_deployed():
+    torch.manual_seed(0)
+    model = models.create_model("shallow", 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        once = models.deploy(model)(x)
+        torch.testing.assert_close(models.deploy(model)(x), once)
+        built = models.create_model("shallow", 10, deploy=True).eval()
+        assert built.state_dict().keys() == model.state_dict().keys()
+        built.load_state_dict(model.state_dict())
+        torch.testing.assert_close(built(x), once)
+    assert count_weighted_layers(built, 32) == 4
+
+
+def test_deployed_checkpoint_from_test_rrdb_loads_back(tmp_path):
+    import test_rrdb
+    import train_rrdb
+    from utils.checkpoint import load_model
+    tiny = ["--data-root", "synthetic", "--limit", "32", "--img-size", "16", "--batch-size", "16",
+            "--workers", "0", "--epochs", "1"]
+    assert train_rrdb.main(["--model", "shallow", "--out", str(tmp_path / "s"), *tiny]) == 0
+    assert train_rrdb.main(["--model", "resnet34", "--out", str(tmp_path / "r"), *tiny]) == 0
+    assert test_rrdb.main(["--checkpoints", str(tmp_path / "s" / "best.pt"), "--baseline",
+                           str(tmp_path / "r" / "best.pt"), "--data-root", "synthetic", "--limit", "16",
+                           "--workers", "0", "--out", str(tmp_path / "cmp"),
+                           "--save-deployed", str(tmp_path / "deployed")]) == 0
+    ckpt, model = load_model(str(tmp_path / "deployed" / "shallow.pt"), list(range(6)))
+    assert ckpt["deployed"] and count_weighted_layers(model, 16) == 4
+    _, trained = load_model(str(tmp_path / "s" / "best.pt"), list(range(6)))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), models.deploy(trained).eval()(x), atol=1e-4, rtol=1e-4)

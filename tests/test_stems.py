@@ -48,22 +48,51 @@ def test_permuting_channels_without_names_changes_output(dwg_small):
 
 def test_kernel_depends_on_the_channel_set():
     """R's kernel when R comes alone differs from R's kernel inside RGB (set conditioning)."""
-    stem = ChannelHyperStem(4, 3)
+    stem = ChannelHyperStem(4, 3, base=False)
     alone = stem.kernel(("R",))[:, 0]
     with_others = stem.kernel(("R", "G", "B"))[:, 0] * 3  # undo the 1/C averaging
     assert not torch.allclose(alone, with_others, atol=1e-5)
 
 
+def _randomised(stem):
+    """The hypernetwork starts at zero when the stem has base kernels; give it weights to test."""
+    with torch.no_grad():
+        for p in stem.parameters():
+            p.normal_(0, 0.3)
+    return stem
+
+
+@pytest.mark.parametrize("base", [True, False])
 @pytest.mark.parametrize("combo", ["RGB", "BR", "G", "GBR"])
-def test_kernel_matches_its_definition(combo):
-    """The selector-matmul form equals the plain one: look up, average, MLP, mix templates."""
+def test_kernel_matches_its_definition(combo, base):
+    """The selector-matmul form equals the plain one: look up, average, MLP, mix templates, and
+    add each present channel's base kernel plus an equal share of the missing channels' ones."""
     torch.manual_seed(0)
-    stem = ChannelHyperStem(6, 3, vocab="RGB")
+    stem = _randomised(ChannelHyperStem(6, 3, vocab="RGB", base=base))
     e = stem.embed(torch.tensor(["RGB".index(c) for c in combo]))
     mlp_in = torch.cat([e, e.mean(0, keepdim=True).expand_as(e)], 1)
     coef = stem.fc2(F.gelu(stem.fc1(mlp_in), approximate="tanh")) / len(combo)
     expected = torch.einsum("ct,tokl->ockl", coef, stem.templates)
+    if base:
+        missing = sum(stem.base[i] for i, c in enumerate("RGB") if c not in combo)
+        for i, c in enumerate(combo):
+            expected[:, i] += stem.base["RGB".index(c)] + missing / len(combo)
     torch.testing.assert_close(stem.kernel(tuple(combo)), expected)
+
+
+def test_base_stem_starts_as_a_plain_convolution_that_mean_fills():
+    """Before training: on RGB a plain conv with the base kernels; on a subset, the plain conv of
+    the input with each missing channel replaced by the mean of the present ones."""
+    torch.manual_seed(0)
+    stem = ChannelHyperStem(6, 3, padding=1)
+    plain = FilledStem(6, 3, padding=1, fill="mean")
+    plain.load_state_dict({"conv.weight": stem.base.detach().transpose(0, 1)})
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        for combo in ("RGB", "GR", "B"):
+            idx = ["RGB".index(c) for c in combo]
+            torch.testing.assert_close(stem(x[:, idx], tuple(combo)), plain(x[:, idx], tuple(combo)),
+                                       atol=1e-5, rtol=1e-4)
 
 
 def test_batched_equals_per_image():
@@ -112,7 +141,7 @@ def test_cache_is_dropped_when_weights_change():
 
 
 def test_training_mode_regenerates_kernel_with_gradients():
-    stem = ChannelHyperStem(4, 3, padding=1).train()
+    stem = _randomised(ChannelHyperStem(4, 3, padding=1)).train()
     stem(torch.randn(2, 2, 8, 8), ("R", "G")).sum().backward()
     assert stem.templates.grad is not None and stem.embed.weight.grad[:2].abs().sum() > 0
     assert stem.embed.weight.grad[2].abs().sum() == 0  # B was absent

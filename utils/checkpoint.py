@@ -77,3 +77,29 @@ def check_classes(ckpt, classes):
     if len(ckpt["classes"]) != len(classes):
         raise UserError(f"{ckpt['path']} was trained on {len(ckpt['classes'])} classes, "
                         f"but the data has {len(classes)}")
+
+
+def init_from(model, path, classes):
+    """Start ``model`` from the weights of one of our checkpoints, of this or another Task 1 model.
+
+    Tensors whose names match load (a plain stem's kernel becomes the ``dwg`` stem's ``base``;
+    plain BatchNorm statistics fill every channel set's row); the rest keep their initialisation
+    and are listed.
+    """
+    ckpt = load_checkpoint(path)
+    check_classes(ckpt, classes)
+    if ckpt.get("deployed"):
+        raise UserError(f"{path} holds a deployed model; start from a training checkpoint")
+    try:
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise UserError(f"{path}: weights of {ckpt['model']!r} do not fit this model ({first})") from None
+    total = len(model.state_dict())
+    loaded = total - len(result.missing_keys)
+    if loaded == 0:
+        raise UserError(f"{path}: no tensor of {ckpt['model']!r} fits this model")
+    new = sorted({k.rsplit(".", 1)[0] for k in result.missing_keys})
+    print(f"initialised from {path} ({ckpt['model']}): {loaded} of {total} tensors loaded"
+          + (f"; new: {', '.join(new)}" if new else ""))
+    return model

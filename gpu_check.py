@@ -1,0 +1,157 @@
+"""Exercise every CUDA path of the repository in a few minutes, and say which passed.
+
+    python -m gpu_check [--data-root DIR] [--out results/gpu_check]      (make gpu-check)
+
+On a CUDA machine: trains `dwg` on DenseNet-121 at 224 px with --amp bf16 --channels-last, with
+--amp fp16 (the gradient scaler steps) and with --compile; resumes one run and evaluates it on
+every channel combination; trains and evaluates `shallow` and `resnet34`; runs a one-GPU
+torchrun (NCCL) step; and measures training images/s of each model fed by the loader against
+the same model fed from a batch already on the GPU. Prints one table (check, passed, figure)
+and writes it as gpu_check.json and gpu_check.md under --out.
+
+Without CUDA it says so in one line and exits 0. `--cpu-smoke` runs the same sequence on the
+CPU at toy sizes (small backbone, 32 px; the CUDA flags are then ignored with a warning), so
+that the script itself is tested where no GPU is.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import models
+from data import build_dataset, describe_root
+from data.loaders import train_loader
+from engine import train_one_epoch
+from losses import LabelLoss
+from utils.distributed import Context
+from utils.report import write_results
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLE = os.path.join(HERE, "..", "shared", "data", "mini-imagenet-sample")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT") or SAMPLE)
+    p.add_argument("--out", default="results/gpu_check")
+    p.add_argument("--steps", type=int, default=24, help="training steps per run (about)")
+    p.add_argument("--limit", type=int, default=None, help="use this many images per split")
+    p.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (tests the script)")
+    return p.parse_args(argv)
+
+
+class Checks:
+    """Runs checks, each a command or a function, and keeps one row per check."""
+
+    def __init__(self, out):
+        self.rows, self.out = [], out
+
+    def command(self, name, *cmd, figure=""):
+        start = time.time()
+        proc = subprocess.run([sys.executable, *cmd], cwd=HERE, capture_output=True, text=True)
+        passed = proc.returncode == 0
+        detail = figure if passed else (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+        self.add(name, passed, detail, time.time() - start)
+        return passed
+
+    def add(self, name, passed, figure, seconds):
+        self.rows.append({"check": name, "passed": passed, "figure": figure, "seconds": round(seconds, 1)})
+        print(f"{'passed' if passed else 'FAILED'}  {name}: {figure}", flush=True)
+
+
+def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_by_loader):
+    """Training images/s of one model, fed by the loader (default workers) or by one batch on the device."""
+    torch.manual_seed(0)
+    config = {"backbone": backbone} if models.registry.model_task(model_name) == 1 else {}
+    model = models.create_model(model_name, len(spec.classes), **config).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    ctx = Context(device=torch.device(device))
+    dataset = build_dataset(spec, "train", img_size, train=True)
+    if fed_by_loader:
+        sampler_set = torch.utils.data.Subset(dataset, [i % len(dataset) for i in range(batch * steps)])
+        loader = train_loader(sampler_set, batch, workers=2, seed=0, epoch=0, ctx=ctx)
+    else:
+        x, y = next(iter(torch.utils.data.DataLoader(dataset, batch, sampler=torch.utils.data.RandomSampler(
+            dataset, replacement=True, num_samples=batch))))
+        loader = [(x.to(device), y.to(device))] * steps
+    train_one_epoch(model, loader[:2] if isinstance(loader, list) else [next(iter(loader))], optimizer,
+                    scheduler, ctx, 0, LabelLoss())  # warm-up: cuDNN autotuning, allocator
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.time()
+    train_one_epoch(model, loader, optimizer, scheduler, ctx, 1, LabelLoss())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.time() - start)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        print("gpu-check: no CUDA device here; nothing to check (skipped)")
+        return 0
+    smoke = args.cpu_smoke
+    device = "cpu" if smoke else "cuda"
+    backbone, img, batch = ("small", 32, 8) if smoke else ("densenet121", 224, 8)
+    spec = describe_root(args.data_root)
+    train_images = len(build_dataset(spec, "train", img, limit=args.limit))
+    epochs = max(1, round(args.steps / max(1, train_images // batch)))
+    runs = os.path.join(args.out, "runs")
+    common = ["--data-root", args.data_root, "--img-size", str(img), "--batch-size", str(batch),
+              "--epochs", str(epochs), "--workers", "2", "--device", device, "--overwrite"]
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    common += limit
+    checks = Checks(args.out)
+    steps = f"{epochs * (train_images // batch)} steps"
+    for name, flags in [("dwg bf16 channels-last", ["--amp", "bf16", "--channels-last"]),
+                        ("dwg fp16 (grad scaler)", ["--amp", "fp16"]),
+                        ("dwg compile", ["--compile"])]:
+        out = os.path.join(runs, name.split()[1])
+        checks.command(f"train {name}", "train_dw.py", "--model", "dwg", "--backbone", backbone, *common,
+                       *flags, "--out", out, figure=f"{backbone}, {img}px, {steps}")
+    fp16 = os.path.join(runs, "fp16")
+    checks.command("resume dwg fp16 for one more epoch", "train_dw.py", "--resume", fp16, "--epochs",
+                   str(epochs + 1), "--device", device, figure=f"to epoch {epochs + 1}")
+    checks.command("evaluate dwg on every combination", "test_dw.py", "--checkpoint", os.path.join(fp16, "best.pt"),
+                   "--data-root", args.data_root, "--device", device, "--out", os.path.join(fp16, "eval"), *limit,
+                   figure="RGB, RG, RB, GB, R, G, B")
+    task2 = []
+    for model in ("shallow", "resnet34"):
+        out = os.path.join(runs, model)
+        if checks.command(f"train {model} bf16", "train_rrdb.py", "--model", model, *common, "--amp", "bf16",
+                          "--out", out, figure=steps):
+            task2.append(os.path.join(out, "best.pt"))
+    if len(task2) == 2:
+        checks.command("evaluate shallow against resnet34", "test_rrdb.py", "--checkpoints", *task2,
+                       "--data-root", args.data_root, "--device", device, "--out", os.path.join(runs, "task2"), *limit,
+                       figure="deployed shallow, ratio to resnet34")
+    checks.command("torchrun, 1 process (NCCL)" if not smoke else "torchrun, 1 process (gloo)",
+                   "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train_dw.py",
+                   "--model", "dwg", "--backbone", backbone, *common, "--epochs", "1",
+                   "--out", os.path.join(runs, "ddp"), figure="one epoch under DistributedDataParallel")
+    for model_name in ("dwg", "resnet34", "shallow"):
+        start = time.time()
+        try:
+            fed = throughput(backbone, model_name, spec, img, 64 if not smoke else 8, 20 if not smoke else 3,
+                             device, fed_by_loader=True)
+            resident = throughput(backbone, model_name, spec, img, 64 if not smoke else 8,
+                                  20 if not smoke else 3, device, fed_by_loader=False)
+            checks.add(f"images/s {model_name}, loader vs batch on device", True,
+                       f"{fed:.0f} vs {resident:.0f} ({fed / resident:.0%} of the model's pace)",
+                       time.time() - start)
+        except Exception as exc:  # a failure here is a finding to report, not a crash
+            checks.add(f"images/s {model_name}", False, f"{type(exc).__name__}: {exc}".splitlines()[0],
+                       time.time() - start)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke)"
+    df = write_results(checks.rows, args.out, "gpu_check", f"gpu-check on {name}, torch {torch.__version__}")
+    print(f"\ngpu-check on {name}\n{df.to_markdown(index=False)}\nwrote {args.out}/gpu_check.json and .md")
+    return 0 if df["passed"].all() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""BatchNorm with running statistics per channel combination (switchable BN's statistics).
+
+A body fed R alone sees other activation statistics than one fed RGB. In training BatchNorm
+normalises each batch with its own statistics, so every combination is trained with its own;
+only the running statistics used at evaluation were shared, averaged over a mix of
+combinations that no single combination has. Keeping one row of running statistics per
+combination (Yu et al.'s switchable BN, statistics only; the affine parameters stay shared)
+makes evaluation see what training saw.
+
+Combinations are channel *sets*: a permutation shares its set's statistics, as the stem's
+output does not depend on the order.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def combo_index(channels, vocab):
+    """Row of a channel set: the bit mask of its vocabulary positions, minus one."""
+    return sum(1 << vocab.index(c) for c in set(channels)) - 1
+
+
+def num_combos(vocab):
+    return 2 ** len(vocab) - 1
+
+
+class ComboBatchNorm2d(nn.Module):
+    """``nn.BatchNorm2d`` with ``[combos, C]`` running statistics; ``combo`` picks the row."""
+
+    def __init__(self, num_features, combos, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.combos, self.eps, self.momentum = num_features, combos, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(combos, num_features))
+        self.register_buffer("running_var", torch.ones(combos, num_features))
+        self.register_buffer("num_batches_tracked", torch.zeros(combos, dtype=torch.long))
+        self.combo = combos - 1
+        self.register_load_state_dict_pre_hook(self._load_hook)
+
+    @classmethod
+    def from_bn(cls, bn, combos):
+        """Every row starts from ``bn``'s statistics; the affine parameters are ``bn``'s own."""
+        new = cls(bn.num_features, combos, bn.eps, bn.momentum).to(bn.weight.device)
+        new.weight, new.bias = bn.weight, bn.bias
+        new.running_mean.copy_(bn.running_mean.expand(combos, -1))
+        new.running_var.copy_(bn.running_var.expand(combos, -1))
+        return new
+
+    def _load_hook(self, module, state, prefix, *args):
+        """A plain BatchNorm's ``[C]`` statistics (e.g. ``--init-from`` a plain model) fill every row."""
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            value = state.get(prefix + name)
+            if value is not None and value.dim() == getattr(self, name).dim() - 1:
+                state[prefix + name] = value.expand_as(getattr(self, name)).clone()
+
+    def forward(self, x):
+        k, factor = self.combo, self.momentum
+        if self.training:
+            self.num_batches_tracked[k] += 1
+            if factor is None:  # a cumulative average, as nn.BatchNorm2d does; used to recalibrate
+                factor = 1.0 / float(self.num_batches_tracked[k])
+        return F.batch_norm(x, self.running_mean[k], self.running_var[k], self.weight, self.bias,
+                            self.training, factor, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, combos={self.combos}, eps={self.eps}, momentum={self.momentum}"
+
+
+def convert_to_combo_bn(module, combos):
+    """Replace every ``nn.BatchNorm2d`` under ``module`` in place; returns the new modules."""
+    converted = []
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            new = ComboBatchNorm2d.from_bn(child, combos)
+            setattr(module, name, new)
+            converted.append(new)
+        else:
+            converted += convert_to_combo_bn(child, combos)
+    return converted

@@ -90,7 +90,10 @@ def seed_everything(seed):
 
 
 def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states in plain types and tensors only, so that checkpoints load with weights_only=True."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+            "torch": torch.get_rng_state()}
 
 
 def check_out_dir(out, resuming, overwrite):

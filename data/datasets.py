@@ -36,6 +36,16 @@ def to_rgb(img):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def read_image(path):
+    """An RGB PIL image, or a one-line error naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: the file closes when the block ends
+            return to_rgb(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
 def read_list(path, num_classes=None):
     """Parse a list file into ``[(relative_path, label, line_number)]`` with file:line errors."""
     if not os.path.isfile(path):
@@ -109,13 +119,7 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as img:
-                img.load()  # decode now: the file closes when the block ends
-                img = to_rgb(img)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}") from None
-        return self.transform(img), label
+        return self.transform(read_image(path)), label
 
 
 SYNTHETIC_SHAPES = ("disc", "square", "ring")

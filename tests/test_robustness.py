@@ -188,3 +188,22 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
     assert "with --epochs 2 (was 1)" in r.stdout
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 2
     assert len((out / "log.csv").read_text().splitlines()) == 3
+
+
+class _Payload:
+    """Unpickling this runs code: it creates a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "best.pt"
+    torch.save({"model": "dwg", "config": {}, "classes": ["a"], "state_dict": {}, "x": _Payload(str(marker))}, path)
+    r = run_script("test_dw.py", "--checkpoint", str(path), "--data-root", "synthetic")
+    assert r.returncode == 2 and r.stderr.startswith("error: refusing to load") and "Traceback" not in r.stderr
+    assert not marker.exists()

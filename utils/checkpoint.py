@@ -9,12 +9,16 @@ import pickle
 import tempfile
 import zipfile
 
+import numpy as np
 import torch
+from numpy._core import multiarray as np_multiarray
 
 from models import create_model
 from .errors import UserError
 
 REQUIRED = ("model", "config", "classes", "state_dict")
+# Checkpoints written before RNG states were stored as lists hold a numpy array (data, no code).
+NUMPY_ARRAYS = [np_multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 def save_atomic(obj, path):
@@ -40,8 +44,13 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        # weights_only: tensors and plain Python types, never code; a file that carries code fails.
+        with torch.serialization.safe_globals(NUMPY_ARRAYS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"refusing to load {path}: it holds more than tensors and plain values, "
+                        f"objects whose loading could run code ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read checkpoint {path}: truncated or corrupt ({exc})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         raise UserError(f"{path} is not a checkpoint of this project (needs {', '.join(REQUIRED)})")

@@ -1,11 +1,13 @@
 """Regenerate the README's result tables and figures on real photos (CPU proxy runs).
 
-    python -m experiments.results [--part task1|task2|all] [--seeds 0,1,2] [--epochs 6]
+    python -m experiments.results [--part task1|task1-ablation|task1-resnet18|task2|all]
+                                  [--seeds 0,1,2] [--epochs 6] [--jobs 2] [--no-train]
 
 Trains every row with the repository's own entry scripts (runs/results/<row>/, resumable: a
-finished run is reused, an interrupted one resumed), evaluates it with test_dw.py/test_rrdb.py,
-and writes results/task1*.md|json and results/task2.md|json, figs/task1_*.png, figs/task2_*.png.
-Never run by the tests or CI.
+finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each with
+cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py, and writes results/*.md|json,
+figs/task1_*.png, figs/task2_*.png and the README's tables. ``--no-train`` makes the Task 1
+tables from the finished runs only. Never run by the tests or CI.
 """
 import argparse
 import dataclasses
@@ -90,6 +92,7 @@ ABLATION_NAMES = {
 # A body other than the small CNN, first seed only.
 RESNET18_ROWS = [Row("plain_zero-resnet18", "plain_zero", backbone="resnet18"),
                  Row("dwg-resnet18", "dwg", backbone="resnet18")]
+ROWS = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
 TASK2_MODELS = ["resnet34", "rrdb", "rrdb_rnn", "shallow"]
 SIZES = [48, 64, 96]
 
@@ -103,6 +106,8 @@ def parse_args(argv):
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-train", action="store_true",
+                   help="tables from the finished runs only (Task 1): rows without one are left out")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained (and evaluated) at once, each with cores/jobs threads")
     p.add_argument("--runs", default="runs/results", help="checkpoints and logs (not committed)")
@@ -160,13 +165,12 @@ def schedule(rows, seeds):
 def train_rows(args, wanted):
     """Train the runs behind ``wanted`` (row, seed) pairs, ``--jobs`` at a time in that order; a
     row that starts from another row's checkpoint waits for it."""
-    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
     order = []  # runs to train, each after the runs it needs
 
     def need(row, seed):
         for name in (row.init, row.same_as):
             if name:
-                need(every[name], seed)
+                need(ROWS[name], seed)
         if not row.same_as and (row.name, seed) not in order:
             order.append((row.name, seed))
     for row, seed in wanted:
@@ -174,11 +178,11 @@ def train_rows(args, wanted):
     done = {key: threading.Event() for key in order}
 
     def train_row(name, seed, threads):
-        row = every[name]
+        row = ROWS[name]
         flags = ["--model", row.model, "--backbone", row.backbone, *row.flags]
         if row.init:
             done[(row.init, seed)].wait()
-            flags += ["--init-from", os.path.join(run_dir(args, every[row.init], seed), "best.pt")]
+            flags += ["--init-from", os.path.join(run_dir(args, ROWS[row.init], seed), "best.pt")]
         try:
             train("train_dw.py", run_dir(args, row, seed), recipe(args, seed, **row.recipe), *flags,
                   threads=threads)
@@ -190,17 +194,28 @@ def train_rows(args, wanted):
 def task1_rows(args, rows, seeds):
     """Train (``train_rows``) and evaluate ``rows``; -> DataFrame of evaluation rows."""
     wanted = schedule(rows, seeds)
-    train_rows(args, wanted)
+    if args.no_train:
+        wanted = [(r, s) for r, s in wanted if finished(args, r, s)]
+    else:
+        train_rows(args, wanted)
     return evaluate_rows(args, wanted)
+
+
+def finished(args, row, seed):
+    """Whether the run behind ``row`` has trained all its epochs."""
+    last = os.path.join(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed), "last.pt")
+    if not os.path.exists(last):
+        return False
+    ckpt = load_checkpoint(last)
+    return ckpt["epoch"] >= ckpt["args"]["epochs"] and ckpt["step"] == 0
 
 
 def evaluate_rows(args, wanted):
     """test_dw.py on the checkpoint behind each (row, seed), unless its evaluation is newer."""
-    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
     tasks, results = [], []
     for row, seed in wanted:
         ev = os.path.join(run_dir(args, row, seed), "eval")
-        best = os.path.join(run_dir(args, every[row.same_as] if row.same_as else row, seed), "best.pt")
+        best = os.path.join(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed), "best.pt")
         results.append((row, seed, ev))
         if not is_newer(os.path.join(ev, "results.json"), best):
             sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
@@ -253,12 +268,13 @@ def task1(args, seeds):
         means.loc["single-channel expert", e["combo"]] = e["accuracy"]
         stds.loc["single-channel expert", e["combo"]] = e["accuracy_std"]
     seeds_of = main.groupby("model")["seeds"].max().to_dict()
-    seeds_of["single-channel expert"] = experts["seeds"].max()
+    seeds_of["single-channel expert"] = "/".join(str(experts.set_index("combo").loc[c, "seeds"]) for c in SINGLE
+                                                 if c in set(experts["combo"]))
     shown = means.copy().astype(object)
     for model in means.index:
         for combo in TASK1_COMBOS:
             m = means.loc[model, combo]
-            several = seeds_of.get(model, 1) > 1 and not pd.isna(m)
+            several = str(seeds_of.get(model, 1)) != "1" and not pd.isna(m)
             shown.loc[model, combo] = f"{m:.3f} ± {stds.loc[model, combo]:.3f}" if several else (
                 "" if pd.isna(m) else f"{m:.3f}")
     shown["seeds"] = [seeds_of.get(m, 1) for m in means.index]
@@ -304,17 +320,16 @@ def accuracy_table(df, order):
     table["mean"] = table[TASK1_COMBOS].mean(axis=1)
     table["worst"] = table[TASK1_COMBOS].min(axis=1)
     table["worst/RGB"] = table["worst"] / table["RGB"]
-    return table.reindex(order)
+    return table.reindex([name for name in order if name in table.index])
 
 
 def task1_ablation(args, seeds):
     """Each mechanism alone and together (first seed, small backbone)."""
-    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS}
-    rows = [every[n] for n in ABLATION_NAMES]
+    rows = [ROWS[n] for n in ABLATION_NAMES]
     df = task1_rows(args, [dataclasses.replace(r, every_seed=False) for r in rows], seeds[:1])
     table = accuracy_table(df[df.img_size == args.img_size], list(ABLATION_NAMES))
-    for name, seconds in ((n, train_seconds(args, every[n], seeds[0])) for n in ABLATION_NAMES):
-        table.loc[name, "train min"] = seconds / 60
+    for name in table.index:
+        table.loc[name, "train min"] = train_seconds(args, ROWS[name], seeds[0]) / 60
     table.index = [f"{ABLATION_NAMES[n]} [{n}]" for n in table.index]
     title = (f"Task 1 ablation on imagenette-mini test split, small backbone (CPU proxy: {budget(args)}, "
              f"first seed; init rows: {FINETUNE['epochs']} epochs at LR {FINETUNE['lr']} after plain_zero's 6, "
@@ -325,12 +340,22 @@ def task1_ablation(args, seeds):
     print(text)
 
 
+def task1_resnet18(args, seeds):
+    """dwg and plain_zero on ResNet-18 (first seed): the result is not an artefact of the small CNN."""
+    df = task1_rows(args, RESNET18_ROWS, seeds[:1])
+    table = accuracy_table(df[df.img_size == args.img_size], [r.name for r in RESNET18_ROWS])
+    title = f"Task 1 on ResNet-18, imagenette-mini test split (CPU proxy: {budget(args)}, first seed)"
+    text = table.reset_index(names="model").to_markdown(index=False, floatfmt=".4f")
+    write_results(table.reset_index(names="model").to_dict("records"), args.results, "task1_resnet18", title)
+    update_readme("task1-resnet18", f"{title}\n\n{text}")
+    print(text)
+
+
 def train_seconds(args, row, seed):
     """Training time of a row's checkpoint from its log, plus that of the row it started from."""
-    every = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
-    row = every[row.same_as] if row.same_as else row
+    row = ROWS[row.same_as] if row.same_as else row
     log = pd.read_csv(os.path.join(run_dir(args, row, seed), "log.csv"))
-    return log["seconds"].sum() + (train_seconds(args, every[row.init], seed) if row.init else 0)
+    return log["seconds"].sum() + (train_seconds(args, ROWS[row.init], seed) if row.init else 0)
 
 
 def task2(args, seeds):
@@ -382,6 +407,8 @@ def main(argv=None):
         task1(args, seeds)
     if args.part in ("task1-ablation", "all"):
         task1_ablation(args, seeds)
+    if args.part in ("task1-resnet18", "all"):
+        task1_resnet18(args, seeds)
     if args.part in ("task2", "all"):
         task2(args, seeds)
 

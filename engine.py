@@ -42,11 +42,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
         optimizer.zero_grad(set_to_none=True)
         step_loss, logits = 0.0, None
         for loss, out in criterion(forward, x, names, y):
-            if not math.isfinite(loss.item()):
-                raise UserError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step + 1}; "
+            value = loss.item()
+            if not math.isfinite(value):
+                raise UserError(f"non-finite loss ({value}) at epoch {epoch} step {step + 1}; "
                                 "training stopped, the last good checkpoint is kept")
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            step_loss += loss.item()
+            step_loss += value
             logits = out if logits is None else logits
         if scaler is not None:
             scaler.step(optimizer)

@@ -247,6 +247,8 @@ def _run(args, ctx, default_model, parser):
     if args.channel_aug == "subset":
         augment = functools.partial(augment, full_prob=args.full_prob)
     elif args.channel_aug == "sandwich":
+        if args.sandwich_subsets < 1:
+            raise UserError(f"--sandwich-subsets must be at least 1, got {args.sandwich_subsets}")
         criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)

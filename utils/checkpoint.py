@@ -65,8 +65,7 @@ def model_from_checkpoint(ckpt):
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise UserError(f"{ckpt['path']}: weights do not fit model {ckpt['model']!r} ({first})") from None
+        raise UserError(f"{ckpt['path']}: weights do not fit model {ckpt['model']!r} ({_first_reason(exc)})") from None
     return model
 
 
@@ -102,8 +101,7 @@ def init_from(model, path, classes):
     try:
         result = model.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise UserError(f"{path}: weights of {ckpt['model']!r} do not fit this model ({first})") from None
+        raise UserError(f"{path}: weights of {ckpt['model']!r} do not fit this model ({_first_reason(exc)})") from None
     total = len(model.state_dict())
     loaded = total - len(result.missing_keys)
     if loaded == 0:
@@ -112,3 +110,9 @@ def init_from(model, path, classes):
     print(f"initialised from {path} ({ckpt['model']}): {loaded} of {total} tensors loaded"
           + (f"; new: {', '.join(new)}" if new else ""))
     return model
+
+
+def _first_reason(exc):
+    """The first mismatch that ``load_state_dict`` reports (its message starts with a header line)."""
+    text = str(exc)
+    return text.splitlines()[1].strip() if "\n" in text else text

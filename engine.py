@@ -1,5 +1,6 @@
 """The one training loop and the one evaluation loop, shared by every model and entry script."""
 import math
+import time
 
 import numpy as np
 import torch
@@ -20,12 +21,13 @@ class StopRequest:
 
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, *, vocab="RGB",
                     train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
-                    start_step=0, stop=StopRequest):
+                    start_step=0, stop=StopRequest, progress=None):
     """One pass over ``loader``. Batches go to the device first; there ``augment(x, names,
     generator)`` picks their channels and ``criterion`` (``losses.py``) yields the loss of each
     forward pass it makes, each back-propagated at once, then one optimizer step.
     Returns ``{"loss", "acc", "step", "interrupted"}``, where ``step`` counts the batches of
-    this epoch done so far (``start_step`` included) and ``loss`` sums a step's passes."""
+    this epoch done so far (``start_step`` included) and ``loss`` sums a step's passes.
+    ``progress`` (``utils/progress.py``) hears of every step, with the time spent waiting for data."""
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, start_step
 
@@ -34,7 +36,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
             return model(x, names).float()
 
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ctx.main else True)
+    t_end = time.perf_counter()
     for x, y in bar:
+        t_data = time.perf_counter()
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         x, names = select(x, train_combo, vocab) if train_combo else (x, tuple(vocab))
         if augment is not None:
@@ -60,6 +64,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if progress is not None:
+            now = time.perf_counter()
+            progress.step(epoch, step, step_loss, scheduler.get_last_lr()[0], len(y) * ctx.world,
+                          t_data - t_end, now - t_end)
+            t_end = now
         if stop.requested:
             break
     return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "step": step,
@@ -70,8 +79,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
 def evaluate(model, loader, ctx, combos=("RGB",), vocab="RGB", amp_dtype=None, desc="eval"):
     """Predictions for every channel combination, each batch loaded once.
 
-    Returns ``{combo: (targets, preds)}`` as numpy arrays, gathered over all ranks when
-    distributed (each rank evaluates its own shard of the data).
+    Returns ``{combo: (targets, top)}`` as numpy arrays, ``top`` the five best classes of each
+    image, best first (``top[:, 0]`` the prediction), gathered over all ranks when distributed
+    (each rank evaluates its own shard of the data).
     """
     model.eval()
     preds = {c: [] for c in combos}
@@ -82,7 +92,8 @@ def evaluate(model, loader, ctx, combos=("RGB",), vocab="RGB", amp_dtype=None, d
         for combo in combos:
             xc, names = select(x, combo, vocab)
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                preds[combo].append(model(xc, names).argmax(1).cpu().numpy())
+                logits = model(xc, names)
+            preds[combo].append(logits.topk(min(5, logits.shape[1]), 1).indices.cpu().numpy())
     local = (np.concatenate(targets), {c: np.concatenate(p) for c, p in preds.items()})
     shards = gather_objects(local, ctx)
     all_targets = np.concatenate([t for t, _ in shards])
@@ -91,12 +102,14 @@ def evaluate(model, loader, ctx, combos=("RGB",), vocab="RGB", amp_dtype=None, d
 
 def evaluate_split(model, spec, split, img_size, combos, ctx, batch_size=128, workers=2, limit=None,
                    vocab="RGB"):
-    """Metrics rows (one per combination) for ``model`` on a split of the data at ``img_size``."""
+    """Metrics rows (one per combination) for ``model`` on a split of the data at ``img_size``, and
+    ``evaluate``'s predictions."""
     dataset = build_dataset(spec, split, img_size, limit=limit)
     results = evaluate(model, eval_loader(dataset, batch_size, workers, ctx), ctx, combos, vocab,
                        desc=f"{split} {img_size}px")
-    return [{"combo": c, "img_size": img_size, "images": len(t),
-             **classification_metrics(t, p, len(spec.classes))} for c, (t, p) in results.items()]
+    rows = [{"combo": c, "img_size": img_size, "images": len(t),
+             **classification_metrics(t, top, len(spec.classes))} for c, (t, top) in results.items()]
+    return rows, results
 
 
 def recalibrate(model, spec, img_size, images, ctx, batch_size=128, workers=2):

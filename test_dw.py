@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+import numpy as np
 import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
@@ -11,9 +12,10 @@ from utils import distributed
 from utils.checkpoint import load_model
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import UserError, cli
-from utils.report import bar_chart, fmt_table, write_results
+from utils.metrics import per_class_accuracy
+from utils.report import bar_chart, confusion_figure, fmt_table, write_results
 
-METRICS = ["accuracy", "precision", "recall", "f1", "f1_macro"]
+METRICS = ["accuracy", "top5", "precision", "recall", "f1", "f1_macro"]
 
 
 def parse_args(argv):
@@ -47,6 +49,46 @@ def summary_rows(df):
     return pd.DataFrame(rows)
 
 
+def per_class_table(predictions, classes):
+    """One row per (image size, class): its images and its accuracy under every combination."""
+    rows = []
+    for size, results in predictions.items():
+        targets = next(iter(results.values()))[0]
+        counts = np.bincount(targets, minlength=len(classes))
+        accs = {c: per_class_accuracy(t, top[:, 0], len(classes)) for c, (t, top) in results.items()}
+        rows += [{"img_size": size, "class": i, "name": name, "images": int(counts[i]),
+                  **{c: a[i] for c, a in accs.items()}} for i, name in enumerate(classes)]
+    return pd.DataFrame(rows)
+
+
+def class_losses(per_class, combos, full="RGB", top=5):
+    """The classes that lose most when channels are missing: accuracy on ``full`` minus the mean
+    over the reduced combinations (first image size), largest first."""
+    part = per_class[per_class.img_size == per_class.img_size.iloc[0]]
+    reduced = [c for c in combos if set(c) != set(full)]
+    if full not in part or not reduced:
+        return pd.DataFrame()
+    table = part[["class", "name", full]].copy()
+    table["reduced_mean"] = part[reduced].mean(axis=1)
+    table["loss"] = table[full] - table["reduced_mean"]
+    table["worst_combo"] = part[reduced].idxmin(axis=1)
+    table["worst"] = part[reduced].min(axis=1)
+    return table.sort_values("loss", ascending=False).head(top)
+
+
+def write_confusions(predictions, df, classes, out, title):
+    """Confusion matrices at the first image size: the full set's and the worst combination's."""
+    size = df.img_size.iloc[0]
+    part = df[df.img_size == size]
+    wanted = dict.fromkeys(c for c in ("RGB", part.loc[part.accuracy.idxmin(), "combo"]) if c in predictions[size])
+    paths = []
+    for combo in wanted:
+        targets, top = predictions[size][combo]
+        paths.append(os.path.join(out, f"confusion_{combo}.png"))
+        confusion_figure(targets, top[:, 0], classes, paths[-1], f"{title}: {combo} at {size}px (row-normalised)")
+    return paths
+
+
 def print_complexity(model, model_name):
     row = complexity_row(model)
     print(f"\ncomplexity of {model_name} at 3x224x224: {row['params'] / 1e6:.3f} M params, "
@@ -72,9 +114,11 @@ def main(argv=None):
         sizes = [int(s) for s in args.img_sizes.split(",")] if args.img_sizes else [ckpt["args"]["img_size"]]
     except ValueError:
         raise UserError(f"--img-sizes must be comma-separated integers, got {args.img_sizes!r}") from None
-    rows = []
+    rows, predictions = [], {}
     for size in sizes:
-        rows += evaluate_split(model, spec, args.split, size, combos, ctx, args.batch_size, args.workers, args.limit)
+        size_rows, predictions[size] = evaluate_split(model, spec, args.split, size, combos, ctx,
+                                                      args.batch_size, args.workers, args.limit)
+        rows += size_rows
     if not ctx.main:
         return 0
     for r in rows:
@@ -87,11 +131,20 @@ def main(argv=None):
     print(fmt_table(summary, percent=["mean_accuracy", "mean_f1", "worst_accuracy"], digits=2))
     bar_chart(df, "combo", "accuracy", "img_size", os.path.join(out, "accuracy_by_combo.png"),
               f"{ckpt['model']}: {args.split} accuracy per channel combination ({spec.name})")
+    per_class = per_class_table(predictions, spec.classes)
+    per_class.to_csv(os.path.join(out, "per_class.csv"), index=False, float_format="%.4f")
+    losers = class_losses(per_class, combos)
+    if len(losers):
+        print(f"\nclasses that lose most without every channel (accuracy on RGB minus the mean over "
+              f"{', '.join(c for c in combos if set(c) != set('RGB'))}; {df.img_size.iloc[0]}px):")
+        print(fmt_table(losers, percent=["RGB", "reduced_mean", "loss", "worst"], digits=2))
+    confusions = write_confusions(predictions, df, spec.classes, out, ckpt["model"])
     if args.complexity:
         row, costs = print_complexity(model, ckpt["model"])
         write_results([row], out, stem="complexity")
         write_results(costs, out, stem="stem_cost")
-    print(f"\nwrote {out}/results.json, .csv, .md and accuracy_by_combo.png")
+    print(f"\nwrote {out}/results.json, .csv, .md, accuracy_by_combo.png, per_class.csv, "
+          f"{', '.join(os.path.basename(p) for p in confusions)}")
     return 0
 
 

@@ -3,6 +3,8 @@ import argparse
 import os
 import sys
 
+import pandas as pd
+
 from data import describe_root
 from engine import evaluate_split
 from models import deploy
@@ -10,10 +12,11 @@ from utils import distributed
 from utils.checkpoint import load_model, save_atomic
 from utils.complexity import complexity_row
 from utils.errors import UserError, cli
+from utils.metrics import per_class_accuracy
 from utils.report import fmt_table, plt, save_figure, write_results
 
 TARGET = 0.9
-COLUMNS = ["model", "layers", "params", "macs", "flops", "accuracy", "precision", "recall", "f1",
+COLUMNS = ["model", "layers", "params", "macs", "flops", "accuracy", "top5", "precision", "recall", "f1",
            "ratio_to_baseline", "pass_90"]
 
 
@@ -54,11 +57,13 @@ def evaluate_checkpoint(path, spec, args, ctx):
         save_atomic({**kept, "state_dict": model.state_dict(), "deployed": True},
                     os.path.join(args.save_deployed, f"{name}.pt"))
     size = args.img_size or ckpt["args"]["img_size"]
-    [metrics] = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size, args.workers,
-                               args.limit)
+    [metrics], results = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size,
+                                        args.workers, args.limit)
+    targets, top = results["RGB"]
     cost = complexity_row(model.cpu())
     return {"model": name, "teacher": teacher, "checkpoint": ckpt["path"], "img_size": size,
-            "epochs": ckpt["args"]["epochs"], "seed": ckpt["args"]["seed"], **cost, **metrics}
+            "epochs": ckpt["args"]["epochs"], "seed": ckpt["args"]["seed"], **cost, **metrics,
+            "per_class": per_class_accuracy(targets, top[:, 0], len(spec.classes))}
 
 
 def plot(df, path, title):
@@ -82,6 +87,9 @@ def main(argv=None):
     if args.baseline and args.baseline not in paths:
         paths.insert(0, args.baseline)
     rows = [evaluate_checkpoint(p, spec, args, ctx) for p in paths]
+    per_class = pd.DataFrame({"class": range(len(spec.classes)), "name": spec.classes})
+    for i, r in enumerate(rows):  # one column per checkpoint, named by its model
+        per_class[r["model"] if r["model"] not in per_class else f"{r['model']} ({i + 1})"] = r.pop("per_class")
     base = rows[paths.index(args.baseline)] if args.baseline else \
         next((r for r in rows if r["model"] == "resnet34"), None)
     if base is None:
@@ -94,7 +102,8 @@ def main(argv=None):
           f"MACs/FLOPs/params at 3x224x224; ratio = accuracy / ResNet34 accuracy")
     print(fmt_table(df[COLUMNS], percent=["accuracy", "precision", "recall", "f1", "ratio_to_baseline"], digits=2))
     plot(df, os.path.join(args.out, "accuracy.png"), f"Task 2 accuracy ({spec.name})")
-    print(f"\nwrote {args.out}/results.json, .csv, .md and accuracy.png")
+    per_class.to_csv(os.path.join(args.out, "per_class.csv"), index=False, float_format="%.4f")
+    print(f"\nwrote {args.out}/results.json, .csv, .md, accuracy.png and per_class.csv")
     return 0
 
 

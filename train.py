@@ -4,6 +4,7 @@ Single process: ``python train_dw.py ...``; several GPUs: ``torchrun --nproc_per
 """
 import argparse
 import csv
+import datetime
 import functools
 import json
 import math
@@ -19,6 +20,7 @@ import torch
 
 import models
 from models import deploy
+from models.norm import ComboBatchNorm2d
 from data import build_dataset, describe_root, parse_combo, parse_combo_list
 from data.channels import AUGMENTATIONS
 from data.loaders import eval_loader, train_loader
@@ -28,6 +30,8 @@ from losses import DistillationLoss, LabelLoss, SandwichLoss
 from utils.checkpoint import check_classes, init_from, load_checkpoint, load_model, save_atomic
 from utils.errors import UserError
 from utils.metrics import classification_metrics
+from utils.progress import Progress
+from utils.report import training_curves
 
 RUN_FILES = ("last.pt", "best.pt", "log.csv")
 
@@ -47,6 +51,8 @@ def build_parser(description, default_model, val_combos):
                    help="dwg: a plain kernel per channel under the hypernetwork (default: the model's)")
     p.add_argument("--combo-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm statistics per channel set (default: the model's)")
+    p.add_argument("--combo-affine", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm scale and shift per channel set as well (implies --combo-bn)")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
                    help="folder with train/val/test.txt and images/ ($DATA_ROOT), or 'synthetic'")
     p.add_argument("--limit", type=int, default=None, help="use this many images per split (evenly spaced)")
@@ -80,6 +86,8 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--channels-last", action="store_true", help="CUDA only")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
+    p.add_argument("--log-every", type=int, default=50, help="a progress line every N steps (and at epoch end)")
+    p.add_argument("--tensorboard", action="store_true", help="TensorBoard scalars under <out>/tensorboard")
     return p
 
 
@@ -107,7 +115,7 @@ def check_out_dir(out, resuming, overwrite):
 def model_config(args):
     if models.registry.model_task(args.model) != 1:
         return {}
-    options = {"base": args.stem_base, "combo_bn": args.combo_bn}
+    options = {"base": args.stem_base, "combo_bn": args.combo_bn, "combo_affine": args.combo_affine}
     return {"backbone": args.backbone, "pretrained": args.pretrained,
             **{k: v for k, v in options.items() if v is not None}}
 
@@ -182,7 +190,8 @@ def resolve_args(args, parser, default_model):
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
     # Where and how it runs may change, and --epochs to extend a run (the cosine schedule is
     # stretched from the step it has reached); the recipe itself may not.
-    changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out", "epochs")
+    changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out", "epochs", "log_every",
+                                             "tensorboard")
                if getattr(args, k) != parser.get_default(k)}
     if "epochs" in changed and changed["epochs"] != resume["args"]["epochs"]:
         print(f"resuming {resume['path']} with --epochs {changed['epochs']} (was {resume['args']['epochs']})")
@@ -194,8 +203,10 @@ def resolve_args(args, parser, default_model):
 
 def build_optimizer(model, args, steps_per_epoch):
     """SGD with Nesterov momentum, no weight decay on biases and norms, warm-up then cosine."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    # Per-set BatchNorm scales and shifts are 2-D ([sets, C]) but are norms all the same.
+    norms = {id(p) for m in model.modules() if isinstance(m, ComboBatchNorm2d) for p in m.parameters()}
+    decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in norms]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1 or id(p) in norms]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=args.lr, momentum=args.momentum, nesterov=True)
@@ -300,6 +311,8 @@ def _run(args, ctx, default_model, parser):
         start_log(log_path, ["epoch", "lr", "train_loss", "train_acc", "val_acc",
                              *[f"val_acc_{c}" for c in val_combos], "seconds"], start_epoch)
     val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx)
+    progress = Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
+                        os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main)
     for epoch in range(start_epoch, args.epochs):
         # Everything random in an epoch is seeded from (seed, epoch): resuming from the end of
         # any epoch replays exactly what an uninterrupted run does.
@@ -310,16 +323,23 @@ def _run(args, ctx, default_model, parser):
         stats = train_one_epoch(
             net, train_loader(train_set, args.batch_size, args.workers, args.seed, epoch, ctx, skip),
             optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
-            augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip)
+            augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip,
+            progress=progress)
         if stats["interrupted"]:
+            progress.close()
             if ctx.main:
                 save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
             return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
+        throughput = progress.summary()
+        t_eval = time.time()
         results = evaluate(net, val_loader, ctx, val_combos, vocab, amp_dtype, desc="val")
         accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
         val_acc = float(np.mean(list(accs.values())))
         improved = val_acc > best_acc
         best_acc = max(best_acc, val_acc)
+        progress.evaluated(epoch + 1, time.time() - t_eval, {
+            "train/epoch_loss": stats["loss"], "train/epoch_acc": stats["acc"], "val/acc": val_acc,
+            **{f"val/acc_{c}": a for c, a in accs.items()}})
         if ctx.main:
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch + 1, f"{scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
@@ -329,10 +349,15 @@ def _run(args, ctx, default_model, parser):
             save_atomic(ckpt, os.path.join(args.out, "last.pt"))
             if improved:
                 save_atomic(ckpt, os.path.join(args.out, "best.pt"))
+            training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
             print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}  train acc {stats['acc']:.3f}  "
-                  f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s]")
+                  f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "
+                  f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")
         if StopRequest.requested:  # the signal came during evaluation: the epoch is saved whole
+            progress.close()
             return stopped(args, ctx, f"after epoch {epoch + 1}")
+    progress.close()
     if ctx.main:
-        print(f"best val acc {best_acc:.4f} (mean over {', '.join(val_combos)}); checkpoint {args.out}/best.pt")
+        print(f"best val acc {best_acc:.4f} (mean over {', '.join(val_combos)}); checkpoint {args.out}/best.pt; "
+              f"curves {args.out}/curves.png")
     return 0

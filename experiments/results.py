@@ -64,11 +64,14 @@ TASK1_ROWS = [  # in training order
       for c in SINGLE],
     Row("dwg_finetune", "dwg", recipe=FINETUNE, init="plain_zero", every_seed=False),
     Row("dwg_earlier", "dwg", EARLIER + ["--channel-aug", "subset"], every_seed=False),
+    # Equal training time: a sandwich step costs 2.7x a plain one on this machine (python -m bench
+    # --parts sandwich, small backbone), so plain_zero gets 16 epochs against dwg's 6.
+    Row("plain_zero-16ep", "plain_zero", recipe={"epochs": 16}, every_seed=False),
     Row("plain_dropout", "plain_dropout", every_seed=False),
     Row("seed_dwg", "seed_dwg", every_seed=False),
 ]
 SIZE_ROWS = {"dwg", "plain_zero", "plain_mean"}  # the spatial-size table's rows
-TABLE_ORDER = ["dwg", "dwg_finetune", "dwg_earlier", "plain_zero", "plain_mean", "plain_dropout", "seed_dwg"]
+TABLE_ORDER = ["dwg", "dwg_finetune", "dwg_earlier", "plain_zero", "plain_zero-16ep", "plain_mean", "plain_dropout", "seed_dwg"]
 # Each mechanism alone and together, first seed only; rows of TASK1_ROWS complete the table.
 ABLATION_ROWS = [
     Row("earlier+bn", "dwg", same_as="dwg_earlier", eval_flags=["--recalibrate", "640"]),
@@ -77,6 +80,7 @@ ABLATION_ROWS = [
     Row("base+init", "dwg", ["--no-combo-bn", "--channel-aug", "subset"], recipe=FINETUNE, init="plain_zero"),
     Row("base+init+bn", "dwg", same_as="base+init", eval_flags=["--recalibrate", "640"]),
     Row("base+init+sandwich", "dwg", ["--no-combo-bn"], recipe=FINETUNE, init="plain_zero"),
+    Row("dwg+affine", "dwg", ["--combo-affine"], every_seed=False),
 ]
 ABLATION_NAMES = {
     "dwg_earlier": "earlier dwg: template stem, subset sampling, shared BN",
@@ -88,6 +92,7 @@ ABLATION_NAMES = {
     "base+init+sandwich": "base, init + sandwich",
     "dwg_finetune": "base, init + sandwich + BN per set",
     "dwg": "base + sandwich + BN per set, from scratch (dwg)",
+    "dwg+affine": "dwg + BN scale and shift per set",
 }
 # A body other than the small CNN, first seed only.
 RESNET18_ROWS = [Row("plain_zero-resnet18", "plain_zero", backbone="resnet18"),

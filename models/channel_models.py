@@ -4,6 +4,7 @@ Each model is a stem (``stems.py``) in front of a body (``backbones.py``). ``cha
 the training-time channel augmentation the model is meant to be trained with; the entry script
 uses it unless ``--channel-aug`` says otherwise.
 """
+import copy
 import itertools
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from data.channels import DEFAULT_VOCAB
 from .backbones import build_backbone
-from .norm import combo_index, convert_to_combo_bn, num_combos
+from .norm import combo_index, convert_to_combo_bn, freeze_combo_bn, num_combos
 from .registry import register
 from .stems import ChannelHyperStem, FilledStem, SeedDWGStem
 
@@ -20,24 +21,25 @@ from .stems import ChannelHyperStem, FilledStem, SeedDWGStem
 class ChannelClassifier(nn.Module):
     """``stem(x, channels)`` then ``body``. With ``combo_bn`` every BatchNorm of the body keeps
     running statistics per channel set (``models/norm.py``); a set that never went through the
-    model in training (nor ``recalibrate``) is evaluated with the full set's statistics."""
+    model in training (nor ``recalibrate``) is evaluated with the full set's statistics (and,
+    with ``combo_affine``, its scale and shift)."""
 
-    def __init__(self, stem, body, vocab, channel_aug, combo_bn=False):
+    def __init__(self, stem, body, vocab, channel_aug, combo_bn=False, combo_affine=False):
         super().__init__()
         self.stem, self.body = stem, body
         self.vocab, self.channel_aug = vocab, channel_aug
         self._combo_bns = []
-        if combo_bn:
-            self.enable_combo_bn()
+        if combo_bn or combo_affine:
+            self.enable_combo_bn(combo_affine)
 
     @property
     def combo_bn(self):
         return bool(self._combo_bns)
 
-    def enable_combo_bn(self):
+    def enable_combo_bn(self, affine=False):
         """Give every BatchNorm of the body statistics per channel set (idempotent)."""
         if not self._combo_bns:
-            self._combo_bns = convert_to_combo_bn(self.body, num_combos(self.vocab))
+            self._combo_bns = convert_to_combo_bn(self.body, num_combos(self.vocab), affine)
             self.register_buffer("combo_seen", torch.zeros(num_combos(self.vocab), dtype=torch.long,
                                                            device=self.stem_device()))
         return self
@@ -59,6 +61,20 @@ class ChannelClassifier(nn.Module):
         if self._combo_bns:
             self._select_statistics(channels)
         return self.body(self.stem(x, channels))
+
+    def for_channels(self, channels):
+        """A plain network for one channel combination, equal to this model on it in eval mode
+        (deployment, export): the stem as an ordinary convolution where it is one (its kernel for
+        these channels), every BatchNorm holding the statistics this model would use for them."""
+        channels = tuple(channels)
+        model = copy.deepcopy(self).eval()
+        if model._combo_bns:
+            model._select_statistics(channels)
+            freeze_combo_bn(model.body, model._combo_bns[0].combo)
+        with torch.no_grad():
+            stem = model.stem.as_conv(channels) if hasattr(model.stem, "as_conv") else \
+                _WithChannels(model.stem, channels)
+        return nn.Sequential(stem, model.body).eval()
 
     @torch.no_grad()
     def recalibrate(self, batches, combos=None):
@@ -95,12 +111,13 @@ class ChannelClassifier(nn.Module):
 
 def _register_plain(name, fill, channel_aug, doc):
     """An ordinary stem over the full vocabulary in front of the body; ``fill`` for missing channels."""
-    def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False):
+    def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False,
+                combo_affine=False):
         body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
         stem = FilledStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, vocab, fill)
         if stem_weight is not None and stem_weight.shape == stem.conv.weight.shape:
             stem.conv.weight.data.copy_(stem_weight)
-        return ChannelClassifier(stem, body, vocab, channel_aug, combo_bn)
+        return ChannelClassifier(stem, body, vocab, channel_aug, combo_bn, combo_affine)
     factory.__name__, factory.__doc__ = name, doc
     register(name, task=1)(factory)
 
@@ -114,17 +131,18 @@ _register_plain("plain_dropout", "zero", "dropout",
 
 @register("dwg", task=1)
 def dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None,
-        embed_dim=32, hidden=64, templates=16, base=True, combo_bn=True):
+        embed_dim=32, hidden=64, templates=16, base=True, combo_bn=True, combo_affine=False):
     """Our channel-adaptive stem with BatchNorm statistics per channel set, trained as a sandwich.
 
-    ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics.
+    ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics;
+    ``combo_affine`` gives each set its own BatchNorm scale and shift too.
     """
     body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
     stem = ChannelHyperStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding,
                             vocab, embed_dim, hidden, templates, base)
     if stem_weight is not None and base:
         stem.load_state_dict({"conv.weight": stem_weight}, strict=False)
-    return ChannelClassifier(stem, body, vocab, channel_aug="sandwich", combo_bn=combo_bn)
+    return ChannelClassifier(stem, body, vocab, "sandwich", combo_bn, combo_affine)
 
 
 @register("seed_dwg", task=1)
@@ -133,6 +151,17 @@ def seed_dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretraine
     body, shape, _ = build_backbone(backbone, num_classes, pretrained)
     stem = SeedDWGStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, len(vocab))
     return ChannelClassifier(_Positional(stem, len(vocab)), body, vocab, channel_aug="shuffle")
+
+
+class _WithChannels(nn.Module):
+    """A stem whose kernel depends on the pixels (seed_dwg), called with fixed channel names."""
+
+    def __init__(self, stem, channels):
+        super().__init__()
+        self.stem, self.channels = stem, channels
+
+    def forward(self, x):
+        return self.stem(x, self.channels)
 
 
 class _Positional(nn.Module):

@@ -5,7 +5,8 @@ normalises each batch with its own statistics, so every combination is trained w
 only the running statistics used at evaluation were shared, averaged over a mix of
 combinations that no single combination has. Keeping one row of running statistics per
 combination (Yu et al.'s switchable BN, statistics only; the affine parameters stay shared)
-makes evaluation see what training saw.
+makes evaluation see what training saw. ``affine=True`` gives each combination its own scale
+and shift as well (switchable BN in full), starting from the shared ones.
 
 Combinations are channel *sets*: a permutation shares its set's statistics, as the stem's
 output does not depend on the order.
@@ -25,13 +26,16 @@ def num_combos(vocab):
 
 
 class ComboBatchNorm2d(nn.Module):
-    """``nn.BatchNorm2d`` with ``[combos, C]`` running statistics; ``combo`` picks the row."""
+    """``nn.BatchNorm2d`` with ``[combos, C]`` running statistics (and, with ``affine``, ``[combos,
+    C]`` scale and shift); ``combo`` picks the row."""
 
-    def __init__(self, num_features, combos, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, combos, eps=1e-5, momentum=0.1, affine=False):
         super().__init__()
         self.num_features, self.combos, self.eps, self.momentum = num_features, combos, eps, momentum
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.affine = affine
+        shape = (combos, num_features) if affine else (num_features,)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
         self.register_buffer("running_mean", torch.zeros(combos, num_features))
         self.register_buffer("running_var", torch.ones(combos, num_features))
         self.register_buffer("num_batches_tracked", torch.zeros(combos, dtype=torch.long))
@@ -39,17 +43,23 @@ class ComboBatchNorm2d(nn.Module):
         self.register_load_state_dict_pre_hook(self._load_hook)
 
     @classmethod
-    def from_bn(cls, bn, combos):
-        """Every row starts from ``bn``'s statistics; the affine parameters are ``bn``'s own."""
-        new = cls(bn.num_features, combos, bn.eps, bn.momentum).to(bn.weight.device)
-        new.weight, new.bias = bn.weight, bn.bias
+    def from_bn(cls, bn, combos, affine=False):
+        """Every row starts from ``bn``'s statistics; the affine parameters are ``bn``'s own
+        (shared) or copies of them (``affine``)."""
+        new = cls(bn.num_features, combos, bn.eps, bn.momentum, affine).to(bn.weight.device)
+        if affine:
+            new.weight.data.copy_(bn.weight.detach().expand(combos, -1))
+            new.bias.data.copy_(bn.bias.detach().expand(combos, -1))
+        else:
+            new.weight, new.bias = bn.weight, bn.bias
         new.running_mean.copy_(bn.running_mean.expand(combos, -1))
         new.running_var.copy_(bn.running_var.expand(combos, -1))
         return new
 
     def _load_hook(self, module, state, prefix, *args):
-        """A plain BatchNorm's ``[C]`` statistics (e.g. ``--init-from`` a plain model) fill every row."""
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
+        """A plain BatchNorm's ``[C]`` statistics and affine parameters (e.g. ``--init-from`` a plain
+        model) fill every row."""
+        for name in ("running_mean", "running_var", "num_batches_tracked", "weight", "bias"):
             value = state.get(prefix + name)
             if value is not None and value.dim() == getattr(self, name).dim() - 1:
                 state[prefix + name] = value.expand_as(getattr(self, name)).clone()
@@ -60,21 +70,44 @@ class ComboBatchNorm2d(nn.Module):
             self.num_batches_tracked[k] += 1
             if factor is None:  # a cumulative average, as nn.BatchNorm2d does; used to recalibrate
                 factor = 1.0 / float(self.num_batches_tracked[k])
-        return F.batch_norm(x, self.running_mean[k], self.running_var[k], self.weight, self.bias,
+        weight, bias = (self.weight[k], self.bias[k]) if self.affine else (self.weight, self.bias)
+        return F.batch_norm(x, self.running_mean[k], self.running_var[k], weight, bias,
                             self.training, factor, self.eps)
 
+    @torch.no_grad()
+    def to_bn(self, combo):
+        """An ``nn.BatchNorm2d`` holding row ``combo`` (deployment for one channel set)."""
+        bn = nn.BatchNorm2d(self.num_features, self.eps, self.momentum).to(self.weight.device)
+        bn.weight.copy_(self.weight[combo] if self.affine else self.weight)
+        bn.bias.copy_(self.bias[combo] if self.affine else self.bias)
+        bn.running_mean.copy_(self.running_mean[combo])
+        bn.running_var.copy_(self.running_var[combo])
+        bn.num_batches_tracked.copy_(self.num_batches_tracked[combo])
+        return bn
+
     def extra_repr(self):
-        return f"{self.num_features}, combos={self.combos}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, combos={self.combos}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}")
 
 
-def convert_to_combo_bn(module, combos):
+def convert_to_combo_bn(module, combos, affine=False):
     """Replace every ``nn.BatchNorm2d`` under ``module`` in place; returns the new modules."""
     converted = []
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            new = ComboBatchNorm2d.from_bn(child, combos)
+            new = ComboBatchNorm2d.from_bn(child, combos, affine)
             setattr(module, name, new)
             converted.append(new)
         else:
-            converted += convert_to_combo_bn(child, combos)
+            converted += convert_to_combo_bn(child, combos, affine)
     return converted
+
+
+def freeze_combo_bn(module, combo):
+    """Replace every ``ComboBatchNorm2d`` under ``module`` in place by its row ``combo``."""
+    for name, child in module.named_children():
+        if isinstance(child, ComboBatchNorm2d):
+            setattr(module, name, child.to_bn(combo))
+        else:
+            freeze_combo_bn(child, combo)
+    return module

@@ -110,6 +110,10 @@ class ChannelHyperStem(nn.Module):
         # Contiguous once here, or conv2d would copy the transposed view on every call.
         return kernel.view(n, *t.shape[1:]).transpose(0, 1).contiguous()
 
+    def as_conv(self, channels):
+        """An ordinary convolution equal to this stem on ``channels`` (deployment, export)."""
+        return _conv_with(self.kernel(channels), self.stride, self.padding)
+
     def forward(self, x, channels):
         if x.shape[1] != len(channels):
             raise ValueError(f"input has {x.shape[1]} channels but {len(channels)} names")
@@ -182,5 +186,23 @@ class FilledStem(nn.Module):
         out[:, [self.vocab.index(ch) for ch in channels]] = x
         return out
 
+    def as_conv(self, channels):
+        """An ordinary convolution over ``channels`` alone equal to this stem on them: a zero
+        input adds nothing, a mean-filled one adds an equal share of its kernel to each present
+        channel's."""
+        w = self.conv.weight
+        kernel = w[:, [self.vocab.index(c) for c in channels]]
+        if self.fill == "mean":
+            missing = [i for i, c in enumerate(self.vocab) if c not in channels]
+            kernel = kernel + w[:, missing].sum(1, keepdim=True) / len(channels)
+        return _conv_with(kernel, self.conv.stride, self.conv.padding)
+
     def forward(self, x, channels):
         return self.conv(self.expand(x, channels))
+
+
+@torch.no_grad()
+def _conv_with(kernel, stride, padding):
+    conv = nn.Conv2d(kernel.shape[1], kernel.shape[0], kernel.shape[2:], stride, padding, bias=False)
+    conv.weight.copy_(kernel)
+    return conv.to(kernel.device)

@@ -2,6 +2,7 @@
 import json
 import os
 
+import pandas as pd
 import pytest
 
 import test_dw
@@ -26,10 +27,20 @@ def test_task1_train_then_test(tmp_path, capsys):
     rows = json.loads((out / "eval" / "results.json").read_text())
     assert [(r["combo"], r["img_size"]) for r in rows] == [(c, s) for s in (24, 32) for c in ("RGB", "RG", "B", "BGR")]
     for r in rows:
-        assert {"combo", "img_size", "accuracy", "precision", "recall", "f1", "f1_macro"} <= set(r)
-        assert all(0 <= r[k] <= 1 for k in ("accuracy", "precision", "recall", "f1", "f1_macro"))
+        assert {"combo", "img_size", "accuracy", "top5", "precision", "recall", "f1", "f1_macro"} <= set(r)
+        assert all(0 <= r[k] <= 1 for k in ("accuracy", "top5", "precision", "recall", "f1", "f1_macro"))
+        assert r["top5"] >= r["accuracy"]
     assert (out / "eval" / "accuracy_by_combo.png").stat().st_size > 1000
     assert (out / "eval" / "results.md").read_text().count("\n") >= 9
+    per_class = pd.read_csv(out / "eval" / "per_class.csv")
+    assert list(per_class.columns) == ["img_size", "class", "name", "images", "RGB", "RG", "B", "BGR"]
+    assert len(per_class) == 2 * 6 and per_class.groupby("img_size").images.sum().tolist() == [60, 60]
+    for r in rows:  # per-class accuracies weighted by their images give back the overall accuracy
+        part = per_class[per_class.img_size == r["img_size"]]
+        assert (part[r["combo"]] * part.images).sum() / 60 == pytest.approx(r["accuracy"])
+    worst = min((r for r in rows if r["img_size"] == 24), key=lambda r: r["accuracy"])["combo"]
+    assert {f"confusion_{c}.png" for c in ("RGB", worst)} <= set(os.listdir(out / "eval"))
+    assert "classes that lose most" in printed
 
 
 def test_plain_zero_weights_evaluated_as_plain_mean(tmp_path, capsys):
@@ -76,6 +87,9 @@ def test_task2_train_then_compare(tmp_path, capsys):
     assert rows[0]["ratio_to_baseline"] == 1.0 and rows[1]["layers"] == 4
     assert rows[1]["ratio_to_baseline"] == pytest.approx(rows[1]["accuracy"] / rows[0]["accuracy"])
     assert "pass_90" in capsys.readouterr().out
+    per_class = pd.read_csv(tmp_path / "cmp" / "per_class.csv")
+    assert list(per_class.columns) == ["class", "name", "resnet34", "shallow", "shallow+kd"]
+    assert (per_class.shape[0], per_class.resnet34.between(0, 1).all()) == (6, True)
 
 
 @pytest.mark.skipif(not os.environ.get("DATA_ROOT"), reason="DATA_ROOT not set")

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from test_rrdb import add_ratios
-from utils.metrics import classification_metrics
+from utils.metrics import classification_metrics, per_class_accuracy
 
 
 def test_metrics_by_hand():
@@ -29,6 +29,25 @@ def test_metrics_match_sklearn_with_absent_classes():
     assert m["f1"] == pytest.approx(f1_score(targets, preds, average="weighted", **kw))
     assert m["f1_macro"] == pytest.approx(f1_score(targets, preds, average="macro", **kw))
     assert m["f1_macro"] < m["f1"]  # the two absent classes pull the macro mean down
+
+
+def test_top5_counts_the_target_among_the_first_five():
+    targets = np.array([0, 1, 2, 3])
+    top = np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [1, 0, 3, 4, 5, 2], [6, 5, 4, 2, 1, 3]])
+    m = classification_metrics(targets, top, 7)
+    assert m["accuracy"] == 0.25 and m["top5"] == 0.5  # image 0 first; image 1 fifth; 2 and 3 sixth
+    assert "top5" not in classification_metrics(targets, top[:, 0], 7)
+
+
+def test_per_class_accuracy_agrees_with_sklearn():
+    assert per_class_accuracy(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0]), 3)[:2] == \
+        pytest.approx([0.5, 2 / 3])
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 5, 300)
+    preds = np.where(rng.random(300) < 0.5, targets, rng.integers(0, 6, 300))
+    acc = per_class_accuracy(targets, preds, 6)
+    assert acc[:5] == pytest.approx(recall_score(targets, preds, labels=np.arange(5), average=None))
+    assert np.isnan(acc[5])  # no images of class 5
 
 
 def test_ratio_to_baseline():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 import models
+import train
 import train_dw
 from engine import train_one_epoch
 from losses import LabelLoss, SandwichLoss, soft_cross_entropy
@@ -129,6 +130,38 @@ def test_recalibration_converts_a_model_trained_with_shared_statistics():
     assert not model.combo_bn
     model.recalibrate([torch.randn(4, 3, 16, 16)])
     assert model.combo_bn and model(torch.randn(2, 1, 16, 16), ("B",)).shape == (2, 3)
+
+
+def test_per_set_affine_trains_only_the_set_it_ran_and_is_not_decayed(tmp_path):
+    torch.manual_seed(0)
+    model = models.create_model("dwg", 3, backbone="small", combo_affine=True).train()
+    first = next(m for m in model.modules() if isinstance(m, ComboBatchNorm2d))
+    assert first.weight.shape == (7, first.num_features)
+    model(torch.randn(4, 1, 16, 16), ("R",)).sum().backward()
+    touched = (first.weight.grad != 0).any(1).tolist()
+    assert touched == [i == combo_index("R", "RGB") for i in range(7)]
+    args = train.build_parser("", "dwg", "RGB").parse_args([])
+    optimizer, _ = train.build_optimizer(model, args, 10)
+    no_decay = {id(p) for p in optimizer.param_groups[1]["params"]}
+    assert id(first.weight) in no_decay and id(first.bias) in no_decay
+
+
+def test_per_set_affine_starts_from_a_plain_model_in_every_row(tmp_path):
+    torch.manual_seed(0)
+    plain = _perturbed_bn(models.create_model("plain_zero", 5, backbone="small"))
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2)
+    path = tmp_path / "pz.pt"
+    save_atomic({"model": "plain_zero", "config": {"backbone": "small"}, "classes": list("abcde"),
+                 "state_dict": plain.state_dict()}, path)
+    dwg = init_from(models.create_model("dwg", 5, backbone="small", combo_affine=True), str(path), list("abcde"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dwg.eval()(x, tuple("RGB")), plain.eval()(x, tuple("RGB")), atol=1e-5, rtol=0)
+    first = next(m for m in dwg.modules() if isinstance(m, ComboBatchNorm2d))
+    assert (first.weight == first.weight[:1]).all() and not (first.weight == 1).all()
 
 
 def _perturbed_bn(model):

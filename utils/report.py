@@ -35,6 +35,43 @@ def bar_chart(df, x, y, group, path, title, ylabel="accuracy"):
     save_figure(path)
 
 
+def confusion_figure(targets, preds, classes, path, title):
+    """Row-normalised confusion matrix (scikit-learn's display); class numbers on the axes when
+    there are too many names to read."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.25 * n, 16), min(3.5 + 0.25 * n, 15)))
+    ConfusionMatrixDisplay.from_predictions(
+        targets, preds, labels=list(range(n)), display_labels=classes if n <= 20 else None,
+        normalize="true", include_values=n <= 12, values_format=".2f", cmap="Blues", ax=ax, colorbar=True)
+    ax.set_title(title, fontsize=10)
+    plt.setp(ax.get_xticklabels(), rotation=90, fontsize=7)
+    plt.setp(ax.get_yticklabels(), fontsize=7)
+    save_figure(path)
+
+
+def training_curves(log_csv, path, title):
+    """Training loss and validation accuracy (every combination logged, and their mean) per epoch,
+    from a run's log.csv."""
+    log = pd.read_csv(log_csv)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(log.epoch, log.train_loss, marker="o", label="train loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend(fontsize=8)
+    right.plot(log.epoch, log.train_acc, marker="o", ls="--", c="gray", label="train")
+    right.plot(log.epoch, log.val_acc, marker="o", lw=2.5, c="black", label="val (selection)")
+    for col in [c for c in log.columns if c.startswith("val_acc_")]:
+        right.plot(log.epoch, log[col], lw=1, label=col[len("val_acc_"):])
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy")
+    right.legend(fontsize=7, ncol=2)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    save_figure(path)
+
+
 def save_figure(path):
     plt.tight_layout()
     plt.savefig(path, dpi=120)

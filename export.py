@@ -1,0 +1,128 @@
+"""Export a trained model for one channel combination to ONNX and/or torch.export, and check it.
+
+    python export.py --checkpoint runs/dwg/best.pt --channels RG --formats onnx,torch
+
+The model is deployed first: for a Task 1 model, a plain network for those channels (its stem
+kernel for them as an ordinary convolution, its BatchNorm statistics for that set); for Task 2,
+re-parameterised branches folded. The batch dimension stays dynamic; the image size is fixed
+(default: the checkpoint's training size). The exported model takes images normalised with the
+ImageNet mean and standard deviation of the channels it was exported for, in that order (the
+.json file beside it says so), and is checked against PyTorch on a real image of the data:
+the largest logit difference must stay under --atol.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from data import build_dataset, describe_root
+from data.channels import parse_combo, select
+from data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_transform, read_image
+from models import deploy
+from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.errors import UserError, cli
+
+FORMATS = ("onnx", "torch")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
+    p.add_argument("--channels", default="RGB", help="the combination the exported model takes, e.g. RG")
+    p.add_argument("--formats", default="onnx,torch", help="comma-separated: onnx (.onnx), torch (.pt2)")
+    p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's training size")
+    p.add_argument("--image", default=None,
+                   help="image to check the export on (default: the first test image of --data-root)")
+    p.add_argument("--data-root", default=None, help="default: the checkpoint's data")
+    p.add_argument("--out", default=None, help="folder (default: <run folder>/export)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest logit difference accepted")
+    return p.parse_args(argv)
+
+
+def deployed_for(model, channels):
+    """The plain inference network for ``channels``; Task 2 models take RGB only."""
+    if hasattr(model, "for_channels"):
+        return model.for_channels(channels)
+    if channels != tuple("RGB"):
+        raise UserError(f"--channels {''.join(channels)}: this is a Task 2 model, it takes RGB only")
+    return deploy(model).eval()
+
+
+def check_image(args, ckpt, size):
+    """A ``[1, 3, size, size]`` image of the data (or --image) through the evaluation transform."""
+    if args.image:
+        return build_transform(size, train=False)(read_image(args.image)).unsqueeze(0), args.image
+    spec = describe_root(args.data_root or ckpt["data"])
+    dataset = build_dataset(spec, "test", size, limit=1)
+    return dataset[0][0].unsqueeze(0), f"the first test image of {spec.name}"
+
+
+def export_onnx(net, example, path):
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(net, (example,), path, input_names=["image"], output_names=["logits"],
+                      dynamic_shapes=({0: batch},), dynamo=True, external_data=False)
+    try:
+        import onnxruntime
+    except ImportError:
+        print(f"wrote {path}; not checked: onnxruntime is not installed")
+        return None
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+
+def export_torch(net, example, path):
+    program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, path)
+    return torch.export.load(path).module()
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"--formats {args.formats!r}: choose from {', '.join(FORMATS)}")
+    if args.img_size is not None and args.img_size < 1:
+        raise UserError(f"--img-size must be at least 1, got {args.img_size}")
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt).eval()
+    channels = tuple(parse_combo(args.channels, getattr(model, "vocab", "RGB")))
+    net = deployed_for(model, channels)
+    size = args.img_size or ckpt["args"]["img_size"]
+    image, source = check_image(args, ckpt, size)
+    x, _ = select(image, "".join(channels), getattr(model, "vocab", "RGB"))
+    # Two copies of the image: a batch of one would let the exporter fix the batch size at 1.
+    example = x.expand(2, *x.shape[1:]).contiguous()
+    out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "export")
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"{ckpt['model']}_{''.join(channels)}")
+    with torch.no_grad():
+        reference = model(x, channels) if hasattr(model, "for_channels") else model(x)
+        for fmt in formats:
+            path = f"{stem}.onnx" if fmt == "onnx" else f"{stem}.pt2"
+            run = (export_onnx if fmt == "onnx" else export_torch)(net, example, path)
+            if run is None:
+                continue
+            diff = (run(x) - reference).abs().max().item()
+            if not diff <= args.atol:
+                raise UserError(f"{path}: logits differ from PyTorch's by {diff:.2e} on {source} "
+                                f"(more than --atol {args.atol:g})")
+            top = int(reference.argmax(1))
+            print(f"wrote {path}: matches PyTorch within {diff:.1e} on {source} "
+                  f"(top-1 {ckpt['classes'][top]})")
+    idx = ["RGB".index(c) for c in channels]
+    with open(f"{stem}.json", "w") as f:
+        json.dump({"model": ckpt["model"], "checkpoint": ckpt["path"], "channels": "".join(channels),
+                   "img_size": size, "input": "image", "output": "logits",
+                   "mean": list(np.take(IMAGENET_MEAN, idx)), "std": list(np.take(IMAGENET_STD, idx)),
+                   "classes": ckpt["classes"]}, f, indent=2)
+    print(f"wrote {stem}.json (channels, image size, normalisation, classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

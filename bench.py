@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from torch.utils import benchmark
 
 import models
 from losses import LabelLoss, SandwichLoss
@@ -27,20 +26,23 @@ from data import build_dataset, describe_root
 from data.channels import sample_subset
 from models.stems import ChannelHyperStem, SeedDWGStem
 from utils.complexity import complexity_row, stem_cost
+from utils.errors import Parser, UserError, at_least, choice_list, cli, int_list
 from utils.report import update_readme, write_results
+
+PARTS = ["stem", "profile", "model", "sandwich", "data", "complexity"]
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="stem,profile,model,sandwich,data,complexity")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-sizes", default="1,32,128")
-    p.add_argument("--img-sizes", default="64,224")
-    p.add_argument("--model-img-size", type=int, default=None, help="default 224 on CUDA, 128 on CPU")
-    p.add_argument("--model-batch", type=int, default=None, help="default 64 on CUDA, 16 on CPU")
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="stem,profile,model,sandwich,data,complexity", type=choice_list(PARTS))
+    p.add_argument("--threads", type=at_least(1), default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-sizes", default="1,32,128", type=int_list(1))
+    p.add_argument("--img-sizes", default="64,224", type=int_list(8))
+    p.add_argument("--model-img-size", type=at_least(8), default=None, help="default 224 on CUDA, 128 on CPU")
+    p.add_argument("--model-batch", type=at_least(1), default=None, help="default 64 on CUDA, 16 on CPU")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "synthetic"))
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed runs per measurement")
+    p.add_argument("--min-time", type=at_least(0.0, float), default=0.5, help="seconds of timed runs per measurement")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     return p.parse_args(argv)
@@ -51,6 +53,7 @@ def median_seconds(fn, args):
         fn()
     if args.device == "cuda":
         torch.cuda.synchronize()
+    from torch.utils import benchmark  # here: importing it warns about CUDA_HOME on CUDA-less machines
     t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=args.threads)
     return t.blocked_autorange(min_run_time=args.min_time).median
 
@@ -63,8 +66,8 @@ def bench_stem(args):
     ours = ChannelHyperStem(64, 7, 2, 3).to(dev).eval()
     seed = SeedDWGStem(64, 7, 2, 3).to(dev).eval()
     rgb = ("R", "G", "B")
-    for size in map(int, args.img_sizes.split(",")):
-        for bs in map(int, args.batch_sizes.split(",")):
+    for size in args.img_sizes:
+        for bs in args.batch_sizes:
             x = torch.randn(bs, 3, size, size, device=dev)
             with torch.no_grad():
                 ours(x, rgb)  # fill the cache for the cached variant
@@ -224,13 +227,16 @@ def complexity_markdown(rows):
     return table.to_markdown(index=False, floatfmt=".3f")
 
 
+@cli
 def main(argv=None):
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here")
     if args.quick:
-        args.batch_sizes, args.img_sizes, args.min_time = "1,8", "32", 0.05
+        args.batch_sizes, args.img_sizes, args.min_time = [1, 8], [32], 0.05
         args.model_img_size, args.model_batch = 64, 4
     torch.set_num_threads(args.threads)
-    parts = args.parts.split(",")
+    parts = args.parts
     env = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine(),
            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}

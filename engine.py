@@ -17,6 +17,7 @@ from utils.metrics import classification_metrics
 class StopRequest:
     """Set by a SIGINT/SIGTERM handler; the loop finishes its step and returns."""
     requested = False
+    signum = 0
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, *, vocab="RGB",

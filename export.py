@@ -23,22 +23,23 @@ from data.channels import parse_combo, select
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_transform, read_image
 from models import deploy
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.errors import UserError, cli
+from utils.errors import Parser, UserError, at_least, choice_list, cli
 
 FORMATS = ("onnx", "torch")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
     p.add_argument("--channels", default="RGB", help="the combination the exported model takes, e.g. RG")
-    p.add_argument("--formats", default="onnx,torch", help="comma-separated: onnx (.onnx), torch (.pt2)")
-    p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's training size")
+    p.add_argument("--formats", default="onnx,torch", type=choice_list(FORMATS),
+                   help="comma-separated: onnx (.onnx), torch (.pt2)")
+    p.add_argument("--img-size", type=at_least(8), default=None, help="default: the checkpoint's training size")
     p.add_argument("--image", default=None,
                    help="image to check the export on (default: the first test image of --data-root)")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's data")
     p.add_argument("--out", default=None, help="folder (default: <run folder>/export)")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest logit difference accepted")
+    p.add_argument("--atol", type=at_least(0.0, float), default=1e-4, help="largest logit difference accepted")
     return p.parse_args(argv)
 
 
@@ -82,12 +83,6 @@ def export_torch(net, example, path):
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UserError(f"--formats {args.formats!r}: choose from {', '.join(FORMATS)}")
-    if args.img_size is not None and args.img_size < 1:
-        raise UserError(f"--img-size must be at least 1, got {args.img_size}")
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
     channels = tuple(parse_combo(args.channels, getattr(model, "vocab", "RGB")))
@@ -102,7 +97,7 @@ def main(argv=None):
     stem = os.path.join(out, f"{ckpt['model']}_{''.join(channels)}")
     with torch.no_grad():
         reference = model(x, channels) if hasattr(model, "for_channels") else model(x)
-        for fmt in formats:
+        for fmt in args.formats:
             path = f"{stem}.onnx" if fmt == "onnx" else f"{stem}.pt2"
             run = (export_onnx if fmt == "onnx" else export_torch)(net, example, path)
             if run is None:

@@ -14,7 +14,6 @@ CPU at toy sizes (small backbone, 32 px; the CUDA flags are then ignored with a 
 that the script itself is tested where no GPU is.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from data.loaders import train_loader
 from engine import train_one_epoch
 from losses import LabelLoss
 from utils.distributed import Context
+from utils.errors import Parser, at_least, cli
 from utils.report import write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,11 +35,11 @@ SAMPLE = os.path.join(HERE, "..", "shared", "data", "mini-imagenet-sample")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT") or SAMPLE)
     p.add_argument("--out", default="results/gpu_check")
-    p.add_argument("--steps", type=int, default=24, help="training steps per run (about)")
-    p.add_argument("--limit", type=int, default=None, help="use this many images per split")
+    p.add_argument("--steps", type=at_least(1), default=24, help="training steps per run (about)")
+    p.add_argument("--limit", type=at_least(1), default=None, help="use this many images per split")
     p.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (tests the script)")
     return p.parse_args(argv)
 
@@ -90,6 +90,7 @@ def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_b
     return batch * steps / (time.time() - start)
 
 
+@cli
 def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available() and not args.cpu_smoke:

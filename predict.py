@@ -17,18 +17,18 @@ from data.channels import parse_combo, select
 from data.datasets import build_transform, read_image
 from models import deploy
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.errors import UserError, cli
+from utils.errors import Parser, UserError, at_least, cli
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
     p.add_argument("--channels", default="RGB", help="channels the model sees, e.g. RG or B (Task 1 models)")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's training size")
+    p.add_argument("--top", type=at_least(1), default=5)
+    p.add_argument("--img-size", type=at_least(8), default=None, help="default: the checkpoint's training size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
 
@@ -65,8 +65,6 @@ def predict(model, files, combo, img_size, top, device):
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}")
     ckpt = load_checkpoint(args.checkpoint)
     model = deploy(model_from_checkpoint(ckpt)).to(args.device).eval()
     combo = "".join(parse_combo(args.channels, getattr(model, "vocab", "RGB")))

@@ -11,7 +11,7 @@ from engine import evaluate_split, recalibrate
 from utils import distributed
 from utils.checkpoint import load_model
 from utils.complexity import complexity_row, stem_cost
-from utils.errors import UserError, cli
+from utils.errors import Parser, at_least, cli, int_list, non_empty
 from utils.metrics import per_class_accuracy
 from utils.report import bar_chart, confusion_figure, fmt_table, write_results
 
@@ -19,22 +19,22 @@ METRICS = ["accuracy", "top5", "precision", "recall", "f1", "f1_macro"]
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."))
     p.add_argument("--as-model", default=None,
                    help="evaluate the weights as this model, e.g. a plain_zero checkpoint as plain_mean "
                         "(they train identically; the fill rule acts only when channels are missing)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--combos", default=",".join(DEFAULT_COMBOS))
-    p.add_argument("--img-sizes", default=None, help="comma-separated (default: the training size)")
+    p.add_argument("--combos", default=",".join(DEFAULT_COMBOS), type=non_empty)
+    p.add_argument("--img-sizes", default=None, type=int_list(8), help="comma-separated (default: the training size)")
     p.add_argument("--out", default=None, help="results folder (default: <run folder>/eval)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--limit", type=int, default=None, help="evaluate this many images (evenly spaced)")
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--workers", type=at_least(0), default=2)
+    p.add_argument("--limit", type=at_least(1), default=None, help="evaluate this many images (evenly spaced)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")
-    p.add_argument("--recalibrate", type=int, default=0, metavar="N",
+    p.add_argument("--recalibrate", type=at_least(0), default=0, metavar="N",
                    help="first re-estimate BatchNorm statistics per channel set from N training images")
     return p.parse_args(argv)
 
@@ -110,10 +110,7 @@ def main(argv=None):
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
     if args.recalibrate:
         recalibrate(model, spec, ckpt["args"]["img_size"], args.recalibrate, ctx, args.batch_size, args.workers)
-    try:
-        sizes = [int(s) for s in args.img_sizes.split(",")] if args.img_sizes else [ckpt["args"]["img_size"]]
-    except ValueError:
-        raise UserError(f"--img-sizes must be comma-separated integers, got {args.img_sizes!r}") from None
+    sizes = args.img_sizes or [ckpt["args"]["img_size"]]
     rows, predictions = [], {}
     for size in sizes:
         size_rows, predictions[size] = evaluate_split(model, spec, args.split, size, combos, ctx,

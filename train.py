@@ -3,6 +3,7 @@
 Single process: ``python train_dw.py ...``; several GPUs: ``torchrun --nproc_per_node N train_dw.py ...``.
 """
 import argparse
+import copy
 import csv
 import datetime
 import functools
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -28,16 +30,19 @@ from engine import StopRequest, evaluate, train_one_epoch
 from utils import distributed
 from losses import DistillationLoss, LabelLoss, SandwichLoss
 from utils.checkpoint import check_classes, init_from, load_checkpoint, load_model, save_atomic
-from utils.errors import UserError
+from utils.errors import Parser, UserError, at_least, between, non_empty
 from utils.metrics import classification_metrics
 from utils.progress import Progress
+from utils.run_folder import RunLock, check_out_dir, clear_run, reconcile_best, remove_stray_temporaries
 from utils.report import training_curves
 
-RUN_FILES = ("last.pt", "best.pt", "log.csv")
+# Where and how a run goes may change when it is resumed; everything else is its recipe.
+SAFE_ON_RESUME = ("out", "workers", "device", "data_root", "epochs", "log_every", "tensorboard", "compile",
+                  "deterministic")
 
 
 def build_parser(description, default_model, val_combos):
-    p = argparse.ArgumentParser(description=description,
+    p = Parser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=None,
                    help=f"default {default_model}; one of: {', '.join(models.list_models())}")
@@ -55,29 +60,29 @@ def build_parser(description, default_model, val_combos):
                    help="BatchNorm scale and shift per channel set as well (implies --combo-bn)")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
                    help="folder with train/val/test.txt and images/ ($DATA_ROOT), or 'synthetic'")
-    p.add_argument("--limit", type=int, default=None, help="use this many images per split (evenly spaced)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64, help="per process")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--limit", type=at_least(1), default=None, help="use this many images per split (evenly spaced)")
+    p.add_argument("--epochs", type=at_least(1), default=30)
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="per process")
+    p.add_argument("--img-size", type=at_least(8), default=224)
+    p.add_argument("--lr", type=at_least(0.0, float), default=0.1, help="peak SGD learning rate")
+    p.add_argument("--momentum", type=between(0, 1, high_open=True), default=0.9)
+    p.add_argument("--weight-decay", type=at_least(0.0, float), default=5e-4)
+    p.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0)
+    p.add_argument("--label-smoothing", type=between(0, 1, high_open=True), default=0.1)
     p.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout", "sandwich"],
                    help="channel augmentation (default: the model's own); sandwich: every step trains "
                         "the full set on labels and --sandwich-subsets reduced sets towards it")
-    p.add_argument("--sandwich-subsets", type=int, default=2,
+    p.add_argument("--sandwich-subsets", type=at_least(1), default=2,
                    help="reduced combinations per sandwich step (the first a single channel)")
-    p.add_argument("--full-prob", type=float, default=0.0,
+    p.add_argument("--full-prob", type=between(0, 1), default=0.0,
                    help="subset augmentation: probability that a batch keeps every channel")
-    p.add_argument("--train-channels", default=None, help="train on this fixed combination only, e.g. R")
-    p.add_argument("--val-combos", default=val_combos, help="model selection uses their mean val accuracy")
+    p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
+    p.add_argument("--val-combos", default=val_combos, type=non_empty, help="model selection uses their mean val accuracy")
     p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
-    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation loss")
-    p.add_argument("--kd-temperature", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--kd-alpha", type=between(0, 1), default=0.5, help="weight of the distillation loss")
+    p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0)
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--workers", type=at_least(0), default=2)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--resume", default=None, help="run folder or checkpoint to continue")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a folder holding another run")
@@ -86,7 +91,7 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--channels-last", action="store_true", help="CUDA only")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
-    p.add_argument("--log-every", type=int, default=50, help="a progress line every N steps (and at epoch end)")
+    p.add_argument("--log-every", type=at_least(1), default=50, help="a progress line every N steps (and at epoch end)")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard scalars under <out>/tensorboard")
     return p
 
@@ -104,12 +109,26 @@ def rng_state():
             "torch": torch.get_rng_state()}
 
 
-def check_out_dir(out, resuming, overwrite):
-    existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
-    if existing and not resuming and not overwrite:
-        raise UserError(f"{out} already holds a run ({', '.join(existing)}); "
-                        "pass --resume to continue it, --overwrite to replace it, or another --out")
-    os.makedirs(out, exist_ok=True)
+@torch.no_grad()
+def check_input_size(model, size, device):
+    """One forward pass at ``size`` before training, so that a size too small for the body fails
+    with a line that says so rather than a traceback in the first step."""
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, 3, size, size, device=device))
+    except RuntimeError as exc:
+        raise UserError(f"--img-size {size} is too small for this model ({str(exc).splitlines()[0]})") from None
+    finally:
+        model.train(was_training)
+
+
+def restore_rng(state, chan_gen):
+    """The RNG states saved by a stop inside an epoch (``rng_state``, the channel generator)."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]["python"]))
+    name, keys, pos, has_gauss, cached = state["rng"]["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["rng"]["torch"])
+    chan_gen.set_state(state["chan_gen"])
 
 
 def model_config(args):
@@ -157,7 +176,7 @@ def install_stop_handlers():
     def handler(signum, frame):
         if StopRequest.requested:  # a second signal: give up at once
             sys.exit(128 + signum)
-        StopRequest.requested = True
+        StopRequest.requested, StopRequest.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last.pt",
               file=sys.stderr)
     signal.signal(signal.SIGINT, handler)
@@ -168,18 +187,45 @@ def stopped(args, ctx, where):
     if ctx.main:
         print(f"stopped {where}; saved {args.out}/last.pt. Continue with: --resume {args.out}",
               file=sys.stderr)
-    return 130
+    return 128 + StopRequest.signum  # the shell's convention: 130 after SIGINT, 143 after SIGTERM
 
 
 def run(argv, description, default_model, val_combos):
     parser = build_parser(description, default_model, val_combos)
     args = parser.parse_args(argv)
-    return _run(args, distributed.init(args.device), default_model, parser)
+    args, resume = resolve_args(args, given_flags(parser, argv), parser, default_model)
+    ctx = distributed.init(args.device)
+    lock, replacing = None, False
+    if ctx.main:
+        lock, replacing = claim_out_dir(args, resume)
+    try:
+        return _run(args, resume, ctx, replacing)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def resolve_args(args, parser, default_model):
-    """-> (args, checkpoint to resume or None). A resumed run takes its recipe from the checkpoint;
-    only where and how it runs may change, and only when given on this command line."""
+def given_flags(parser, argv):
+    """The destinations of the flags written on this command line (defaults left out)."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
+
+
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def resolve_args(args, given, parser, default_model):
+    """-> (args, checkpoint to resume or None). A resumed run takes its recipe from the checkpoint:
+    a recipe flag given with a different value is refused; where and how it runs may change
+    (``SAFE_ON_RESUME``), and each change is printed. It writes into the folder named on this
+    command line (``--out``, else the checkpoint's own folder), never the one stored inside."""
+    task = models.registry.model_task(default_model)
+    if args.model and args.model in models.list_models() and models.registry.model_task(args.model) != task:
+        script = "train_dw.py" if task == 2 else "train_rrdb.py"
+        raise UserError(f"model {args.model!r} is a Task {3 - task} model; train it with {script}")
     if not args.resume:
         args.model = args.model or default_model
         return args, None
@@ -188,17 +234,41 @@ def resolve_args(args, parser, default_model):
         raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
     if "optimizer" not in resume:
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
-    # Where and how it runs may change, and --epochs to extend a run (the cosine schedule is
-    # stretched from the step it has reached); the recipe itself may not.
-    changed = {k: getattr(args, k) for k in ("workers", "device", "data_root", "out", "epochs", "log_every",
-                                             "tensorboard")
-               if getattr(args, k) != parser.get_default(k)}
-    if "epochs" in changed and changed["epochs"] != resume["args"]["epochs"]:
-        print(f"resuming {resume['path']} with --epochs {changed['epochs']} (was {resume['args']['epochs']})")
-    defaults = vars(parser.parse_args([]))  # flags added since the checkpoint was written
-    args = argparse.Namespace(**{**defaults, **resume["args"], **changed, "resume": args.resume,
+    stored = {**vars(parser.parse_args([])), **resume["args"]}  # defaults: flags added since
+    refused = sorted(k for k in given - {"resume", "model", "overwrite", *SAFE_ON_RESUME}
+                     if getattr(args, k) != stored.get(k))
+    if refused:
+        raise UserError(f"--resume continues {resume['path']} with the recipe it was started with; "
+                        f"{', '.join(_flag(k) for k in refused)} cannot change (start a new run, e.g. with "
+                        f"--init-from {resume['path']})")
+    changed = {k: getattr(args, k) for k in given & set(SAFE_ON_RESUME) - {"out"}}
+    for k, v in changed.items():
+        if v != stored.get(k):
+            # --epochs stretches the cosine schedule from the step the run has reached
+            print(f"resuming {resume['path']} with {_flag(k)} {v} (was {stored.get(k)})")
+    out = args.out if "out" in given else os.path.dirname(resume["path"])
+    args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume,
+                                 "overwrite": args.overwrite,
                                  "pretrained": None, "init_from": None})  # weights: the checkpoint's
     return args, resume
+
+
+def claim_out_dir(args, resume):
+    """Check, lock and tidy the run folder before anything is written; -> (the held lock, whether
+    the run replaces another one there: ``--overwrite``, acted on at the first write)."""
+    args.out = args.out or os.path.join("runs", args.model)
+    continuing = resume is not None and os.path.isdir(args.out) and \
+        os.path.samefile(args.out, os.path.dirname(resume["path"]))
+    check_out_dir(args.out, continuing, args.overwrite)
+    lock = RunLock(args.out).acquire()
+    remove_stray_temporaries(args.out)
+    if continuing:
+        reconcile_best(args.out)
+    if resume is not None and not continuing:  # the log so far travels with the run
+        old_log = os.path.join(os.path.dirname(resume["path"]), "log.csv")
+        if os.path.exists(old_log):
+            shutil.copyfile(old_log, os.path.join(args.out, "log.csv"))
+    return lock, args.overwrite and not continuing
 
 
 def build_optimizer(model, args, steps_per_epoch):
@@ -215,9 +285,8 @@ def build_optimizer(model, args, steps_per_epoch):
     return optimizer, scheduler
 
 
-def _run(args, ctx, default_model, parser):
-    args, resume = resolve_args(args, parser, default_model)
-    args.out = args.out or (os.path.dirname(resume["path"]) if resume else os.path.join("runs", args.model))
+def _run(args, resume, ctx, replacing=False):
+    args.out = args.out or os.path.join("runs", args.model)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -225,10 +294,8 @@ def _run(args, ctx, default_model, parser):
     vocab = "RGB"
     val_combos = parse_combo_list(args.val_combos, vocab)
     train_combo = "".join(parse_combo(args.train_channels, vocab)) if args.train_channels else None
-    if ctx.main:
-        check_out_dir(args.out, resume is not None, args.overwrite)
-        if spec.synthetic:
-            print("data: built-in synthetic shapes (no DATA_ROOT configured)")
+    if ctx.main and spec.synthetic:
+        print("data: built-in synthetic shapes (no DATA_ROOT configured)")
     distributed.barrier(ctx)
 
     config = model_config(args)
@@ -240,6 +307,7 @@ def _run(args, ctx, default_model, parser):
     if args.channel_aug == "sandwich" and train_combo:
         raise UserError(f"--train-channels {train_combo} trains one fixed combination; "
                         "pass --channel-aug none instead of the sandwich")
+    check_input_size(model, args.img_size, ctx.device)
     if args.init_from:
         init_from(model, args.init_from, spec.classes)
     if resume is not None:
@@ -258,8 +326,6 @@ def _run(args, ctx, default_model, parser):
     if args.channel_aug == "subset":
         augment = functools.partial(augment, full_prob=args.full_prob)
     elif args.channel_aug == "sandwich":
-        if args.sandwich_subsets < 1:
-            raise UserError(f"--sandwich-subsets must be at least 1, got {args.sandwich_subsets}")
         criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -272,13 +338,14 @@ def _run(args, ctx, default_model, parser):
                         f"the {len(train_set)} training images")
 
     optimizer, scheduler = build_optimizer(model, args, steps_per_epoch)
-    start_epoch, start_step, best_acc = 0, 0, -1.0
+    start_epoch, start_step, best_acc, best_epoch = 0, 0, -1.0, None
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         start_epoch, start_step, best_acc = resume["epoch"], resume["step"], resume["best_acc"]
+        best_epoch = resume.get("best_epoch")
 
     net = model
     if ctx.world > 1:
@@ -292,9 +359,12 @@ def _run(args, ctx, default_model, parser):
                 "args": vars(args), "state_dict": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch, "step": step, "best_acc": best_acc, "rng": rng_state()}
+                "epoch": epoch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch,
+                "rng": rng_state(), "chan_gen": chan_gen.get_state()}
 
     if ctx.main:
+        if replacing:  # only now: a refusal above leaves the old run whole
+            clear_run(args.out)
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
@@ -314,11 +384,14 @@ def _run(args, ctx, default_model, parser):
     progress = Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
                         os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main)
     for epoch in range(start_epoch, args.epochs):
-        # Everything random in an epoch is seeded from (seed, epoch): resuming from the end of
-        # any epoch replays exactly what an uninterrupted run does.
+        # Everything random in an epoch is seeded from (seed, epoch), each image's augmentation
+        # from its position (data/loaders.py): resuming from the end of any epoch replays exactly
+        # what an uninterrupted run does, and inside an epoch so do the RNG states saved there.
         seed_everything(args.seed * 1_000_003 + epoch * 1009 + ctx.rank)
         chan_gen.manual_seed(args.seed * 7919 + epoch)
         skip = start_step if epoch == start_epoch else 0
+        if skip and "chan_gen" in resume:
+            restore_rng(resume, chan_gen)
         t0 = time.time()
         stats = train_one_epoch(
             net, train_loader(train_set, args.batch_size, args.workers, args.seed, epoch, ctx, skip),
@@ -336,7 +409,8 @@ def _run(args, ctx, default_model, parser):
         accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
         val_acc = float(np.mean(list(accs.values())))
         improved = val_acc > best_acc
-        best_acc = max(best_acc, val_acc)
+        if improved:
+            best_acc, best_epoch = val_acc, epoch + 1
         progress.evaluated(epoch + 1, time.time() - t_eval, {
             "train/epoch_loss": stats["loss"], "train/epoch_acc": stats["acc"], "val/acc": val_acc,
             **{f"val/acc_{c}": a for c, a in accs.items()}})

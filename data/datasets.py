@@ -5,11 +5,12 @@ per line, paths relative to ``<root>``. Line endings may be LF or CRLF (the real
 An optional ``<root>/classes.txt`` (``<wnid> <label> <name...>``) gives class names.
 """
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 from torchvision import transforms as T
 
 from utils.errors import UserError
@@ -29,19 +30,28 @@ def build_transform(img_size, train):
     return T.Compose(resize + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def to_rgb(img):
-    """Greyscale, palette, RGBA and CMYK all become 3-channel RGB."""
+def to_rgb(img, path="image"):
+    """Greyscale, palette, RGBA, CMYK and 16-bit greyscale all become 8-bit RGB; 32-bit integer
+    and float pixels, whose range the file does not state, are refused by name."""
+    if img.mode.startswith("I;16"):  # PIL's own convert("RGB") clips these to white
+        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        raise UserError(f"cannot read image {path}: pixel mode {img.mode} (32-bit "
+                        f"{'integer' if img.mode == 'I' else 'float'}) has no known range; save it with 8 "
+                        "or 16 bits per channel")
     if img.mode == "P":
         img = img.convert("RGBA")  # palette transparency must be resolved before dropping alpha
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def read_image(path):
-    """An RGB PIL image, or a one-line error naming the file."""
+    """An RGB PIL image, upright as its EXIF orientation says, or a one-line error naming the file."""
     try:
         with Image.open(path) as img:
             img.load()  # decode now: the file closes when the block ends
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img), path)
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
@@ -51,23 +61,43 @@ def read_list(path, num_classes=None):
     if not os.path.isfile(path):
         raise UserError(f"list file not found: {path}")
     entries = []
-    with open(path, encoding="utf-8", newline=None) as f:  # newline=None folds CRLF into LF
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise UserError(f"{path}:{lineno}: malformed line {line!r} "
-                                "(expected '<image path> <integer label>')")
-            label = int(parts[1])
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                raise UserError(f"{path}:{lineno}: label {label} out of range "
-                                f"[0, {num_classes if num_classes is not None else '?'})")
-            entries.append((parts[0], label, lineno))
+    # utf-8-sig: a byte-order mark would otherwise become part of the first image path;
+    # newline=None folds CRLF into LF.
+    with open(path, encoding="utf-8-sig", newline=None) as f:
+        lines = _decoded_lines(f, path)
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not LABEL.fullmatch(parts[1]):
+            raise UserError(f"{path}:{lineno}: malformed line {line!r} "
+                            "(expected '<image path> <integer label>')")
+        label = int(parts[1])
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            raise UserError(f"{path}:{lineno}: label {label} out of range "
+                            f"[0, {num_classes if num_classes is not None else '?'})"
+                            f"{CLASSES_NOTE if num_classes is not None else ''}")
+        rel = parts[0]
+        if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
+            raise UserError(f"{path}:{lineno}: image path {rel!r} leaves the data root "
+                            "(paths must be relative to the folder holding the list)")
+        entries.append((rel, label, lineno))
     if not entries:
         raise UserError(f"list file is empty: {path}")
     return entries
+
+
+LABEL = re.compile(r"-?[0-9]+")
+CLASSES_NOTE = " (the classes are those of classes.txt, else of train.txt: a class with no training image is unknown)"
+
+
+def _decoded_lines(f, path):
+    try:
+        return f.read().split("\n")
+    except UnicodeDecodeError as exc:
+        lineno = exc.object[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{lineno}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
 
 
 def read_classes(root, train_entries):

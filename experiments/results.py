@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from utils.checkpoint import load_checkpoint
-from utils.errors import UserError, cli
+from utils.errors import Parser, UserError, at_least, cli, int_list
 from utils.report import bar_chart, plt, save_figure, update_readme, write_results
 
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
@@ -103,17 +103,17 @@ SIZES = [48, 64, 96]
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="all", choices=["task1", "task1-ablation", "task1-resnet18", "task2", "all"])
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--img-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seeds", default="0", type=int_list(0))
+    p.add_argument("--epochs", type=at_least(1), default=6)
+    p.add_argument("--img-size", type=at_least(8), default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--workers", type=at_least(0), default=1)
     p.add_argument("--no-train", action="store_true",
                    help="tables from the finished runs only (Task 1): rows without one are left out")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=at_least(1), default=1,
                    help="runs trained (and evaluated) at once, each with cores/jobs threads")
     p.add_argument("--runs", default="runs/results", help="checkpoints and logs (not committed)")
     p.add_argument("--results", default="results")
@@ -405,7 +405,7 @@ def task2(args, seeds):
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     os.makedirs(args.results, exist_ok=True)
     os.makedirs(args.figs, exist_ok=True)
     if args.part in ("task1", "all"):

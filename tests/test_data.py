@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import make_list_root
 from data import build_dataset, describe_root, parse_combo
 from data.channels import dropout, sample_subset, select, shuffle
-from data.datasets import read_list, to_rgb
+from data.datasets import read_image, read_list, to_rgb
 from utils.errors import UserError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -123,3 +123,37 @@ def test_channel_transforms():
         xd, names = dropout(x, ("R", "G", "B"), 0.9, g)
         assert 1 <= len(names) == xd.shape[1]
         assert xd[0, :, 0, 0].tolist() == ["RGB".index(n) for n in names]
+
+
+def test_sixteen_bit_greyscale_keeps_its_values(tmp_path):
+    path = tmp_path / "grey16.JPEG"  # a PNG named like the dataset's files
+    Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(path, format="PNG")  # 128.5 of 255 in 16 bits
+    pixels = np.asarray(read_image(str(path)))
+    assert pixels.shape == (4, 4, 3) and (pixels == 128).all()  # was pure white
+
+
+@pytest.mark.parametrize("mode, dtype, kind", [("F", np.float32, "float"), ("I", np.int32, "integer")])
+def test_pixels_without_a_known_range_are_refused_by_name(tmp_path, mode, dtype, kind):
+    path = tmp_path / f"{mode}.tiff"
+    Image.fromarray(np.ones((4, 4), dtype), mode=mode).save(path)
+    with pytest.raises(UserError, match=f"{path}: pixel mode {mode} \\(32-bit {kind}\\)"):
+        read_image(str(path))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((2, 4, 3), np.uint8)
+    arr[:, :2] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(arr).save(path, exif=exif, quality=100)
+    img = np.asarray(read_image(str(path)))
+    assert img.shape[:2] == (4, 2) and img[0].mean() > 200 and img[-1].mean() < 50
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # PIL refuses above twice this
+    with pytest.raises(UserError, match=f"cannot read image {path}: .*decompression bomb"):
+        read_image(str(path))

@@ -37,7 +37,7 @@ def test_task1_train_then_test(tmp_path, capsys):
     assert len(per_class) == 2 * 6 and per_class.groupby("img_size").images.sum().tolist() == [60, 60]
     for r in rows:  # per-class accuracies weighted by their images give back the overall accuracy
         part = per_class[per_class.img_size == r["img_size"]]
-        assert (part[r["combo"]] * part.images).sum() / 60 == pytest.approx(r["accuracy"])
+        assert (part[r["combo"]] * part.images).sum() / 60 == pytest.approx(r["accuracy"], abs=1e-3)  # CSV: 4 digits
     worst = min((r for r in rows if r["img_size"] == 24), key=lambda r: r["accuracy"])["combo"]
     assert {f"confusion_{c}.png" for c in ("RGB", worst)} <= set(os.listdir(out / "eval"))
     assert "classes that lose most" in printed

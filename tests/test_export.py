@@ -79,7 +79,7 @@ def test_task2_exports_rgb_only(trained, tmp_path, capsys):
     assert export.main(["--checkpoint", str(out / "shallow"), "--formats", "torch", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "shallow_RGB.pt2").exists() and not (tmp_path / "shallow_RGB.onnx").exists()
     for args, message in [(["--channels", "RG"], "this is a Task 2 model, it takes RGB only"),
-                          (["--formats", "tflite"], "--formats 'tflite': choose from onnx, torch")]:
+                          (["--formats", "tflite"], "argument --formats: tflite: choose from onnx, torch")]:
         with pytest.raises(SystemExit) as exc:
             export.main(["--checkpoint", str(out / "shallow"), "--out", str(tmp_path), *args])
         assert exc.value.code == 2 and message in capsys.readouterr().err

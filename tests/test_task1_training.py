@@ -284,5 +284,5 @@ def test_conflicting_task1_flags_are_refused(tmp_path, capsys, flags, message):
 def test_sandwich_without_reduced_sets_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_dw.main(["--model", "dwg", "--sandwich-subsets", "0", "--out", str(tmp_path / "x"), *TINY])
-    assert exc.value.code == 2 and "--sandwich-subsets must be at least 1, got 0" in capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --sandwich-subsets: must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x" / "last.pt").exists()

@@ -32,9 +32,11 @@ def save_atomic(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError):  # a full disk, a folder gone read-only
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous file is kept") from None
         raise
 
 

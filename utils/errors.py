@@ -1,4 +1,5 @@
 """One exception type for mistakes the user can fix, and the entry-point wrapper that prints it."""
+import argparse
 import functools
 import sys
 
@@ -26,3 +27,62 @@ def cli(main):
             print(f"error: {_one_line(exc)}", file=sys.stderr)
             sys.exit(2)
     return wrapper
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose errors are one ``error:`` line (usage stays in ``--help``), exit 2."""
+
+    def error(self, message):
+        print(f"error: {message} ({self.prog} --help lists the flags)", file=sys.stderr)
+        sys.exit(2)
+
+
+def at_least(low, kind=int):
+    """An argparse type: a number of ``kind`` not below ``low``."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not value >= low:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
+
+
+def between(low, high, high_open=False):
+    """An argparse type: a float in ``[low, high]`` (``[low, high)`` with ``high_open``)."""
+    def parse(text):
+        value = at_least(low, float)(text)
+        if value > high or (high_open and value == high):
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{')' if high_open else ']'}, got {text}")
+        return value
+    return parse
+
+
+def non_empty(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def int_list(low):
+    """An argparse type: comma-separated integers, each at least ``low``, at least one."""
+    def parse(text):
+        items = [t.strip() for t in text.split(",")]
+        if not text.strip() or "" in items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        return [at_least(low)(t) for t in items]
+    return parse
+
+
+def choice_list(choices):
+    """An argparse type: comma-separated names out of ``choices``, at least one."""
+    def parse(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = [t for t in items if t not in choices]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(choices)}")
+        return items
+    return parse

@@ -1,0 +1,149 @@
+"""A run folder belongs to one run: it is written only where the command line says, by one
+process at a time; a resume is exact or refused; best.pt and last.pt agree."""
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from test_robustness import RUN, _wait_for_epochs
+from utils.checkpoint import save_atomic
+from utils.run_folder import reconcile_best
+
+
+def _hashes(folder):
+    return {p: hashlib.sha256(open(os.path.join(d, p), "rb").read()).hexdigest()
+            for d, _, files in os.walk(folder) for p in files}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fin") / "run"
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_resume_writes_into_the_folder_named_not_the_one_stored(tmp_path, finished):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    before = _hashes(finished)
+    r = run_script("train_dw.py", "--resume", str(copy), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert _hashes(finished) == before  # the original run is untouched
+    ckpt = torch.load(copy / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["args"]["out"] == str(copy)
+    assert len((copy / "log.csv").read_text().splitlines()) == 3
+
+
+def test_resume_into_another_run_needs_overwrite(tmp_path, finished):
+    other = tmp_path / "other"
+    assert run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(other)).returncode == 0
+    before = _hashes(other)
+    r = run_script("train_dw.py", "--resume", str(finished), "--epochs", "2", "--out", str(other))
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    assert _hashes(other) == before
+    fresh = tmp_path / "fresh"  # an empty folder is fine: the log so far comes along
+    r = run_script("train_dw.py", "--resume", str(finished), "--epochs", "2", "--out", str(fresh))
+    assert r.returncode == 0, r.stderr
+    assert len((fresh / "log.csv").read_text().splitlines()) == 3
+
+
+def test_recipe_flags_on_resume_are_refused_safe_ones_applied(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = _hashes(run)
+    r = run_script("train_dw.py", "--resume", str(run), "--lr", "0.5", "--img-size", "32")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--img-size, --lr cannot change" in r.stderr
+    assert _hashes(run) == before
+    r = run_script("train_dw.py", "--resume", str(run), "--lr", "0.1", "--epochs", "2", "--workers", "1")
+    assert r.returncode == 0, r.stderr  # --lr 0.1 is the run's own value
+    assert "with --epochs 2 (was 1)" in r.stdout and "with --workers 1 (was 0)" in r.stdout
+
+
+def test_a_live_lock_refuses_a_stale_one_is_taken_over(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / "lock").write_text(f"{sleeper.pid} {os.uname().nodename}")
+        before = _hashes(run)
+        r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
+        assert r.returncode == 2 and f"is in use by process {sleeper.pid}" in r.stderr
+        assert _hashes(run) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (run / ".tmp-abc.pt").write_bytes(b"half a checkpoint")  # a save killed midway
+    r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"taking over the lock of process {sleeper.pid}" in r.stdout
+    assert "removed 1 temporary file" in r.stdout
+    assert not (run / "lock").exists() and not (run / ".tmp-abc.pt").exists()
+
+
+def test_two_trainings_into_one_folder(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "train_dw.py", *RUN, "--epochs", "100", "--out", str(out)],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_epochs(out, 1, first)
+        r = run_script("train_dw.py", *RUN, "--epochs", "3", "--out", str(out), "--overwrite")
+        assert r.returncode == 2 and f"is in use by process {first.pid}" in r.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    assert first.returncode == 143 and not (out / "lock").exists()
+    epochs = [int(line.split(",")[0]) for line in (out / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(1, len(epochs) + 1))  # one run's rows, none of another
+
+
+@pytest.fixture(scope="module")
+def sandwich_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = run_script("train_dw.py", *SANDWICH, "--epochs", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+# The sandwich draws channels, the loader augments in a worker process: both must resume exactly.
+SANDWICH = [*RUN[:RUN.index("--workers")], "--workers", "1", *RUN[RUN.index("--workers") + 2:]]
+SANDWICH[SANDWICH.index("plain_zero")] = "dwg"
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_stop_inside_an_epoch_resumes_bit_exactly(tmp_path, sandwich_reference, sig, code):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train_dw.py", *SANDWICH, "--epochs", "2", "--log-every", "1",
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # a step of epoch 2 is done
+        if line.startswith("epoch 2/2 step 1/"):
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    stopped = torch.load(out / "last.pt", weights_only=False)
+    assert stopped["epoch"] == 1 and stopped["step"] > 0, "the stop should come inside epoch 2"
+    r = run_script("train_dw.py", "--resume", str(out))
+    assert r.returncode == 0, r.stderr
+    final, ref = (torch.load(p / "last.pt", weights_only=False) for p in (out, sandwich_reference))
+    for k, v in ref["state_dict"].items():
+        assert torch.equal(final["state_dict"][k], v), k
+
+
+def test_best_and_last_agree_after_a_kill_between_the_two_writes(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert last["best_epoch"] == last["epoch"] == 1
+    stale = {**last, "epoch": 0}  # what best.pt held before the kill: an earlier epoch
+    save_atomic(stale, run / "best.pt")
+    reconcile_best(str(run))
+    assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()

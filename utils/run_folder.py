@@ -1,0 +1,126 @@
+"""A run folder belongs to one run: one live process at a time (a lock file), no temporary files
+left by a killed save, and ``best.pt`` in agreement with ``last.pt`` about the best epoch."""
+import glob
+import os
+import shutil
+import socket
+
+from .checkpoint import load_checkpoint
+from .errors import UserError
+
+RUN_FILES = ("last.pt", "best.pt", "log.csv")
+REPLACED = (*RUN_FILES, "config.json", "curves.png", "tensorboard")  # what --overwrite removes
+LOCK = "lock"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """``<folder>/lock`` holds ``<pid> <host>`` while a training process writes the folder.
+
+    A second process is refused; a lock whose process is gone (SIGKILL, a crash) is taken over.
+    """
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, LOCK)
+        self.held = False
+
+    def acquire(self):
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise UserError(f"cannot lock {self.path}: another process took it first")
+
+    def _take_over_if_stale(self):
+        try:
+            with open(self.path) as f:
+                pid, _, host = f.read().strip().partition(" ")
+        except FileNotFoundError:
+            return
+        folder = os.path.dirname(self.path)
+        if host != socket.gethostname():
+            raise UserError(f"{folder} is locked by process {pid} on {host} ({self.path}); "
+                            "delete the lock file if that run is over")
+        if pid.isdigit() and _alive(int(pid)):
+            raise UserError(f"{folder} is in use by process {pid} ({self.path}); "
+                            "wait for it or stop it, or pass another --out")
+        print(f"taking over the lock of process {pid}, which is gone ({self.path})")
+        os.remove(self.path)
+
+    def release(self):
+        if self.held and os.path.exists(self.path):
+            os.remove(self.path)
+        self.held = False
+
+
+def remove_stray_temporaries(folder):
+    """Temporary files of a save that was killed (``save_atomic``'s ``.tmp-*``): never a checkpoint."""
+    stray = glob.glob(os.path.join(folder, ".tmp-*"))
+    for path in stray:
+        os.remove(path)
+    if stray:
+        print(f"removed {len(stray)} temporary file(s) left by a killed save in {folder}")
+
+
+def reconcile_best(folder):
+    """A kill between writing ``last.pt`` and ``best.pt`` leaves ``best.pt`` an epoch behind what
+    ``last.pt`` records as best; at that moment ``last.pt`` *is* the best checkpoint, so copy it."""
+    last_path, best_path = os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
+    if not os.path.exists(last_path):
+        return
+    last = load_checkpoint(last_path)
+    best_epoch = last.get("best_epoch")
+    if best_epoch is None or best_epoch != last["epoch"] or last["step"]:
+        return
+    if os.path.exists(best_path) and load_checkpoint(best_path)["epoch"] == best_epoch:
+        return
+    tmp = os.path.join(folder, ".tmp-best.pt")
+    shutil.copyfile(last_path, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, best_path)
+    print(f"best.pt restored from last.pt (epoch {best_epoch}, the best; a kill came between the two writes)")
+
+
+def check_out_dir(out, continuing, overwrite):
+    """``out`` must not hold another run unless ``continuing`` it (resume) or ``overwrite``."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a folder")
+    existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if existing and not continuing and not overwrite:
+        raise UserError(f"{out} already holds a run ({', '.join(existing)}); "
+                        "pass --resume to continue it, --overwrite to replace it, or another --out")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".tmp-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write into --out {out}: {exc.strerror}") from None
+
+
+def clear_run(folder):
+    """``--overwrite``: the previous run's files go, so that none of them passes for the new run's."""
+    for name in REPLACED:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)

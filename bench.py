@@ -29,7 +29,7 @@ from utils.complexity import complexity_row, stem_cost
 from utils.errors import Parser, UserError, at_least, choice_list, cli, int_list
 from utils.report import update_readme, write_results
 
-PARTS = ["stem", "profile", "model", "sandwich", "data", "complexity"]
+PARTS = ["stem", "profile", "model", "sandwich", "data", "loader", "complexity"]
 
 
 def parse_args(argv):
@@ -204,6 +204,59 @@ def bench_data(args):
     return rows
 
 
+# Training images/s a GPU could take, used only to turn images/s per core into cores. Round
+# figures, not measurements: DenseNet-121 with AMP on a previous-generation consumer GPU (the
+# 700-900 quoted in issue 12), and assumed rates on a current data-centre GPU.
+DEMAND = {"densenet121 (consumer GPU, AMP)": 800, "densenet121 (data-centre GPU, AMP)": 3000,
+          "resnet34 (data-centre GPU, AMP)": 5000, "shallow (data-centre GPU, AMP)": 10000}
+
+
+def bench_loader(args):
+    """The training pipeline per core at 224 px on full-size photos: the earlier one (PIL decode,
+    crop and resize, float32 normalised on the CPU) against ours (libjpeg-turbo decode, uint8
+    crop and resize, normalised on the device), on the files as they are and on a prepared copy
+    (``python -m data.prepare``, shorter side 256 px, written to a temporary folder)."""
+    import tempfile
+
+    from data import prepare
+    from data.datasets import decode_image, read_image, reference_transform
+    from data.datasets import build_transform as uint8_transform
+    spec = describe_root(args.data_root)
+    if spec.synthetic:
+        raise UserError("the loader part reads image files: pass --data-root (e.g. ../shared/data/mini-imagenet-sample)")
+    files = build_dataset(spec, "train", 224).samples
+    passes = 1 if args.quick else 4
+    torch.set_num_threads(1)  # per core: what one loader worker does
+
+    def rate(load, transform, paths):
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        for _ in range(passes):
+            for path, _ in paths:
+                transform(load(path))
+        return passes * len(paths) / (time.perf_counter() - start)
+
+    pipelines = {"earlier: PIL, float32 on the CPU": (read_image, reference_transform(224, train=True), 4),
+                 "ours: decode_jpeg, uint8": (decode_image, uint8_transform(224, train=True), 1)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = os.path.join(tmp, "prepared")
+        prepare.main([spec.root, prepared, "--max-side", "256", "--workers", "1"])
+        copies = {"full-size files": files,
+                  "prepared copy (shorter side 256)": [(os.path.join(prepared, os.path.relpath(p, spec.root)), y)
+                                                       for p, y in files]}
+        for copy, paths in copies.items():
+            for name, (load, transform, bytes_per_value) in pipelines.items():
+                rows.append({"pipeline": name, "files": copy, "images_per_s_per_core": rate(load, transform, paths),
+                             "bytes_to_device_per_image": 3 * 224 * 224 * bytes_per_value})
+    reference = rows[0]["images_per_s_per_core"]
+    for r in rows:
+        r["speedup"] = r["images_per_s_per_core"] / reference
+        for what, demand in DEMAND.items():
+            r[f"cores for {what} at {demand}/s"] = demand / r["images_per_s_per_core"]
+    return rows
+
+
 def bench_complexity(args):
     rows = []
     for name in models.list_models():
@@ -243,7 +296,7 @@ def main(argv=None):
     print(f"benchmark environment: {env}")
     report = {"environment": env}
     runners = {"stem": bench_stem, "profile": bench_profile, "model": bench_model, "sandwich": bench_sandwich,
-               "data": bench_data}
+               "data": bench_data, "loader": bench_loader}
     for part in parts:
         if part in runners:
             rows = runners[part](args)

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from data import build_dataset
 from data.channels import select
+from data.datasets import normalize
 from data.loaders import eval_loader
 from utils.distributed import gather_objects
 from utils.errors import UserError
@@ -23,8 +24,8 @@ class StopRequest:
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, *, vocab="RGB",
                     train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
                     start_step=0, stop=StopRequest, progress=None):
-    """One pass over ``loader``. Batches go to the device first; there ``augment(x, names,
-    generator)`` picks their channels and ``criterion`` (``losses.py``) yields the loss of each
+    """One pass over ``loader``. ``uint8`` batches go to the device first; there they become
+    normalised floats, and ``augment(x, names, generator)`` picks their channels and ``criterion`` (``losses.py``) yields the loss of each
     forward pass it makes, each back-propagated at once, then one optimizer step.
     Returns ``{"loss", "acc", "step", "interrupted"}``, where ``step`` counts the batches of
     this epoch done so far (``start_step`` included) and ``loss`` sums a step's passes.
@@ -40,7 +41,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
     t_end = time.perf_counter()
     for x, y in bar:
         t_data = time.perf_counter()
-        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        x, y = normalize(x.to(ctx.device, non_blocking=True)), y.to(ctx.device, non_blocking=True)
         x, names = select(x, train_combo, vocab) if train_combo else (x, tuple(vocab))
         if augment is not None:
             x, names = augment(x, names, generator=generator)
@@ -88,7 +89,7 @@ def evaluate(model, loader, ctx, combos=("RGB",), vocab="RGB", amp_dtype=None, d
     preds = {c: [] for c in combos}
     targets = []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None if ctx.main else True):
-        x = x.to(ctx.device, non_blocking=True)
+        x = normalize(x.to(ctx.device, non_blocking=True))
         targets.append(y.numpy())
         for combo in combos:
             xc, names = select(x, combo, vocab)
@@ -119,7 +120,7 @@ def recalibrate(model, spec, img_size, images, ctx, batch_size=128, workers=2):
     if not hasattr(model, "recalibrate"):
         raise UserError("--recalibrate needs a Task 1 model (BatchNorm statistics per channel set)")
     dataset = build_dataset(spec, "train", img_size, limit=images)
-    batches = [x.to(ctx.device) for x, _ in eval_loader(dataset, batch_size, workers, ctx)]
+    batches = [normalize(x.to(ctx.device)) for x, _ in eval_loader(dataset, batch_size, workers, ctx)]
     model.recalibrate(batches)
     print(f"recalibrated BatchNorm statistics per channel set on {len(dataset)} training images")
     return model

@@ -20,7 +20,7 @@ import torch
 
 from data import build_dataset, describe_root
 from data.channels import parse_combo, select
-from data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_transform, read_image
+from data.datasets import IMAGENET_MEAN, IMAGENET_STD, load_image, normalize
 from models import deploy
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.errors import Parser, UserError, at_least, choice_list, cli
@@ -55,10 +55,10 @@ def deployed_for(model, channels):
 def check_image(args, ckpt, size):
     """A ``[1, 3, size, size]`` image of the data (or --image) through the evaluation transform."""
     if args.image:
-        return build_transform(size, train=False)(read_image(args.image)).unsqueeze(0), args.image
+        return load_image(args.image, size), args.image
     spec = describe_root(args.data_root or ckpt["data"])
     dataset = build_dataset(spec, "test", size, limit=1)
-    return dataset[0][0].unsqueeze(0), f"the first test image of {spec.name}"
+    return normalize(dataset[0][0].unsqueeze(0)), f"the first test image of {spec.name}"
 
 
 def export_onnx(net, example, path):

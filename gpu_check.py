@@ -23,7 +23,7 @@ import torch
 
 import models
 from data import build_dataset, describe_root
-from data.loaders import train_loader
+from data.loaders import default_workers, train_loader
 from engine import train_one_epoch
 from losses import LabelLoss
 from utils.distributed import Context
@@ -74,7 +74,7 @@ def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_b
     dataset = build_dataset(spec, "train", img_size, train=True)
     if fed_by_loader:
         sampler_set = torch.utils.data.Subset(dataset, [i % len(dataset) for i in range(batch * steps)])
-        loader = train_loader(sampler_set, batch, workers=2, seed=0, epoch=0, ctx=ctx)
+        loader = train_loader(sampler_set, batch, workers=default_workers(), seed=0, ctx=ctx)
     else:
         x, y = next(iter(torch.utils.data.DataLoader(dataset, batch, sampler=torch.utils.data.RandomSampler(
             dataset, replacement=True, num_samples=batch))))
@@ -104,7 +104,7 @@ def main(argv=None):
     epochs = max(1, round(args.steps / max(1, train_images // batch)))
     runs = os.path.join(args.out, "runs")
     common = ["--data-root", args.data_root, "--img-size", str(img), "--batch-size", str(batch),
-              "--epochs", str(epochs), "--workers", "2", "--device", device, "--overwrite"]
+              "--epochs", str(epochs), "--device", device, "--overwrite"]
     limit = ["--limit", str(args.limit)] if args.limit else []
     common += limit
     checks = Checks(args.out)

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from data.channels import parse_combo, select
-from data.datasets import build_transform, read_image
+from data.datasets import load_image
 from models import deploy
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.errors import Parser, UserError, at_least, cli
@@ -51,10 +51,9 @@ def image_files(paths):
 @torch.no_grad()
 def predict(model, files, combo, img_size, top, device):
     """-> one list of (class index, probability) pairs per file, best first."""
-    transform = build_transform(img_size, train=False)
     out = []
     for path in files:
-        x = transform(read_image(path)).unsqueeze(0).to(device)
+        x = load_image(path, img_size).to(device)
         x, names = select(x, combo, getattr(model, "vocab", "RGB"))
         probs = model(x, names).softmax(1)[0]
         p, idx = probs.topk(min(top, len(probs)))

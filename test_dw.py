@@ -8,6 +8,7 @@ import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
 from engine import evaluate_split, recalibrate
+from data.loaders import default_workers
 from utils import distributed
 from utils.checkpoint import load_model
 from utils.complexity import complexity_row, stem_cost
@@ -30,7 +31,7 @@ def parse_args(argv):
     p.add_argument("--img-sizes", default=None, type=int_list(8), help="comma-separated (default: the training size)")
     p.add_argument("--out", default=None, help="results folder (default: <run folder>/eval)")
     p.add_argument("--batch-size", type=at_least(1), default=128)
-    p.add_argument("--workers", type=at_least(0), default=2)
+    p.add_argument("--workers", type=at_least(0), default=default_workers())
     p.add_argument("--limit", type=at_least(1), default=None, help="evaluate this many images (evenly spaced)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")

@@ -8,6 +8,7 @@ import pandas as pd
 from data import describe_root
 from engine import evaluate_split
 from models import deploy
+from data.loaders import default_workers
 from utils import distributed
 from utils.checkpoint import load_model, save_atomic
 from utils.complexity import complexity_row
@@ -30,7 +31,7 @@ def parse_args(argv):
     p.add_argument("--img-size", type=at_least(8), default=None, help="default: each checkpoint's training size")
     p.add_argument("--out", default="results/task2")
     p.add_argument("--batch-size", type=at_least(1), default=128)
-    p.add_argument("--workers", type=at_least(0), default=2)
+    p.add_argument("--workers", type=at_least(0), default=default_workers())
     p.add_argument("--limit", type=at_least(1), default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--save-deployed", default=None, metavar="DIR",

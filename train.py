@@ -25,7 +25,7 @@ from models import deploy
 from models.norm import ComboBatchNorm2d
 from data import build_dataset, describe_root, parse_combo, parse_combo_list
 from data.channels import AUGMENTATIONS
-from data.loaders import eval_loader, train_loader
+from data.loaders import default_workers, eval_loader, train_loader
 from engine import StopRequest, evaluate, train_one_epoch
 from utils import distributed
 from losses import DistillationLoss, LabelLoss, SandwichLoss
@@ -82,14 +82,18 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--kd-alpha", type=between(0, 1), default=0.5, help="weight of the distillation loss")
     p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0)
     p.add_argument("--seed", type=at_least(0), default=0)
-    p.add_argument("--workers", type=at_least(0), default=2)
+    p.add_argument("--workers", type=at_least(0), default=None,
+                   help=f"loader processes per training process (default: its cores minus one, {default_workers()} here)")
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--resume", default=None, help="run folder or checkpoint to continue")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a folder holding another run")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="CUDA only")
     p.add_argument("--channels-last", action="store_true", help="CUDA only")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile what has a fixed shape: a Task 1 model's body (one graph for every "
+                        "channel combination), a Task 2 model whole")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (e.g. aot_eager)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
     p.add_argument("--log-every", type=at_least(1), default=50, help="a progress line every N steps (and at epoch end)")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard scalars under <out>/tensorboard")
@@ -162,8 +166,7 @@ def start_log(path, header, epochs_done):
 
 def amp_settings(args, ctx):
     if ctx.device.type != "cuda":
-        for flag, on in (("--amp", args.amp != "off"), ("--channels-last", args.channels_last),
-                         ("--compile", args.compile)):
+        for flag, on in (("--amp", args.amp != "off"), ("--channels-last", args.channels_last)):
             if on:
                 warnings.warn(f"{flag} is ignored on CPU")
         return None, None
@@ -287,9 +290,12 @@ def build_optimizer(model, args, steps_per_epoch):
 
 def _run(args, resume, ctx, replacing=False):
     args.out = args.out or os.path.join("runs", args.model)
+    if args.workers is None:
+        args.workers = default_workers()
+    # cuDNN picks the fastest kernels for the (fixed) input shape, unless results must repeat.
+    torch.backends.cudnn.benchmark = not args.deterministic
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
     spec = describe_root(args.data_root)
     vocab = "RGB"
     val_combos = parse_combo_list(args.val_combos, vocab)
@@ -351,8 +357,9 @@ def _run(args, resume, ctx, replacing=False):
     if ctx.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if args.compile and ctx.device.type == "cuda":
-        net = torch.compile(net)
+    if args.compile:
+        # In place (nn.Module.compile): the state dict keeps its keys, checkpoints stay plain.
+        (model.body if hasattr(model, "body") else model).compile(backend=args.compile_backend)
 
     def checkpoint(epoch, step):
         return {"model": args.model, "config": config, "classes": spec.classes, "data": spec.root,
@@ -374,13 +381,14 @@ def _run(args, resume, ctx, replacing=False):
         aug += f"; distilled from {args.teacher}" if teacher is not None else ""
         print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
               f"{len(train_set)} train / {len(val_set)} val images at {args.img_size}px; "
-              f"channel aug {aug}; device {ctx.device} x{ctx.world}; out {args.out}")
+              f"channel aug {aug}; device {ctx.device} x{ctx.world}; {args.workers} loader workers; out {args.out}")
     install_stop_handlers()
     log_path = os.path.join(args.out, "log.csv")
     if ctx.main:
         start_log(log_path, ["epoch", "lr", "train_loss", "train_acc", "val_acc",
                              *[f"val_acc_{c}" for c in val_combos], "seconds"], start_epoch)
     val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx)
+    loader = train_loader(train_set, args.batch_size, args.workers, args.seed, ctx)
     progress = Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
                         os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main)
     for epoch in range(start_epoch, args.epochs):
@@ -392,10 +400,10 @@ def _run(args, resume, ctx, replacing=False):
         skip = start_step if epoch == start_epoch else 0
         if skip and "chan_gen" in resume:
             restore_rng(resume, chan_gen)
+        loader.sampler.set_epoch(epoch, skip)
         t0 = time.time()
         stats = train_one_epoch(
-            net, train_loader(train_set, args.batch_size, args.workers, args.seed, epoch, ctx, skip),
-            optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
+            net, loader, optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
             augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip,
             progress=progress)
         if stats["interrupted"]:

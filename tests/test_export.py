@@ -13,6 +13,7 @@ import train_rrdb
 from conftest import make_list_root
 from data import build_dataset, describe_root
 from data.channels import select
+from data.datasets import normalize
 from models.norm import ComboBatchNorm2d
 from utils.checkpoint import load_model
 
@@ -64,7 +65,7 @@ def test_onnx_and_torch_export_match_pytorch_on_a_real_image(trained, tmp_path, 
     assert (meta["channels"], meta["img_size"], len(meta["classes"])) == ("GB", 24, 3)
     assert meta["mean"] == pytest.approx([0.456, 0.406])
     _, model = load_model(str(out / "dwg" / "best.pt"), spec.classes)
-    x = torch.stack([build_dataset(spec, "test", 24)[i][0] for i in range(3)])  # a batch of three
+    x = normalize(torch.stack([build_dataset(spec, "test", 24)[i][0] for i in range(3)]))  # a batch of three
     xc, names = select(x, "GB")
     with torch.no_grad():
         expected = model.eval()(xc, names).numpy()

@@ -7,6 +7,7 @@ import train_dw
 from conftest import make_list_root
 from data import build_dataset, describe_root
 from data.channels import select
+from data.datasets import normalize
 from utils.checkpoint import load_model
 
 
@@ -33,7 +34,7 @@ def test_top1_equals_the_evaluation_of_the_same_image(trained, capsys):
         assert len(printed) == len(paths)
         with torch.no_grad():
             for (x, _), line in zip(test, printed):
-                xc, names = select(x.unsqueeze(0), combo)
+                xc, names = select(normalize(x.unsqueeze(0)), combo)
                 expected = spec.classes[int(model(xc, names).argmax())]
                 assert line.split(": ", 1)[1].startswith(f"{expected} "), (combo, line)
 

@@ -11,6 +11,7 @@ import torchvision
 import models
 import train
 import train_dw
+from data.datasets import normalize
 from engine import train_one_epoch
 from losses import LabelLoss, SandwichLoss, soft_cross_entropy
 from models.norm import ComboBatchNorm2d, combo_index
@@ -46,7 +47,8 @@ def test_sandwich_draws_a_single_channel_first_then_proper_subsets():
 def test_sandwich_step_equals_the_hand_written_loss():
     """One step of the loop with the sandwich: one optimizer step on the summed gradients of the
     full-set label loss and each reduced set's loss towards the full set's *detached* output."""
-    model, x, y = _tiny_dwg().train(), torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)  # what a loader yields
+    model, x, y = _tiny_dwg().train(), normalize(images), torch.randint(0, 4, (8,))
     draws = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5)).draw("RGB")
 
     reference = _tiny_dwg().train()
@@ -61,7 +63,7 @@ def test_sandwich_step_equals_the_hand_written_loss():
     crit = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    stats = train_one_epoch(model, [(x, y)], opt, sched, Context(), 1, crit)
+    stats = train_one_epoch(model, [(images, y)], opt, sched, Context(), 1, crit)
     assert stats["step"] == 1
     assert stats["loss"] == pytest.approx(loss.item(), rel=1e-5)
     for name, p in model.named_parameters():

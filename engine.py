@@ -23,13 +23,15 @@ class StopRequest:
 
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, *, vocab="RGB",
                     train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
-                    start_step=0, stop=StopRequest, progress=None):
+                    start_step=0, stop=StopRequest, progress=None, total_steps=None):
     """One pass over ``loader``. ``uint8`` batches go to the device first; there they become
     normalised floats, and ``augment(x, names, generator)`` picks their channels and ``criterion`` (``losses.py``) yields the loss of each
     forward pass it makes, each back-propagated at once, then one optimizer step.
     Returns ``{"loss", "acc", "step", "interrupted"}``, where ``step`` counts the batches of
     this epoch done so far (``start_step`` included) and ``loss`` sums a step's passes.
-    ``progress`` (``utils/progress.py``) hears of every step, with the time spent waiting for data."""
+    ``progress`` (``utils/progress.py``) hears of every step, with the time spent waiting for data;
+    a model with ``set_progress`` (deep training) is told the fraction of ``total_steps`` done."""
+    set_progress = getattr(getattr(model, "module", model), "set_progress", None) if total_steps else None
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, start_step
 
@@ -61,6 +63,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
         else:
             optimizer.step()
         scheduler.step()
+        if set_progress is not None:
+            set_progress(scheduler.last_epoch / total_steps)
         step += 1
         total_loss += step_loss * len(y)
         correct += (logits.argmax(1) == y).sum().item()

@@ -405,7 +405,7 @@ def _run(args, resume, ctx, replacing=False):
         stats = train_one_epoch(
             net, loader, optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
             augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip,
-            progress=progress)
+            progress=progress, total_steps=args.epochs * steps_per_epoch)
         if stats["interrupted"]:
             progress.close()
             if ctx.main:

@@ -30,6 +30,10 @@ class RGBOnly(nn.Module):
             self.net.deploy()
         return self
 
+    def set_progress(self, fraction):
+        if hasattr(self.net, "set_progress"):
+            self.net.set_progress(fraction)
+
 
 def fold_bn(weight, bn):
     """Kernel and bias of ``bn(conv(x))`` as one biased convolution (inference statistics)."""
@@ -83,6 +87,50 @@ class RepConv(nn.Module):
         return self
 
 
+class DeepTrainedConv(nn.Module):
+    """One weighted layer trained as two (VanillaNet's deep training, Chen et al. 2023): a RepConv,
+    a leaky ReLU whose negative slope goes from 0 (a ReLU) to 1 (the identity) as training
+    progresses (``set_progress``), then a 1x1 convolution with BatchNorm. Once the slope is 1 the
+    pair is linear and ``deploy()`` merges it into one biased k x k convolution, exactly.
+    ``deploy=True`` builds the merged form directly."""
+
+    def __init__(self, cin, cout, k=3, stride=1, deploy=False):
+        super().__init__()
+        self.first = RepConv(cin, cout, k, stride, deploy=deploy)
+        if deploy:
+            self.second = None
+            return
+        self.second = nn.Conv2d(cout, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.register_buffer("slope", torch.zeros(()))  # in the state dict: a resumed run keeps it
+
+    def set_progress(self, slope):
+        self.slope.fill_(min(max(slope, 0.0), 1.0))
+
+    def forward(self, x):
+        x = self.first(x)
+        if self.second is None:
+            return x
+        return self.bn(self.second(F.leaky_relu(x, float(self.slope))))
+
+    @torch.no_grad()
+    def deploy(self):
+        if self.second is None:
+            return self
+        if float(self.slope) != 1.0:
+            raise ValueError(f"deep training has not finished (activation slope {float(self.slope):.3f}, "
+                             "not 1): the two convolutions cannot merge yet")
+        conv = self.first.deploy().fused
+        w2, b2 = fold_bn(self.second.weight, self.bn)
+        w2 = w2[:, :, 0, 0]
+        conv.weight.copy_(torch.einsum("oc,cikl->oikl", w2, conv.weight))
+        conv.bias.copy_(w2 @ conv.bias + b2)
+        for name in ("second", "bn", "slope"):
+            delattr(self, name)
+        self.second = None
+        return self
+
+
 class ShallowNet(nn.Module):
     """Three wide re-parameterised convolutions and a linear classifier: 4 weighted layers.
 
@@ -91,23 +139,34 @@ class ShallowNet(nn.Module):
     multi-branch RepConv and deploys as one plain convolution.
     """
 
-    def __init__(self, num_classes, widths=(96, 256, 512), first_kernel=5, dropout=0.1, deploy=False):
+    def __init__(self, num_classes, widths=(96, 256, 512), first_kernel=5, dropout=0.1, deploy=False,
+                 deep_train=0.0):
         super().__init__()
         w0, w1, w2 = widths
+        # deep_train: the fraction of training over which each layer's inner activation becomes
+        # the identity (VanillaNet); 0 trains each layer as one RepConv.
+        block = DeepTrainedConv if deep_train else RepConv
+        self.deep_train = deep_train
         self.features = nn.Sequential(
-            RepConv(3, w0, first_kernel, stride=2, deploy=deploy), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            RepConv(w0, w1, 3, deploy=deploy), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            RepConv(w1, w2, 3, deploy=deploy), nn.ReLU(inplace=True))
+            block(3, w0, first_kernel, stride=2, deploy=deploy), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            block(w0, w1, 3, deploy=deploy), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            block(w1, w2, 3, deploy=deploy), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(w2, num_classes))
 
     def forward(self, x):
         return self.head(self.features(x))
 
+    def set_progress(self, fraction):
+        """Called by the training loop with the fraction of training done (deep training only)."""
+        for m in self.modules():
+            if isinstance(m, DeepTrainedConv) and m.second is not None:
+                m.set_progress(fraction / self.deep_train)
+
     def deploy(self):
-        """Fold every re-parameterised block (idempotent)."""
+        """Merge deep-trained pairs and fold every re-parameterised block (idempotent)."""
         for m in list(self.modules()):
-            if isinstance(m, RepConv):
+            if isinstance(m, (DeepTrainedConv, RepConv)):
                 m.deploy()
         return self
 
@@ -178,6 +237,13 @@ def rrdb_rnn(num_classes):
 def repshallow(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False):
     """Ours: 3 RepVGG-style convolutions + linear, 4 weighted layers once deployed."""
     return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy))
+
+
+@register("shallow_deep", task=2)
+def shallow_deep(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False, deep_train=0.5):
+    """``shallow`` deep-trained: each layer two convolutions whose activation fades over the first
+    ``deep_train`` of training, merged into one for deployment (4 weighted layers)."""
+    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy, deep_train=deep_train))
 
 
 @register("shallow", task=2)

@@ -104,3 +104,37 @@ def test_deployed_checkpoint_from_test_rrdb_loads_back(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), models.deploy(trained).eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_deep_trained_shallow_merges_exactly_once_its_activations_are_gone():
+    torch.manual_seed(0)
+    model = models.create_model("shallow_deep", 10)
+    _randomise_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, 64, 64)
+    model.set_progress(0.2)  # slope 0.4 with deep_train 0.5: still non-linear
+    with pytest.raises(ValueError, match="deep training has not finished"):
+        models.deploy(model)
+    model.set_progress(0.5)
+    with torch.no_grad():
+        ref = model(x)
+        trained_layers = count_weighted_layers(model, 64)
+        models.deploy(model)
+        models.deploy(model)  # idempotent
+        out = model(x)
+    assert trained_layers == 3 * 3 + 1 and count_weighted_layers(model, 64) == 4
+    assert (out - ref).abs().max() < 1e-4
+    built = models.create_model("shallow_deep", 10, deploy=True)
+    built.load_state_dict(model.state_dict())  # the merged form loads into one built deployed
+
+
+def test_the_training_loop_anneals_the_activation(tmp_path):
+    import train_rrdb
+    from utils.checkpoint import load_checkpoint
+    out = tmp_path / "deep"
+    assert train_rrdb.main(["--model", "shallow_deep", "--data-root", "synthetic", "--limit", "32",
+                            "--img-size", "32", "--batch-size", "16", "--workers", "0", "--epochs", "4",
+                            "--out", str(out)]) == 0
+    slopes = {k: float(v) for k, v in load_checkpoint(str(out / "last.pt"))["state_dict"].items()
+              if k.endswith("slope")}
+    assert len(slopes) == 3 and set(slopes.values()) == {1.0}  # gone after half of the 8 steps

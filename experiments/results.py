@@ -104,7 +104,9 @@ SIZES = [48, 64, 96]
 
 def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", default="all", choices=["task1", "task1-ablation", "task1-resnet18", "task2", "all"])
+    p.add_argument("--part", default="all",
+                   choices=["task1", "task1-ablation", "task1-resnet18", "task2", "task2-sweep", "all"])
+    p.add_argument("--budgets", default="6,12,24,48", type=int_list(1), help="task2-sweep: epochs per run")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
     p.add_argument("--seeds", default="0", type=int_list(0))
     p.add_argument("--epochs", type=at_least(1), default=6)
@@ -402,6 +404,69 @@ def task2(args, seeds):
     print(text)
 
 
+SWEEP_MODELS = ["resnet34", "shallow", "shallow_deep"]
+
+
+def saturation(accuracy_by_budget, gain=0.01):
+    """The first budget after which doubling the epochs gains less than ``gain``; None if none does."""
+    budgets = sorted(accuracy_by_budget)
+    for low, high in zip(budgets, budgets[1:]):
+        if high == 2 * low and accuracy_by_budget[high] - accuracy_by_budget[low] < gain:
+            return low
+    return None
+
+
+def task2_sweep(args, seeds):
+    """ResNet34 and the shallow nets at every budget of ``--budgets`` (first seed), side by side;
+    then, at the budget where ResNet34 saturates, ``shallow`` distilled from that ResNet34."""
+    seed, rows = seeds[0], []
+
+    def run(model, epochs, *extra, name=None):
+        out = os.path.join(args.runs, "task2-sweep", f"{name or model}-e{epochs}-s{seed}")
+        return functools.partial(train, "train_rrdb.py", out,
+                                 ["--model", model, *recipe(args, seed, epochs=epochs), *extra]), out
+
+    planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
+    in_parallel(args.jobs, [task for task, _ in planned.values()])
+    for epochs in args.budgets:
+        ev = os.path.join(args.runs, "task2-sweep", f"eval-e{epochs}-s{seed}")
+        sh("test_rrdb.py", "--checkpoints", *[os.path.join(planned[(m, epochs)][1], "best.pt") for m in SWEEP_MODELS],
+           "--data-root", args.data_root, "--workers", str(args.workers), "--out", ev)
+        rows += [{**r, "epochs": epochs} for r in json.load(open(os.path.join(ev, "results.json")))]
+    df = pd.DataFrame(rows)
+    resnet = df[df.model == "resnet34"].set_index("epochs")["accuracy"].to_dict()
+    saturated = saturation(resnet)
+    if saturated is not None:
+        teacher = os.path.join(planned[("resnet34", saturated)][1], "best.pt")
+        task, out = run("shallow", saturated, "--teacher", teacher, name="shallow_kd")
+        task(threads=None)
+        ev = os.path.join(args.runs, "task2-sweep", f"eval-kd-e{saturated}-s{seed}")
+        sh("test_rrdb.py", "--checkpoints", teacher, os.path.join(out, "best.pt"), "--data-root", args.data_root,
+           "--workers", str(args.workers), "--out", ev)
+        rows += [{**r, "epochs": saturated} for r in json.load(open(os.path.join(ev, "results.json")))
+                 if r["model"] != "resnet34"]
+        df = pd.DataFrame(rows)
+    table = df.pivot_table(index="epochs", columns="model", values="accuracy")
+    for m in table.columns.drop("resnet34"):
+        table[f"{m} / resnet34"] = table[m] / table["resnet34"]
+    title = (f"Task 2 budget sweep on {os.path.basename(os.path.normpath(args.data_root))} test split "
+             f"(CPU proxy: {args.img_size}px, batch "
+             f"{args.batch_size}, seed {seed}); ResNet34 saturates at "
+             f"{saturated if saturated is not None else 'none of'} epochs (doubling gains under 1 point)")
+    write_results(table.reset_index().to_dict("records"), args.results, "task2_sweep", title)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in [c for c in table.columns if "/" not in c]:
+        ax.plot(table.index, table[m], marker="o", label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Task 2: accuracy against training budget", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(os.path.join(args.figs, "task2_sweep.png"))
+    print(f"{title}\n\n{table.to_markdown(floatfmt='.4f')}")
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
@@ -416,6 +481,8 @@ def main(argv=None):
         task1_resnet18(args, seeds)
     if args.part in ("task2", "all"):
         task2(args, seeds)
+    if args.part == "task2-sweep":
+        task2_sweep(args, seeds)
 
 
 if __name__ == "__main__":

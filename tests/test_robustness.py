@@ -207,3 +207,11 @@ def test_a_checkpoint_that_carries_code_is_refused_and_never_runs(tmp_path):
     r = run_script("test_dw.py", "--checkpoint", str(path), "--data-root", "synthetic")
     assert r.returncode == 2 and r.stderr.startswith("error: refusing to load") and "Traceback" not in r.stderr
     assert not marker.exists()
+
+
+def test_saturation_is_the_first_budget_whose_doubling_gains_under_a_point():
+    from experiments.results import saturation
+    assert saturation({6: 0.50, 12: 0.60, 24: 0.655, 48: 0.66}) == 24
+    assert saturation({6: 0.50, 12: 0.505}) == 6
+    assert saturation({6: 0.50, 12: 0.60, 24: 0.70}) is None
+    assert saturation({6: 0.50, 10: 0.50}) is None  # not a doubling

@@ -257,6 +257,15 @@ def bench_loader(args):
     return rows
 
 
+def loader_markdown(rows, root, env):
+    df = pd.DataFrame(rows)
+    cores = [c for c in df.columns if c.startswith("cores for")]
+    table = df[["pipeline", "files", "images_per_s_per_core", "speedup", "bytes_to_device_per_image", *cores]]
+    table.columns = ["pipeline", "files", "images/s per core", "speed-up", "bytes to the device per image", *cores]
+    return (f"`python -m bench --parts loader --data-root {root}` (training transform at 224 px, one "
+            f"thread; {env['cpu']}, torch {env['torch']}):\n\n" + table.to_markdown(index=False, floatfmt=".2f"))
+
+
 def bench_complexity(args):
     rows = []
     for name in models.list_models():
@@ -303,6 +312,8 @@ def main(argv=None):
             report[part] = rows
             write_results(rows, args.out, part, f"{part} benchmark ({env['device']}, {args.threads} threads)")
             print(f"\n## {part}\n" + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
+            if part == "loader" and not args.quick:
+                update_readme("loader", loader_markdown(rows, args.data_root, env))
     if "complexity" in parts:
         rows, stems = bench_complexity(args)
         report["complexity"], report["stem_cost"] = rows, stems

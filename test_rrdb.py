@@ -100,7 +100,8 @@ def main(argv=None):
     df = write_results(rows, args.out, title=f"Task 2 on {spec.name}, {args.split} split")
     print(f"\nTask 2 on {spec.name}, {args.split} split ({rows[0]['images']} images); "
           f"MACs/FLOPs/params at 3x224x224; ratio = accuracy / {base['model']} accuracy (the baseline)")
-    print(fmt_table(df[COLUMNS], percent=["accuracy", "top5", "precision", "recall", "f1", "ratio_to_baseline"], digits=2))
+    shown = ["accuracy", "top5", "precision", "recall", "f1", "ratio_to_baseline"]
+    print(fmt_table(df[COLUMNS], percent=shown, digits=2))
     plot(df, base, os.path.join(args.out, "accuracy.png"), f"Task 2 accuracy ({spec.name})")
     per_class.to_csv(os.path.join(args.out, "per_class.csv"), index=False, float_format="%.4f")
     print(f"\nwrote {args.out}/results.json, .csv, .md, accuracy.png and per_class.csv")

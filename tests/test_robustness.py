@@ -1,4 +1,5 @@
 """Runs that survive: resume after a kill, signals, bad input, distributed evaluation."""
+import errno
 import os
 import signal
 import subprocess
@@ -86,6 +87,21 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path) == {"a": 1}
     assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"a": 1}, path)
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match="cannot write .*last.pt: No space left on device; the previous file is kept"):
+        save_atomic({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"a": 1} and os.listdir(tmp_path) == ["last.pt"]
 
 
 def _expect_error(r, pattern):

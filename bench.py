@@ -325,7 +325,11 @@ def main(argv=None):
         if not args.quick:
             update_readme("complexity", f"{table}\n\nStem against a plain convolution of the same shape "
                           f"(DenseNet-121 stem, 224 px):\n\n{stem_table}")
-    with open(os.path.join(args.out, "bench.json"), "w") as f:
+    path = os.path.join(args.out, "bench.json")
+    if os.path.exists(path):  # a run of some parts keeps the others' last results
+        with open(path) as f:
+            report = {**json.load(f), **report}
+    with open(path, "w") as f:
         json.dump(report, f, indent=2)
 
 

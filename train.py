@@ -389,56 +389,53 @@ def _run(args, resume, ctx, replacing=False):
                              *[f"val_acc_{c}" for c in val_combos], "seconds"], start_epoch)
     val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx)
     loader = train_loader(train_set, args.batch_size, args.workers, args.seed, ctx)
-    progress = Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
-                        os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main)
-    for epoch in range(start_epoch, args.epochs):
-        # Everything random in an epoch is seeded from (seed, epoch), each image's augmentation
-        # from its position (data/loaders.py): resuming from the end of any epoch replays exactly
-        # what an uninterrupted run does, and inside an epoch so do the RNG states saved there.
-        seed_everything(args.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-        chan_gen.manual_seed(args.seed * 7919 + epoch)
-        skip = start_step if epoch == start_epoch else 0
-        if skip and "chan_gen" in resume:
-            restore_rng(resume, chan_gen)
-        loader.sampler.set_epoch(epoch, skip)
-        t0 = time.time()
-        stats = train_one_epoch(
-            net, loader, optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
-            augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip,
-            progress=progress, total_steps=args.epochs * steps_per_epoch)
-        if stats["interrupted"]:
-            progress.close()
-            if ctx.main:
-                save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
-            return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
-        throughput = progress.summary()
-        t_eval = time.time()
-        results = evaluate(net, val_loader, ctx, val_combos, vocab, amp_dtype, desc="val")
-        accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
-        val_acc = float(np.mean(list(accs.values())))
-        improved = val_acc > best_acc
-        if improved:
-            best_acc, best_epoch = val_acc, epoch + 1
-        progress.evaluated(epoch + 1, time.time() - t_eval, {
-            "train/epoch_loss": stats["loss"], "train/epoch_acc": stats["acc"], "val/acc": val_acc,
-            **{f"val/acc_{c}": a for c, a in accs.items()}})
-        if ctx.main:
-            with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow([epoch + 1, f"{scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
-                                        f"{stats['acc']:.4f}", f"{val_acc:.4f}",
-                                        *[f"{accs[c]:.4f}" for c in val_combos], f"{time.time() - t0:.1f}"])
-            ckpt = checkpoint(epoch + 1, 0)
-            save_atomic(ckpt, os.path.join(args.out, "last.pt"))
+    with Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
+                  os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main) as progress:
+        for epoch in range(start_epoch, args.epochs):
+            # Everything random in an epoch is seeded from (seed, epoch), each image's augmentation
+            # from its position (data/loaders.py): resuming from the end of any epoch replays exactly
+            # what an uninterrupted run does, and inside an epoch so do the RNG states saved there.
+            seed_everything(args.seed * 1_000_003 + epoch * 1009 + ctx.rank)
+            chan_gen.manual_seed(args.seed * 7919 + epoch)
+            skip = start_step if epoch == start_epoch else 0
+            if skip and "chan_gen" in resume:
+                restore_rng(resume, chan_gen)
+            loader.sampler.set_epoch(epoch, skip)
+            t0 = time.time()
+            stats = train_one_epoch(
+                net, loader, optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
+                augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip,
+                progress=progress, total_steps=args.epochs * steps_per_epoch)
+            if stats["interrupted"]:
+                if ctx.main:
+                    save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
+                return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
+            throughput = progress.summary()
+            t_eval = time.time()
+            results = evaluate(net, val_loader, ctx, val_combos, vocab, amp_dtype, desc="val")
+            accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
+            val_acc = float(np.mean(list(accs.values())))
+            improved = val_acc > best_acc
             if improved:
-                save_atomic(ckpt, os.path.join(args.out, "best.pt"))
-            training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
-            print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}  train acc {stats['acc']:.3f}  "
-                  f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "
-                  f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")
-        if StopRequest.requested:  # the signal came during evaluation: the epoch is saved whole
-            progress.close()
-            return stopped(args, ctx, f"after epoch {epoch + 1}")
-    progress.close()
+                best_acc, best_epoch = val_acc, epoch + 1
+            progress.evaluated(epoch + 1, time.time() - t_eval, {
+                "train/epoch_loss": stats["loss"], "train/epoch_acc": stats["acc"], "val/acc": val_acc,
+                **{f"val/acc_{c}": a for c, a in accs.items()}})
+            if ctx.main:
+                with open(log_path, "a", newline="") as f:
+                    csv.writer(f).writerow([epoch + 1, f"{scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
+                                            f"{stats['acc']:.4f}", f"{val_acc:.4f}",
+                                            *[f"{accs[c]:.4f}" for c in val_combos], f"{time.time() - t0:.1f}"])
+                ckpt = checkpoint(epoch + 1, 0)
+                save_atomic(ckpt, os.path.join(args.out, "last.pt"))
+                if improved:
+                    save_atomic(ckpt, os.path.join(args.out, "best.pt"))
+                training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
+                print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}  train acc {stats['acc']:.3f}  "
+                      f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "
+                      f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")
+            if StopRequest.requested:  # the signal came during evaluation: the epoch is saved whole
+                return stopped(args, ctx, f"after epoch {epoch + 1}")
     if ctx.main:
         print(f"best val acc {best_acc:.4f} (mean over {', '.join(val_combos)}); checkpoint {args.out}/best.pt; "
               f"curves {args.out}/curves.png")

@@ -4,6 +4,7 @@ List format (the course's): ``<root>/{train,val,test}.txt``, one ``images/<wnid>
 per line, paths relative to ``<root>``. Line endings may be LF or CRLF (the real files use CRLF).
 An optional ``<root>/classes.txt`` (``<wnid> <label> <name...>``) gives class names.
 """
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -48,9 +49,14 @@ def normalize(x):
     ``x[:, i]`` is channel ``i`` of RGB."""
     if x.dtype != torch.uint8:  # normalising twice would pass silently
         raise TypeError(f"normalize expects uint8 images, got {x.dtype}")
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, -1, 1, 1) * 255
+    mean, std = _scaled_stats(x.device)
     return (x.float() - mean) / std
+
+
+@functools.lru_cache
+def _scaled_stats(device):
+    """ImageNet mean and std in uint8 units, made once per device (normalize runs every batch)."""
+    return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def load_image(path, img_size):
@@ -72,15 +78,17 @@ def to_rgb(img, path="image"):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+# What PIL raises for a file it cannot read (DecompressionBombError is none of the others).
+UNREADABLE = (Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+
+
 def read_image(path):
     """An RGB PIL image, upright as its EXIF orientation says, or a one-line error naming the file."""
     try:
         with Image.open(path) as img:
             img.load()  # decode now: the file closes when the block ends
             return to_rgb(ImageOps.exif_transpose(img), path)
-    except Image.DecompressionBombError as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except UNREADABLE as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
@@ -92,9 +100,7 @@ def decode_image(path):
     try:
         with Image.open(path) as img:  # the header only: size and format
             fmt = img.format
-    except Image.DecompressionBombError as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except UNREADABLE as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
     if fmt == "JPEG":
         try:

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import subprocess
 import sys
@@ -39,3 +40,17 @@ def list_root(tmp_path):
 def run_script(*args, timeout=300):
     """Run an entry script as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def trained_run(tmp_path_factory, name, *args):
+    """A finished ``train_dw.py`` run with ``args``, in a fresh folder; -> the run folder."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    r = run_script("train_dw.py", *args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def file_hashes(folder):
+    """SHA-256 of every file under ``folder``, by name: to show a refusal changed nothing."""
+    return {p: hashlib.sha256(open(os.path.join(d, p), "rb").read()).hexdigest()
+            for d, _, files in os.walk(folder) for p in files}

@@ -1,6 +1,5 @@
 """Every entry point against bad values and bad files: one `error:` line, exit 2, no traceback,
 and no file of an existing run folder changed."""
-import hashlib
 import os
 
 import numpy as np
@@ -15,7 +14,7 @@ import test_dw
 import test_rrdb
 import train_dw
 import train_rrdb
-from conftest import make_list_root
+from conftest import file_hashes, make_list_root
 from experiments import results
 
 ENTRY = {"train_dw": train_dw.main, "train_rrdb": train_rrdb.main, "test_dw": test_dw.main,
@@ -150,13 +149,8 @@ def cases(w):
     return listed
 
 
-def _hashes(folder):
-    return {p: hashlib.sha256(open(os.path.join(d, p), "rb").read()).hexdigest()
-            for d, _, files in os.walk(folder) for p in files}
-
-
 def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
-    before = _hashes(world["run"])
+    before = file_hashes(world["run"])
     checked = 0
     for entry, argv, message in cases(world):
         capsys.readouterr()
@@ -172,4 +166,4 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
     assert checked == 75
-    assert _hashes(world["run"]) == before  # no refusal touched the existing run
+    assert file_hashes(world["run"]) == before  # no refusal touched the existing run

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, trained_run
 from utils.checkpoint import save_atomic
 from utils.errors import UserError
 
@@ -34,10 +34,7 @@ def _log_without_times(path):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    r = run_script("train_dw.py", *RUN, "--epochs", "3", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+    return trained_run(tmp_path_factory, "ref", *RUN, "--epochs", "3")
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):

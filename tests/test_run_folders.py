@@ -1,6 +1,5 @@
 """A run folder belongs to one run: it is written only where the command line says, by one
 process at a time; a resume is exact or refused; best.pt and last.pt agree."""
-import hashlib
 import os
 import shutil
 import signal
@@ -10,32 +9,24 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, file_hashes, run_script, trained_run
 from test_robustness import RUN, _wait_for_epochs
 from utils.checkpoint import save_atomic
 from utils.run_folder import reconcile_best
 
 
-def _hashes(folder):
-    return {p: hashlib.sha256(open(os.path.join(d, p), "rb").read()).hexdigest()
-            for d, _, files in os.walk(folder) for p in files}
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fin") / "run"
-    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+    return trained_run(tmp_path_factory, "fin", *RUN, "--epochs", "1")
 
 
 def test_resume_writes_into_the_folder_named_not_the_one_stored(tmp_path, finished):
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
-    before = _hashes(finished)
+    before = file_hashes(finished)
     r = run_script("train_dw.py", "--resume", str(copy), "--epochs", "2")
     assert r.returncode == 0, r.stderr
-    assert _hashes(finished) == before  # the original run is untouched
+    assert file_hashes(finished) == before  # the original run is untouched
     ckpt = torch.load(copy / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["args"]["out"] == str(copy)
     assert len((copy / "log.csv").read_text().splitlines()) == 3
@@ -44,10 +35,10 @@ def test_resume_writes_into_the_folder_named_not_the_one_stored(tmp_path, finish
 def test_resume_into_another_run_needs_overwrite(tmp_path, finished):
     other = tmp_path / "other"
     assert run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(other)).returncode == 0
-    before = _hashes(other)
+    before = file_hashes(other)
     r = run_script("train_dw.py", "--resume", str(finished), "--epochs", "2", "--out", str(other))
     assert r.returncode == 2 and "already holds a run" in r.stderr
-    assert _hashes(other) == before
+    assert file_hashes(other) == before
     fresh = tmp_path / "fresh"  # an empty folder is fine: the log so far comes along
     r = run_script("train_dw.py", "--resume", str(finished), "--epochs", "2", "--out", str(fresh))
     assert r.returncode == 0, r.stderr
@@ -57,11 +48,11 @@ def test_resume_into_another_run_needs_overwrite(tmp_path, finished):
 def test_recipe_flags_on_resume_are_refused_safe_ones_applied(tmp_path, finished):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
-    before = _hashes(run)
+    before = file_hashes(run)
     r = run_script("train_dw.py", "--resume", str(run), "--lr", "0.5", "--img-size", "32")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "--img-size, --lr cannot change" in r.stderr
-    assert _hashes(run) == before
+    assert file_hashes(run) == before
     r = run_script("train_dw.py", "--resume", str(run), "--lr", "0.1", "--epochs", "2", "--workers", "1")
     assert r.returncode == 0, r.stderr  # --lr 0.1 is the run's own value
     assert "with --epochs 2 (was 1)" in r.stdout and "with --workers 1 (was 0)" in r.stdout
@@ -73,10 +64,10 @@ def test_a_live_lock_refuses_a_stale_one_is_taken_over(tmp_path, finished):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (run / "lock").write_text(f"{sleeper.pid} {os.uname().nodename}")
-        before = _hashes(run)
+        before = file_hashes(run)
         r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
         assert r.returncode == 2 and f"is in use by process {sleeper.pid}" in r.stderr
-        assert _hashes(run) == before
+        assert file_hashes(run) == before
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -106,10 +97,7 @@ def test_two_trainings_into_one_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def sandwich_reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    r = run_script("train_dw.py", *SANDWICH, "--epochs", "2", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+    return trained_run(tmp_path_factory, "ref", *SANDWICH, "--epochs", "2")
 
 
 # The sandwich draws channels, the loader augments in a worker process: both must resume exactly.

@@ -79,6 +79,9 @@ class Progress:
             self.writer.flush()
         self.start_epoch()
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         if self.writer is not None:
             self.writer.close()

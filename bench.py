@@ -14,6 +14,7 @@ import os
 import platform
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -214,30 +215,38 @@ DEMAND = {"densenet121 (consumer GPU, AMP)": 800, "densenet121 (data-centre GPU,
 def bench_loader(args):
     """The training pipeline per core at 224 px on full-size photos: the earlier one (PIL decode,
     crop and resize, float32 normalised on the CPU) against ours (libjpeg-turbo decode, uint8
-    crop and resize, normalised on the device), on the files as they are and on a prepared copy
-    (``python -m data.prepare``, shorter side 256 px, written to a temporary folder)."""
+    crop and resize, normalised on the device), and what is left to a worker with ``--decode
+    device`` (reading the file; the device decodes, crops and resizes, which no CPU figure
+    measures), on the files as they are and on a prepared copy (``python -m data.prepare``,
+    shorter side 256 px, written to a temporary folder)."""
     import tempfile
 
     from data import prepare
-    from data.datasets import decode_image, read_image, reference_transform
+    from data.datasets import decode_image, encoded_image, read_image, reference_transform
     from data.datasets import build_transform as uint8_transform
     spec = describe_root(args.data_root)
     if spec.synthetic:
         raise UserError("the loader part reads image files: pass --data-root (e.g. ../shared/data/mini-imagenet-sample)")
     files = build_dataset(spec, "train", 224).samples
-    passes = 1 if args.quick else 4
+    rounds = 1 if args.quick else 7
     torch.set_num_threads(1)  # per core: what one loader worker does
 
     def rate(load, transform, paths):
         torch.manual_seed(0)
         start = time.perf_counter()
-        for _ in range(passes):
-            for path, _ in paths:
-                transform(load(path))
-        return passes * len(paths) / (time.perf_counter() - start)
+        for path, _ in paths:
+            transform(load(path))
+        return len(paths) / (time.perf_counter() - start)
 
-    pipelines = {"earlier: PIL, float32 on the CPU": (read_image, reference_transform(224, train=True), 4),
-                 "ours: decode_jpeg, uint8": (decode_image, uint8_transform(224, train=True), 1)}
+    def crop_bytes(bytes_per_value):
+        return lambda paths: 3 * 224 * 224 * bytes_per_value
+
+    def file_bytes(paths):  # the encoded JPEGs travel as they are
+        return round(sum(encoded_image(p).numel() for p, _ in paths) / len(paths))
+
+    pipelines = {"earlier: PIL, float32 on the CPU": (read_image, reference_transform(224, train=True), crop_bytes(4)),
+                 "ours: decode_jpeg, uint8": (decode_image, uint8_transform(224, train=True), crop_bytes(1)),
+                 "ours, --decode device: the worker's part": (encoded_image, lambda data: data, file_bytes)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared")
@@ -245,10 +254,16 @@ def bench_loader(args):
         copies = {"full-size files": files,
                   "prepared copy (shorter side 256)": [(os.path.join(prepared, os.path.relpath(p, spec.root)), y)
                                                        for p, y in files]}
-        for copy, paths in copies.items():
-            for name, (load, transform, bytes_per_value) in pipelines.items():
-                rows.append({"pipeline": name, "files": copy, "images_per_s_per_core": rate(load, transform, paths),
-                             "bytes_to_device_per_image": 3 * 224 * 224 * bytes_per_value})
+        runs = [(copy, name) for copy in copies for name in pipelines]
+        # Round-robin passes, each pipeline's median: a slow spell of a shared machine then
+        # falls on every pipeline alike instead of on whichever ran during it.
+        rates = {run: [] for run in runs}
+        for _ in range(rounds):
+            for copy, name in runs:
+                rates[(copy, name)].append(rate(*pipelines[name][:2], copies[copy]))
+        for copy, name in runs:
+            rows.append({"pipeline": name, "files": copy, "images_per_s_per_core": float(np.median(rates[(copy, name)])),
+                         "bytes_to_device_per_image": pipelines[name][2](copies[copy])})
     reference = rows[0]["images_per_s_per_core"]
     for r in rows:
         r["speedup"] = r["images_per_s_per_core"] / reference

@@ -24,9 +24,10 @@ class StopRequest:
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, *, vocab="RGB",
                     train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
                     start_step=0, stop=StopRequest, progress=None, total_steps=None):
-    """One pass over ``loader``. ``uint8`` batches go to the device first; there they become
-    normalised floats, and ``augment(x, names, generator)`` picks their channels and ``criterion`` (``losses.py``) yields the loss of each
-    forward pass it makes, each back-propagated at once, then one optimizer step.
+    """One pass over ``loader``. ``uint8`` batches (or ``EncodedBatch``es, decoded there) go to the
+    device first; there they become normalised floats, ``augment(x, names, generator)`` picks
+    their channels and ``criterion`` (``losses.py``) yields the loss of each forward pass it
+    makes, each back-propagated at once, then one optimizer step.
     Returns ``{"loss", "acc", "step", "interrupted"}``, where ``step`` counts the batches of
     this epoch done so far (``start_step`` included) and ``loss`` sums a step's passes.
     ``progress`` (``utils/progress.py``) hears of every step, with the time spent waiting for data;
@@ -107,24 +108,24 @@ def evaluate(model, loader, ctx, combos=("RGB",), vocab="RGB", amp_dtype=None, d
 
 
 def evaluate_split(model, spec, split, img_size, combos, ctx, batch_size=128, workers=2, limit=None,
-                   vocab="RGB"):
+                   vocab="RGB", decode="workers"):
     """Metrics rows (one per combination) for ``model`` on a split of the data at ``img_size``, and
     ``evaluate``'s predictions."""
     dataset = build_dataset(spec, split, img_size, limit=limit)
-    results = evaluate(model, eval_loader(dataset, batch_size, workers, ctx), ctx, combos, vocab,
+    results = evaluate(model, eval_loader(dataset, batch_size, workers, ctx, decode), ctx, combos, vocab,
                        desc=f"{split} {img_size}px")
     rows = [{"combo": c, "img_size": img_size, "images": len(t),
              **classification_metrics(t, top, len(spec.classes))} for c, (t, top) in results.items()]
     return rows, results
 
 
-def recalibrate(model, spec, img_size, images, ctx, batch_size=128, workers=2):
+def recalibrate(model, spec, img_size, images, ctx, batch_size=128, workers=2, decode="workers"):
     """Per-channel-set BatchNorm statistics of a Task 1 model from ``images`` training images
     (evenly spaced, evaluation transform), loaded once and reused for every set."""
     if not hasattr(model, "recalibrate"):
         raise UserError("--recalibrate needs a Task 1 model (BatchNorm statistics per channel set)")
     dataset = build_dataset(spec, "train", img_size, limit=images)
-    batches = [normalize(x.to(ctx.device)) for x, _ in eval_loader(dataset, batch_size, workers, ctx)]
+    batches = [normalize(x.to(ctx.device)) for x, _ in eval_loader(dataset, batch_size, workers, ctx, decode)]
     model.recalibrate(batches)
     print(f"recalibrated BatchNorm statistics per channel set on {len(dataset)} training images")
     return model

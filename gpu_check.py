@@ -3,10 +3,12 @@
     python -m gpu_check [--data-root DIR] [--out results/gpu_check]      (make gpu-check)
 
 On a CUDA machine: trains `dwg` on DenseNet-121 at 224 px with --amp bf16 --channels-last, with
---amp fp16 (the gradient scaler steps) and with --compile; resumes one run and evaluates it on
+--amp fp16 (the gradient scaler steps), with --compile and with --decode device (nvjpeg);
+compares nvjpeg's pixels with the workers' decoding; resumes one run and evaluates it on
 every channel combination; trains and evaluates `shallow` and `resnet34`; runs a one-GPU
-torchrun (NCCL) step; and measures training images/s of each model fed by the loader against
-the same model fed from a batch already on the GPU. Prints one table (check, passed, figure)
+torchrun (NCCL) step; and measures training images/s of each model fed by the loader (JPEGs
+decoded by the workers, then on the GPU) against the same model fed from a batch already on
+the GPU. Prints one table (check, passed, figure)
 and writes it as gpu_check.json and gpu_check.md under --out.
 
 Without CUDA it says so in one line and exits 0. `--cpu-smoke` runs the same sequence on the
@@ -23,7 +25,7 @@ import torch
 
 import models
 from data import build_dataset, describe_root
-from data.loaders import default_workers, train_loader
+from data.loaders import default_workers, eval_loader, train_loader
 from engine import train_one_epoch
 from losses import LabelLoss
 from utils.distributed import Context
@@ -63,8 +65,9 @@ class Checks:
         print(f"{'passed' if passed else 'FAILED'}  {name}: {figure}", flush=True)
 
 
-def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_by_loader):
-    """Training images/s of one model, fed by the loader (default workers) or by one batch on the device."""
+def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_by_loader, decode="workers"):
+    """Training images/s of one model, fed by the loader (default workers, JPEGs decoded where
+    ``decode`` says) or by one batch on the device."""
     torch.manual_seed(0)
     config = {"backbone": backbone} if models.registry.model_task(model_name) == 1 else {}
     model = models.create_model(model_name, len(spec.classes), **config).to(device)
@@ -74,7 +77,7 @@ def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_b
     dataset = build_dataset(spec, "train", img_size, train=True)
     if fed_by_loader:
         sampler_set = torch.utils.data.Subset(dataset, [i % len(dataset) for i in range(batch * steps)])
-        loader = train_loader(sampler_set, batch, workers=default_workers(), seed=0, ctx=ctx)
+        loader = train_loader(sampler_set, batch, workers=default_workers(), seed=0, ctx=ctx, decode=decode)
     else:
         x, y = next(iter(torch.utils.data.DataLoader(dataset, batch, sampler=torch.utils.data.RandomSampler(
             dataset, replacement=True, num_samples=batch))))
@@ -88,6 +91,17 @@ def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_b
     if device == "cuda":
         torch.cuda.synchronize()
     return batch * steps / (time.time() - start)
+
+
+def decoded_alike(spec, img_size, device, images=64):
+    """(passed, figure): the evaluation batches of both decoding routes, pixel by pixel. Two JPEG
+    decoders (nvjpeg, libjpeg-turbo) may round differently; the crops must be the same."""
+    dataset = build_dataset(spec, "val", img_size, limit=images)
+    ctx = Context(device=torch.device(device))
+    pairs = [(a.to(device), b.to(device)) for (a, _), (b, _) in
+             zip(eval_loader(dataset, 16, 0, ctx), eval_loader(dataset, 16, 0, ctx, decode="device"))]
+    diff = torch.cat([(a.float() - b.float()).abs().flatten() for a, b in pairs])
+    return bool(diff.mean() < 2), f"mean |difference| {diff.mean():.3f}, max {diff.max():.0f} (uint8 levels)"
 
 
 @cli
@@ -111,13 +125,20 @@ def main(argv=None):
     steps = f"{epochs * (train_images // batch)} steps"
     for name, flags in [("dwg bf16 channels-last", ["--amp", "bf16", "--channels-last"]),
                         ("dwg fp16 (grad scaler)", ["--amp", "fp16"]),
-                        ("dwg compile", ["--compile"])]:
+                        ("dwg compile", ["--compile"]),
+                        ("dwg decode-on-device", ["--decode", "device"])]:
         out = os.path.join(runs, name.split()[1])
         checks.command(f"train {name}", "train_dw.py", "--model", "dwg", "--backbone", backbone, *common,
                        *flags, "--out", out, figure=f"{backbone}, {img}px, {steps}")
     fp16 = os.path.join(runs, "fp16")
     checks.command("resume dwg fp16 for one more epoch", "train_dw.py", "--resume", fp16, "--epochs",
                    str(epochs + 1), "--device", device, figure=f"to epoch {epochs + 1}")
+    start = time.time()
+    try:
+        checks.add("decode on the device against the workers", *decoded_alike(spec, img, device), time.time() - start)
+    except Exception as exc:
+        checks.add("decode on the device against the workers", False, f"{type(exc).__name__}: {exc}".splitlines()[0],
+                   time.time() - start)
     checks.command("evaluate dwg on every combination", "test_dw.py", "--checkpoint", os.path.join(fp16, "best.pt"),
                    "--data-root", args.data_root, "--device", device, "--out", os.path.join(fp16, "eval"), *limit,
                    figure="RGB, RG, RB, GB, R, G, B")
@@ -138,13 +159,12 @@ def main(argv=None):
     for model_name in ("dwg", "resnet34", "shallow"):
         start = time.time()
         try:
-            fed = throughput(backbone, model_name, spec, img, 64 if not smoke else 8, 20 if not smoke else 3,
-                             device, fed_by_loader=True)
-            resident = throughput(backbone, model_name, spec, img, 64 if not smoke else 8,
-                                  20 if not smoke else 3, device, fed_by_loader=False)
-            checks.add(f"images/s {model_name}, loader vs batch on device", True,
-                       f"{fed:.0f} vs {resident:.0f} ({fed / resident:.0%} of the model's pace)",
-                       time.time() - start)
+            size = (64, 20) if not smoke else (8, 3)
+            fed, fed_device, resident = (throughput(backbone, model_name, spec, img, *size, device, *how)
+                                         for how in [(True, "workers"), (True, "device"), (False,)])
+            checks.add(f"images/s {model_name}: loader (workers decode), loader (device decodes), batch on device",
+                       True, f"{fed:.0f}, {fed_device:.0f} vs {resident:.0f} ({fed / resident:.0%}, "
+                       f"{fed_device / resident:.0%} of the model's pace)", time.time() - start)
         except Exception as exc:  # a failure here is a finding to report, not a crash
             checks.add(f"images/s {model_name}", False, f"{type(exc).__name__}: {exc}".splitlines()[0],
                        time.time() - start)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
 from engine import evaluate_split, recalibrate
-from data.loaders import default_workers
+from data.loaders import DECODE, DECODE_HELP, default_workers
 from utils import distributed
 from utils.checkpoint import load_model
 from utils.complexity import complexity_row, stem_cost
@@ -32,6 +32,7 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="results folder (default: <run folder>/eval)")
     p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--workers", type=at_least(0), default=default_workers())
+    p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
     p.add_argument("--limit", type=at_least(1), default=None, help="evaluate this many images (evenly spaced)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")
@@ -110,12 +111,14 @@ def main(argv=None):
     model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
     if args.recalibrate:
-        recalibrate(model, spec, ckpt["args"]["img_size"], args.recalibrate, ctx, args.batch_size, args.workers)
+        recalibrate(model, spec, ckpt["args"]["img_size"], args.recalibrate, ctx, args.batch_size, args.workers,
+                    args.decode)
     sizes = args.img_sizes or [ckpt["args"]["img_size"]]
     rows, predictions = [], {}
     for size in sizes:
         size_rows, predictions[size] = evaluate_split(model, spec, args.split, size, combos, ctx,
-                                                      args.batch_size, args.workers, args.limit)
+                                                      args.batch_size, args.workers, args.limit,
+                                                      decode=args.decode)
         rows += size_rows
     if not ctx.main:
         return 0

@@ -8,7 +8,7 @@ import pandas as pd
 from data import describe_root
 from engine import evaluate_split
 from models import deploy
-from data.loaders import default_workers
+from data.loaders import DECODE, DECODE_HELP, default_workers
 from utils import distributed
 from utils.checkpoint import load_model, save_atomic
 from utils.complexity import complexity_row
@@ -32,6 +32,7 @@ def parse_args(argv):
     p.add_argument("--out", default="results/task2")
     p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--workers", type=at_least(0), default=default_workers())
+    p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
     p.add_argument("--limit", type=at_least(1), default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--save-deployed", default=None, metavar="DIR",
@@ -59,7 +60,7 @@ def evaluate_checkpoint(path, spec, args, ctx):
                     os.path.join(args.save_deployed, f"{name}.pt"))
     size = args.img_size or ckpt["args"]["img_size"]
     [metrics], results = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size,
-                                        args.workers, args.limit)
+                                        args.workers, args.limit, decode=args.decode)
     targets, top = results["RGB"]
     cost = complexity_row(model.cpu())
     return {"model": name, "teacher": teacher, "checkpoint": ckpt["path"], "img_size": size,

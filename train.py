@@ -25,7 +25,7 @@ from models import deploy
 from models.norm import ComboBatchNorm2d
 from data import build_dataset, describe_root, parse_combo, parse_combo_list
 from data.channels import AUGMENTATIONS
-from data.loaders import default_workers, eval_loader, train_loader
+from data.loaders import DECODE, DECODE_HELP, default_workers, eval_loader, train_loader
 from engine import StopRequest, evaluate, train_one_epoch
 from utils import distributed
 from losses import DistillationLoss, LabelLoss, SandwichLoss
@@ -37,8 +37,8 @@ from utils.run_folder import RunLock, check_out_dir, clear_run, reconcile_best, 
 from utils.report import training_curves
 
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
-SAFE_ON_RESUME = ("out", "workers", "device", "data_root", "epochs", "log_every", "tensorboard", "compile",
-                  "deterministic")
+SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "log_every", "tensorboard",
+                  "compile", "deterministic")
 
 
 def build_parser(description, default_model, val_combos):
@@ -84,6 +84,7 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--workers", type=at_least(0), default=None,
                    help=f"loader processes per training process (default: its cores minus one, {default_workers()} here)")
+    p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--resume", default=None, help="run folder or checkpoint to continue")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a folder holding another run")
@@ -381,14 +382,15 @@ def _run(args, resume, ctx, replacing=False):
         aug += f"; distilled from {args.teacher}" if teacher is not None else ""
         print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
               f"{len(train_set)} train / {len(val_set)} val images at {args.img_size}px; "
-              f"channel aug {aug}; device {ctx.device} x{ctx.world}; {args.workers} loader workers; out {args.out}")
+              f"channel aug {aug}; device {ctx.device} x{ctx.world}; {args.workers} loader workers"
+              f"{', JPEGs decoded on the device' if args.decode == 'device' else ''}; out {args.out}")
     install_stop_handlers()
     log_path = os.path.join(args.out, "log.csv")
     if ctx.main:
         start_log(log_path, ["epoch", "lr", "train_loss", "train_acc", "val_acc",
                              *[f"val_acc_{c}" for c in val_combos], "seconds"], start_epoch)
-    val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx)
-    loader = train_loader(train_set, args.batch_size, args.workers, args.seed, ctx)
+    val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx, args.decode)
+    loader = train_loader(train_set, args.batch_size, args.workers, args.seed, ctx, args.decode)
     with Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
                   os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main) as progress:
         for epoch in range(start_epoch, args.epochs):

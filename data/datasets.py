@@ -92,22 +92,39 @@ def read_image(path):
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
+def _header(path):
+    """Format, pixel mode and EXIF orientation, from the header only; a decompression bomb fails
+    here, with one line, before anything is decoded."""
+    try:
+        with Image.open(path) as img:
+            return img.format, img.mode, img.getexif().get(EXIF_ORIENTATION, 1)
+    except UNREADABLE as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+EXIF_ORIENTATION = 0x0112
+
+
 def decode_image(path):
     """A ``uint8`` ``[3, H, W]`` RGB tensor. JPEGs (nearly every file of mini-ImageNet) are decoded
     by ``torchvision.io.decode_jpeg`` (libjpeg-turbo, EXIF orientation applied), about twice as
-    fast as PIL; other files, and JPEGs it cannot decode, go through ``read_image``. The header
-    is read first either way, so that a decompression bomb fails with one line before decoding."""
-    try:
-        with Image.open(path) as img:  # the header only: size and format
-            fmt = img.format
-    except UNREADABLE as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
-    if fmt == "JPEG":
+    fast as PIL; other files, and JPEGs it cannot decode, go through ``read_image``."""
+    if _header(path)[0] == "JPEG":
         try:
             return decode_jpeg(read_file(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
         except RuntimeError:
             pass  # e.g. a CMYK or arithmetic-coded JPEG: PIL knows more of them
     return pil_to_tensor(read_image(path))
+
+
+def encoded_image(path):
+    """What ``--decode device`` sends to the device: an upright RGB JPEG's bytes (1-D ``uint8``),
+    which nvjpeg decodes; any other file (greyscale, CMYK, rotated by EXIF, not a JPEG) decoded
+    here as ``decode_image`` does, because nvjpeg does not convert or rotate them."""
+    fmt, mode, orientation = _header(path)
+    if fmt == "JPEG" and mode == "RGB" and orientation == 1:
+        return read_file(path)
+    return decode_image(path)
 
 
 def read_list(path, num_classes=None):
@@ -205,6 +222,11 @@ class ListDataset(torch.utils.data.Dataset):
         path, label = self.samples[i]
         return self.transform(decode_image(path)), label
 
+    def encoded(self, i):
+        """``(image before decoding and transform, label, path)``: see ``encoded_image``."""
+        path, label = self.samples[i]
+        return encoded_image(path), label, path
+
 
 SYNTHETIC_SHAPES = ("disc", "square", "ring")
 SYNTHETIC_COLOURS = {"warm": (0.9, 0.55, 0.1), "cool": (0.1, 0.55, 0.9)}
@@ -248,6 +270,9 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.transform(self.images[i]), self.labels[i]
+
+    def encoded(self, i):
+        return self.images[i], self.labels[i], None
 
 
 @dataclass

@@ -1,10 +1,19 @@
 """DataLoaders built once per run (persistent workers), whose order and augmentations depend only
 on (seed, epoch), so a resumed run sees the same batches, augmented the same way, even when it
 resumes inside an epoch."""
+import functools
 import os
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from data.datasets import decode_image
+
+DECODE = ("workers", "device")
+DECODE_HELP = ("where JPEGs are decoded: 'workers' (the loader processes, on the CPU) or 'device' (the "
+               "training device, in batches: nvjpeg on CUDA; crop, resize and flip follow there, under "
+               "the same per-image seeds)")
 
 
 def default_workers():
@@ -55,17 +64,91 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
-def train_loader(dataset, batch_size, workers, seed, ctx):
+class EncodedSamples(Dataset):
+    """``--decode device``: each image as it is before decoding (``encoded`` of the dataset under
+    any ``Subset``), with the seed of its augmentation (None in evaluation), for ``EncodedBatch``
+    to finish on the device."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        dataset, index = _unwrap(self.dataset, index)
+        data, label, path = dataset.encoded(index)
+        # numpy, not a tensor: a batch of many small tensors would cost a shared-memory file
+        # descriptor each on its way out of a worker
+        return data.numpy(), seed, path, label
+
+    @property
+    def transform(self):
+        return _unwrap(self.dataset)[0].transform
+
+
+def _unwrap(dataset, index=None):
+    """The dataset under any ``Subset``s, and ``index`` translated into it."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, None if index is None else dataset.indices[index]
+    return dataset, index
+
+
+class EncodedBatch:
+    """A batch whose ``to(device)`` decodes it there (one batched ``decode_jpeg`` call: nvjpeg on
+    CUDA) and crops, resizes and flips each image under its own seed, as ``SeededSamples`` does in
+    the workers: the same draws, so on the CPU the same pixels, and on CUDA the same crops of
+    nvjpeg's decoding. A batch nvjpeg refuses is decoded on the CPU, image by image."""
+
+    def __init__(self, items, transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def to(self, device, non_blocking=False):
+        jpegs = [torch.from_numpy(data) for data, *_ in self.items if data.ndim == 1]
+        try:
+            decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device) if jpegs else []
+        except RuntimeError:
+            decoded = [decode_image(path).to(device) for data, _, path in self.items if data.ndim == 1]
+        decoded, images = iter(decoded), []
+        for data, seed, _ in self.items:
+            image = next(decoded) if data.ndim == 1 else torch.from_numpy(data).to(device, non_blocking=non_blocking)
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                images.append(self.transform(image))
+        return torch.stack(images)
+
+
+def collate_encoded(transform, samples):
+    return EncodedBatch([s[:3] for s in samples], transform), torch.tensor([s[3] for s in samples])
+
+
+def _source(dataset, decode):
+    """The dataset a loader reads, and its collate function, for ``decode`` in ``DECODE``."""
+    if decode == "workers":
+        return dataset, None
+    encoded = EncodedSamples(dataset)
+    return encoded, functools.partial(collate_encoded, encoded.transform)
+
+
+def train_loader(dataset, batch_size, workers, seed, ctx, decode="workers"):
     """One loader for the whole run: call ``loader.sampler.set_epoch(epoch, skip)`` per epoch."""
     sampler = EpochSampler(dataset, batch_size, seed, ctx)
-    return DataLoader(SeededSamples(dataset), batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+    source, collate = _source(dataset, decode)
+    return DataLoader(source if collate else SeededSamples(source), batch_size, sampler=sampler,
+                      num_workers=workers, drop_last=True, collate_fn=collate,
                       pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
                       # its own generator: building the loader draws nothing from the global RNG
                       generator=torch.Generator().manual_seed(seed))
 
 
-def eval_loader(dataset, batch_size, workers, ctx):
+def eval_loader(dataset, batch_size, workers, ctx, decode="workers"):
     """This rank's shard (every world-th image); ``engine.evaluate`` gathers the shards."""
-    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world))
-    return DataLoader(shard, batch_size, shuffle=False, num_workers=workers,
+    source, collate = _source(dataset, decode)
+    shard = Subset(source, range(ctx.rank, len(dataset), ctx.world))
+    return DataLoader(shard, batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0)

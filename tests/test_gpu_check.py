@@ -20,7 +20,9 @@ def test_cpu_smoke_runs_every_check(tmp_path):
                            "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "gpu_check.json").read_text())
     names = [r["check"] for r in rows]
-    assert names[:3] == ["train dwg bf16 channels-last", "train dwg fp16 (grad scaler)", "train dwg compile"]
+    assert names[:4] == ["train dwg bf16 channels-last", "train dwg fp16 (grad scaler)", "train dwg compile",
+                         "train dwg decode-on-device"]
+    assert "decode on the device against the workers" in names
     assert "resume dwg fp16 for one more epoch" in names and any(n.startswith("torchrun") for n in names)
     assert sum(n.startswith("images/s") for n in names) == 3
     assert all(r["passed"] for r in rows), rows

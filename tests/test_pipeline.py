@@ -1,6 +1,8 @@
 """The uint8 input pipeline: same pixels as the earlier PIL/float pipeline, channels picked after
-normalising on the device, a prepared copy that loads unchanged, --compile on the CPU."""
+normalising on the device, decoding on the device equal to decoding in the workers, a prepared
+copy that loads unchanged, --compile on the CPU."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,12 +11,15 @@ from PIL import Image
 
 import bench
 import models
+import test_dw
 import train_dw
 from conftest import make_list_root
 from data import build_dataset, describe_root, prepare
 from data.channels import select
+from data import loaders
 from data.datasets import build_transform, decode_image, normalize, read_image, reference_transform
 from utils.checkpoint import load_checkpoint
+from utils.distributed import Context
 
 
 @pytest.fixture
@@ -45,6 +50,73 @@ def test_channels_picked_on_the_device_equal_the_earlier_cpu_selection(photo):
         assert (picked - expected).abs().mean() < 0.03
 
 
+def mixed_root(tmp_path):
+    """A list root whose files take every route of ``encoded_image``: upright RGB JPEGs (sent
+    encoded), and a greyscale JPEG, a CMYK JPEG, an EXIF-rotated JPEG and a PNG (decoded in the
+    worker)."""
+    root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=40)
+    rng = np.random.default_rng(1)
+    odd = root / "images" / "n00000000"
+    arr = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    Image.fromarray(arr).convert("L").save(odd / "grey.JPEG")
+    Image.fromarray(arr).convert("CMYK").save(odd / "cmyk.JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(odd / "rotated.JPEG", exif=exif)
+    Image.fromarray(arr).save(odd / "png.JPEG", format="PNG")
+    with open(root / "train.txt", "a") as f:
+        f.writelines(f"images/n00000000/{n}.JPEG 0\n" for n in ("grey", "cmyk", "rotated", "png"))
+    with open(root / "val.txt", "a") as f:
+        f.writelines(f"images/n00000000/{n}.JPEG 0\n" for n in ("grey", "cmyk", "rotated", "png"))
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_decoding_on_the_device_equals_decoding_in_the_workers(tmp_path, workers):
+    spec = describe_root(str(mixed_root(tmp_path)))
+    ctx = Context(device=torch.device("cpu"))
+    train = build_dataset(spec, "train", 24, train=True)
+    kinds = {loaders.EncodedSamples(train)[i][0].ndim for i in range(len(train))}
+    assert kinds == {1, 3}  # both routes taken
+    batches = {}
+    for decode in loaders.DECODE:
+        loader = loaders.train_loader(train, 4, workers, seed=5, ctx=ctx, decode=decode)
+        loader.sampler.set_epoch(2, skip_batches=1)  # a resume inside an epoch: same seeds
+        batches[decode] = [(x.to(ctx.device), y) for x, y in loader]
+    assert len(batches["device"]) == len(train) // 4 - 1
+    for (a, ya), (b, yb) in zip(batches["workers"], batches["device"]):
+        assert b.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(ya, yb)
+    val = build_dataset(spec, "val", 24)
+    evals = [[x.to(ctx.device) for x, _ in loaders.eval_loader(val, 5, workers, ctx, decode)] for decode in loaders.DECODE]
+    assert all(torch.equal(a, b) for a, b in zip(*evals)) and len(evals[1]) == 2
+
+
+def test_a_batch_the_device_decoder_refuses_is_decoded_on_the_cpu(tmp_path, monkeypatch):
+    spec = describe_root(str(make_list_root(tmp_path / "data", size=40)))
+    val = build_dataset(spec, "val", 24)
+    ctx = Context(device=torch.device("cpu"))
+    expected = next(iter(loaders.eval_loader(val, 3, 0, ctx)))[0]
+    batch = next(iter(loaders.eval_loader(val, 3, 0, ctx, "device")))[0]
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("nvjpeg: unsupported")
+    monkeypatch.setattr(loaders, "decode_jpeg", refuse)
+    assert torch.equal(batch.to(ctx.device), expected)
+
+
+def test_training_and_evaluation_decode_on_the_device(tmp_path):
+    root = mixed_root(tmp_path)
+    common = ["--data-root", str(root), "--img-size", "16", "--batch-size", "4", "--workers", "1", "--epochs", "1",
+              "--seed", "3", "--deterministic"]
+    for decode in loaders.DECODE:
+        assert train_dw.main(["--model", "dwg", "--backbone", "small", *common, "--decode", decode,
+                              "--out", str(tmp_path / decode)]) == 0
+    a, b = (load_checkpoint(str(tmp_path / d / "last.pt"))["state_dict"] for d in loaders.DECODE)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same pixels, so the same training
+    assert test_dw.main(["--checkpoint", str(tmp_path / "device"), "--data-root", str(root), "--decode", "device",
+                         "--split", "val", "--combos", "RGB,R", "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+
+
 def test_a_prepared_copy_loads_with_the_same_loader(tmp_path):
     src = make_list_root(tmp_path / "src", classes=3, per_class=4, size=48)
     assert prepare.main([str(src), str(tmp_path / "dst"), "--max-side", "20", "--workers", "1"]) == 0
@@ -71,6 +143,9 @@ def test_quick_loader_part(tmp_path):
     bench.main(["--quick", "--parts", "loader", "--data-root", str(root), "--out", str(tmp_path / "b")])
     rows = json.loads((tmp_path / "b" / "loader.json").read_text())
     assert [(r["pipeline"].split(":")[0], r["files"].split(" ")[0]) for r in rows] == [
-        ("earlier", "full-size"), ("ours", "full-size"), ("earlier", "prepared"), ("ours", "prepared")]
+        ("earlier", "full-size"), ("ours", "full-size"), ("ours, --decode device", "full-size"),
+        ("earlier", "prepared"), ("ours", "prepared"), ("ours, --decode device", "prepared")]
     assert [r["bytes_to_device_per_image"] for r in rows[:2]] == [602112, 150528]
+    sizes = [os.path.getsize(root / line.split()[0]) for line in (root / "train.txt").read_text().splitlines()]
+    assert rows[2]["bytes_to_device_per_image"] == round(sum(sizes) / len(sizes))  # the files, as they are
     assert rows[0]["speedup"] == 1.0

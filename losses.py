@@ -48,20 +48,25 @@ class SandwichLoss:
 
     Every step trains the full channel set on the labels, then ``subsets`` reduced combinations
     towards the full set's detached soft output: the first always a single channel, the others
-    drawn by hierarchical sampling (a size from 1 to V-1, then which channels). Each reduced
-    batch is cut from the full one on whatever device it is on; the gradients of all passes add
-    up into one optimizer step.
+    drawn by hierarchical sampling (a size from 1 to V-1, then which channels). With
+    ``all_singles`` the first is every single channel instead, one pass each: the sandwich
+    rule's "smallest network every step", where there are V smallest ones. Each reduced batch
+    is cut from the full one on whatever device it is on; the gradients of all passes add up
+    into one optimizer step.
     """
 
-    def __init__(self, base, subsets=2, generator=None):
+    def __init__(self, base, subsets=2, generator=None, all_singles=False):
         if subsets < 1:
             raise ValueError("the sandwich needs at least one reduced combination")
-        self.base, self.subsets, self.generator = base, subsets, generator
+        self.base, self.subsets, self.generator, self.all_singles = base, subsets, generator, all_singles
 
     def draw(self, names):
         """Channel positions of the reduced combinations for one step, in vocabulary order."""
-        draws, n = [], len(names)
+        n = len(names)
+        draws = [[i] for i in range(n)] if self.all_singles else []
         for i in range(self.subsets):
+            if i == 0 and self.all_singles:
+                continue
             k = 1 if i == 0 else int(torch.randint(1, n, (1,), generator=self.generator))
             draws.append(sorted(torch.randperm(n, generator=self.generator)[:k].tolist()))
         return draws

@@ -74,6 +74,8 @@ def build_parser(description, default_model, val_combos):
                         "the full set on labels and --sandwich-subsets reduced sets towards it")
     p.add_argument("--sandwich-subsets", type=at_least(1), default=2,
                    help="reduced combinations per sandwich step (the first a single channel)")
+    p.add_argument("--sandwich-all-singles", action="store_true",
+                   help="the sandwich's first reduced combination is every single channel, one pass each")
     p.add_argument("--full-prob", type=between(0, 1), default=0.0,
                    help="subset augmentation: probability that a batch keeps every channel")
     p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
@@ -333,7 +335,7 @@ def _run(args, resume, ctx, replacing=False):
     if args.channel_aug == "subset":
         augment = functools.partial(augment, full_prob=args.full_prob)
     elif args.channel_aug == "sandwich":
-        criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen)
+        criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen, args.sandwich_all_singles)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -376,7 +378,9 @@ def _run(args, resume, ctx, replacing=False):
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
-        aug += f" ({args.sandwich_subsets} reduced sets a step)" if args.channel_aug == "sandwich" else ""
+        if args.channel_aug == "sandwich":
+            aug += (f" (every single channel and {args.sandwich_subsets - 1} more reduced sets a step)"
+                    if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")
         aug += f"; initialised from {args.init_from}" if args.init_from else ""
         aug += f", trained on {train_combo}" if train_combo else ""
         aug += f"; distilled from {args.teacher}" if teacher is not None else ""

@@ -69,9 +69,11 @@ TASK1_ROWS = [  # in training order
     Row("plain_zero-16ep", "plain_zero", recipe={"epochs": 16}, every_seed=False),
     Row("plain_dropout", "plain_dropout", every_seed=False),
     Row("seed_dwg", "seed_dwg", every_seed=False),
+    # The sandwich rule trains the smallest network every step; here there are three (R, G, B).
+    Row("dwg_all_singles", "dwg", ["--sandwich-all-singles"]),
 ]
 SIZE_ROWS = {"dwg", "plain_zero", "plain_mean"}  # the spatial-size table's rows
-TABLE_ORDER = ["dwg", "dwg_finetune", "dwg_earlier", "plain_zero", "plain_zero-16ep", "plain_mean", "plain_dropout", "seed_dwg"]
+TABLE_ORDER = ["dwg", "dwg_all_singles", "dwg_finetune", "dwg_earlier", "plain_zero", "plain_zero-16ep", "plain_mean", "plain_dropout", "seed_dwg"]
 # Each mechanism alone and together, first seed only; rows of TASK1_ROWS complete the table.
 ABLATION_ROWS = [
     Row("earlier+bn", "dwg", same_as="dwg_earlier", eval_flags=["--recalibrate", "640"]),

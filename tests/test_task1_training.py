@@ -44,6 +44,14 @@ def test_sandwich_draws_a_single_channel_first_then_proper_subsets():
         assert all(1 <= len(d) <= 2 and d == sorted(d) for d in draws)
 
 
+def test_sandwich_with_every_single_channel():
+    gen = torch.Generator().manual_seed(0)
+    for subsets, extra in [(1, 0), (2, 1), (3, 2)]:
+        draws = SandwichLoss(LabelLoss(), subsets, gen, all_singles=True).draw(("R", "G", "B"))
+        assert draws[:3] == [[0], [1], [2]] and len(draws) == 3 + extra
+        assert all(1 <= len(d) <= 2 and d == sorted(d) for d in draws[3:])
+
+
 def test_sandwich_step_equals_the_hand_written_loss():
     """One step of the loop with the sandwich: one optimizer step on the summed gradients of the
     full-set label loss and each reduced set's loss towards the full set's *detached* output."""

@@ -379,7 +379,7 @@ def _run(args, resume, ctx, replacing=False):
             json.dump(vars(args), f, indent=2)
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
         if args.channel_aug == "sandwich":
-            aug += (f" (every single channel and {args.sandwich_subsets - 1} more reduced sets a step)"
+            aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
                     if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")
         aug += f"; initialised from {args.init_from}" if args.init_from else ""
         aug += f", trained on {train_combo}" if train_combo else ""

@@ -1,13 +1,14 @@
 """Regenerate the README's result tables and figures on real photos (CPU proxy runs).
 
-    python -m experiments.results [--part task1|task1-ablation|task1-resnet18|task2|all]
-                                  [--seeds 0,1,2] [--epochs 6] [--jobs 2] [--no-train]
+    python -m experiments.results [--part task1|task1-ablation|task1-resnet18|task2|task2-sweep|all]
+                                  [--seeds 0,1,2] [--epochs 6] [--budgets 6,12,24,48] [--jobs 2] [--no-train]
 
 Trains every row with the repository's own entry scripts (runs/results/<row>/, resumable: a
 finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each with
 cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py, and writes results/*.md|json,
-figs/task1_*.png, figs/task2_*.png and the README's tables. ``--no-train`` makes the Task 1
-tables from the finished runs only. Never run by the tests or CI.
+figs/task1_*.png, figs/task2_*.png and the README's tables. ``--no-train`` makes the tables
+from the finished runs only (Task 1 rows; sweep budgets whose every model has finished).
+Never run by CI, except the sweep's end-to-end test at toy size.
 """
 import argparse
 import dataclasses
@@ -116,12 +117,13 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--workers", type=at_least(0), default=1)
     p.add_argument("--no-train", action="store_true",
-                   help="tables from the finished runs only (Task 1): rows without one are left out")
+                   help="tables from the finished runs only: Task 1 rows, sweep budgets without one are left out")
     p.add_argument("--jobs", type=at_least(1), default=1,
                    help="runs trained (and evaluated) at once, each with cores/jobs threads")
     p.add_argument("--runs", default="runs/results", help="checkpoints and logs (not committed)")
     p.add_argument("--results", default="results")
     p.add_argument("--figs", default="figs")
+    p.add_argument("--readme", default="README.md", help="the file whose marked tables are replaced")
     return p.parse_args(argv)
 
 
@@ -212,7 +214,11 @@ def task1_rows(args, rows, seeds):
 
 def finished(args, row, seed):
     """Whether the run behind ``row`` has trained all its epochs."""
-    last = os.path.join(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed), "last.pt")
+    return run_finished(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed))
+
+
+def run_finished(out):
+    last = os.path.join(out, "last.pt")
     if not os.path.exists(last):
         return False
     ckpt = load_checkpoint(last)
@@ -306,7 +312,7 @@ def task1(args, seeds):
                   f"where a row has several\n\n{text}\n\nTargets (means over the seeds):\n\n"
                   f"{targets.to_markdown(index=False, floatfmt='.4f')}\n\nSpatial-size invariance "
                   f"(same checkpoints, accuracy, mean over seeds):\n\n"
-                  f"{sizes.to_markdown(index=False, floatfmt='.4f')}")
+                  f"{sizes.to_markdown(index=False, floatfmt='.4f')}", args.readme)
     print(text)
 
 
@@ -345,7 +351,7 @@ def task1_ablation(args, seeds):
              "whose time 'train min' includes; times are wall minutes with two runs sharing the 2 cores)")
     text = table.reset_index(names="mechanisms [row]").to_markdown(index=False, floatfmt=".4f")
     write_results(table.reset_index(names="row").to_dict("records"), args.results, "task1_ablation", title)
-    update_readme("task1-ablation", f"{title}\n\n{text}")
+    update_readme("task1-ablation", f"{title}\n\n{text}", args.readme)
     print(text)
 
 
@@ -356,7 +362,7 @@ def task1_resnet18(args, seeds):
     title = f"Task 1 on ResNet-18, imagenette-mini test split (CPU proxy: {budget(args)}, first seed)"
     text = table.reset_index(names="model").to_markdown(index=False, floatfmt=".4f")
     write_results(table.reset_index(names="model").to_dict("records"), args.results, "task1_resnet18", title)
-    update_readme("task1-resnet18", f"{title}\n\n{text}")
+    update_readme("task1-resnet18", f"{title}\n\n{text}", args.readme)
     print(text)
 
 
@@ -402,7 +408,7 @@ def task2(args, seeds):
     cols = ["model", "layers", "params", "macs", "accuracy", "accuracy_std", "precision", "recall", "f1",
             "ratio_to_baseline", "seeds"]
     text = agg[cols].to_markdown(index=False, floatfmt=".4f")
-    update_readme("task2", f"{title}\n\n{text}")
+    update_readme("task2", f"{title}\n\n{text}", args.readme)
     print(text)
 
 
@@ -428,36 +434,50 @@ def task2_sweep(args, seeds):
         return functools.partial(train, "train_rrdb.py", out,
                                  ["--model", model, *recipe(args, seed, epochs=epochs), *extra]), out
 
+    def minutes(out):
+        return pd.read_csv(os.path.join(out, "log.csv"))["seconds"].sum() / 60
+
     planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
-    in_parallel(args.jobs, [task for task, _ in planned.values()])
-    for epochs in args.budgets:
+    if args.no_train:  # the budgets whose every run has finished
+        budgets = [e for e in args.budgets if all(run_finished(planned[(m, e)][1]) for m in SWEEP_MODELS)]
+        if not budgets:
+            raise UserError(f"no budget of {args.budgets} has finished runs of every model under {args.runs}")
+    else:
+        budgets = args.budgets
+        in_parallel(args.jobs, [task for task, _ in planned.values()])
+    for epochs in budgets:
         ev = os.path.join(args.runs, "task2-sweep", f"eval-e{epochs}-s{seed}")
         sh("test_rrdb.py", "--checkpoints", *[os.path.join(planned[(m, epochs)][1], "best.pt") for m in SWEEP_MODELS],
            "--data-root", args.data_root, "--workers", str(args.workers), "--out", ev)
-        rows += [{**r, "epochs": epochs} for r in json.load(open(os.path.join(ev, "results.json")))]
+        rows += [{**r, "epochs": epochs, "minutes": minutes(planned[(r["model"], epochs)][1])}
+                 for r in json.load(open(os.path.join(ev, "results.json")))]
     df = pd.DataFrame(rows)
     resnet = df[df.model == "resnet34"].set_index("epochs")["accuracy"].to_dict()
     saturated = saturation(resnet)
     if saturated is not None:
         teacher = os.path.join(planned[("resnet34", saturated)][1], "best.pt")
         task, out = run("shallow", saturated, "--teacher", teacher, name="shallow_kd")
-        task(threads=None)
+        if not args.no_train:
+            task(threads=None)
+    if saturated is not None and run_finished(out):
         ev = os.path.join(args.runs, "task2-sweep", f"eval-kd-e{saturated}-s{seed}")
         sh("test_rrdb.py", "--checkpoints", teacher, os.path.join(out, "best.pt"), "--data-root", args.data_root,
            "--workers", str(args.workers), "--out", ev)
-        rows += [{**r, "epochs": saturated} for r in json.load(open(os.path.join(ev, "results.json")))
-                 if r["model"] != "resnet34"]
+        rows += [{**r, "epochs": saturated, "minutes": minutes(out)}
+                 for r in json.load(open(os.path.join(ev, "results.json"))) if r["model"] != "resnet34"]
         df = pd.DataFrame(rows)
     table = df.pivot_table(index="epochs", columns="model", values="accuracy")
+    models_run = list(table.columns)
     for m in table.columns.drop("resnet34"):
         table[f"{m} / resnet34"] = table[m] / table["resnet34"]
+    table = table.join(df.pivot_table(index="epochs", columns="model", values="minutes").add_suffix(" min"))
     title = (f"Task 2 budget sweep on {os.path.basename(os.path.normpath(args.data_root))} test split "
-             f"(CPU proxy: {args.img_size}px, batch "
-             f"{args.batch_size}, seed {seed}); ResNet34 saturates at "
+             f"(CPU proxy: {args.img_size}px, batch {args.batch_size}, seed {seed}, {os.cpu_count()}-core CPU, "
+             f"{args.jobs} runs at a time; 'min': training wall minutes); ResNet34 saturates at "
              f"{saturated if saturated is not None else 'none of'} epochs (doubling gains under 1 point)")
     write_results(table.reset_index().to_dict("records"), args.results, "task2_sweep", title)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in [c for c in table.columns if "/" not in c]:
+    for m in models_run:
         ax.plot(table.index, table[m], marker="o", label=m)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("epochs")
@@ -466,7 +486,9 @@ def task2_sweep(args, seeds):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(os.path.join(args.figs, "task2_sweep.png"))
-    print(f"{title}\n\n{table.to_markdown(floatfmt='.4f')}")
+    text = table.reset_index().astype({"epochs": str}).to_markdown(index=False, floatfmt=".4f")
+    update_readme("task2-sweep", f"{title}\n\n{text}", args.readme)
+    print(f"{title}\n\n{text}")
 
 
 @cli

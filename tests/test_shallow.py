@@ -1,7 +1,11 @@
+import json
+
 import pytest
 import torch
 
 import models
+from conftest import make_list_root
+from experiments import results
 from models.shallow import RepConv
 from utils.complexity import complexity_row, count_weighted_layers
 
@@ -138,3 +142,28 @@ def test_the_training_loop_anneals_the_activation(tmp_path):
     slopes = {k: float(v) for k, v in load_checkpoint(str(out / "last.pt"))["state_dict"].items()
               if k.endswith("slope")}
     assert len(slopes) == 3 and set(slopes.values()) == {1.0}  # gone after half of the 8 steps
+
+
+def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
+    """Two budgets on a toy list: every model trained and evaluated per budget, the distilled row
+    at the saturated budget, the table (with minutes) written and pasted into the README given."""
+    root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- task2-sweep:start -->\nSTALE TABLE\n<!-- task2-sweep:end -->\nafter\n")
+    out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
+    args = ["--part", "task2-sweep", "--budgets", "1,2", "--img-size", "16", "--batch-size", "4", "--workers", "0",
+            "--data-root", str(root), "--runs", out["runs"], "--results", out["results"], "--figs", out["figs"],
+            "--readme", str(readme)]
+    results.main(args)
+    rows = json.loads((tmp_path / "results" / "task2_sweep.json").read_text())
+    assert [r["epochs"] for r in rows] == [1, 2]
+    assert {"resnet34", "shallow", "shallow_deep", "shallow / resnet34", "resnet34 min"} <= set(rows[0])
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text and "epochs |" in text
+    assert (tmp_path / "figs" / "task2_sweep.png").exists()
+    saturated = "saturates at none of" not in text
+    assert saturated == ("shallow+kd" in rows[0] or "shallow+kd" in rows[1])
+    # --no-train: only budgets whose every run has finished; nothing is trained
+    results.main([*args[:3], "1,2,4", *args[4:], "--no-train"])
+    assert [r["epochs"] for r in json.loads((tmp_path / "results" / "task2_sweep.json").read_text())] == [1, 2]
+    assert not list((tmp_path / "runs" / "task2-sweep").glob("*-e4-*"))

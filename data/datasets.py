@@ -92,12 +92,12 @@ def read_image(path):
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
-def _header(path):
-    """Format, pixel mode and EXIF orientation, from the header only; a decompression bomb fails
-    here, with one line, before anything is decoded."""
+def _header(path, orientation=False):
+    """Format, pixel mode and (if asked: parsing EXIF costs every image) EXIF orientation, from
+    the header only; a decompression bomb fails here, with one line, before anything is decoded."""
     try:
         with Image.open(path) as img:
-            return img.format, img.mode, img.getexif().get(EXIF_ORIENTATION, 1)
+            return img.format, img.mode, img.getexif().get(EXIF_ORIENTATION, 1) if orientation else 1
     except UNREADABLE as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
@@ -121,7 +121,7 @@ def encoded_image(path):
     """What ``--decode device`` sends to the device: an upright RGB JPEG's bytes (1-D ``uint8``),
     which nvjpeg decodes; any other file (greyscale, CMYK, rotated by EXIF, not a JPEG) decoded
     here as ``decode_image`` does, because nvjpeg does not convert or rotate them."""
-    fmt, mode, orientation = _header(path)
+    fmt, mode, orientation = _header(path, orientation=True)
     if fmt == "JPEG" and mode == "RGB" and orientation == 1:
         return read_file(path)
     return decode_image(path)

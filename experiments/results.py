@@ -7,7 +7,7 @@ Trains every row with the repository's own entry scripts (runs/results/<row>/, r
 finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each with
 cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py, and writes results/*.md|json,
 figs/task1_*.png, figs/task2_*.png and the README's tables. ``--no-train`` makes the tables
-from the finished runs only (Task 1 rows; sweep budgets whose every model has finished).
+from the finished runs only (Task 1 rows; sweep budgets whose ResNet34 has finished).
 Never run by CI, except the sweep's end-to-end test at toy size.
 """
 import argparse
@@ -25,7 +25,7 @@ import pandas as pd
 
 from utils.checkpoint import load_checkpoint
 from utils.errors import Parser, UserError, at_least, cli, int_list
-from utils.report import bar_chart, plt, save_figure, update_readme, write_results
+from utils.report import bar_chart, markdown, plt, save_figure, update_readme, write_results
 
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
@@ -117,7 +117,8 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--workers", type=at_least(0), default=1)
     p.add_argument("--no-train", action="store_true",
-                   help="tables from the finished runs only: Task 1 rows, sweep budgets without one are left out")
+                   help="tables from the finished runs only: Task 1 rows; sweep budgets whose ResNet34 has finished, "
+                        "a shallow run still training shown as a dash")
     p.add_argument("--jobs", type=at_least(1), default=1,
                    help="runs trained (and evaluated) at once, each with cores/jobs threads")
     p.add_argument("--runs", default="runs/results", help="checkpoints and logs (not committed)")
@@ -440,16 +441,17 @@ def task2_sweep(args, seeds):
         return pd.read_csv(os.path.join(out, "log.csv"))["seconds"].sum() / 60
 
     planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
-    if args.no_train:  # the budgets whose every run has finished
-        budgets = [e for e in args.budgets if all(run_finished(planned[(m, e)][1]) for m in SWEEP_MODELS)]
-        if not budgets:
-            raise UserError(f"no budget of {args.budgets} has finished runs of every model under {args.runs}")
-    else:
-        budgets = args.budgets
+    if not args.no_train:
         in_parallel(args.jobs, [task for task, _ in planned.values()])
+    # A sweep runs across sessions: a budget is reported once its ResNet34 has finished, and a
+    # shallow model still training there is left blank rather than holding the row back.
+    budgets = [e for e in args.budgets if run_finished(planned[("resnet34", e)][1])]
+    if not budgets:
+        raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
     for epochs in budgets:
         ev = os.path.join(args.runs, "task2-sweep", f"eval-e{epochs}-s{seed}")
-        sh("test_rrdb.py", "--checkpoints", *[os.path.join(planned[(m, epochs)][1], "best.pt") for m in SWEEP_MODELS],
+        done = [m for m in SWEEP_MODELS if run_finished(planned[(m, epochs)][1])]
+        sh("test_rrdb.py", "--checkpoints", *[os.path.join(planned[(m, epochs)][1], "best.pt") for m in done],
            "--data-root", args.data_root, "--workers", str(args.workers), "--out", ev)
         rows += [{**r, "epochs": epochs, "minutes": minutes(planned[(r["model"], epochs)][1])}
                  for r in json.load(open(os.path.join(ev, "results.json")))]
@@ -489,7 +491,7 @@ def task2_sweep(args, seeds):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(os.path.join(args.figs, "task2_sweep.png"))
-    text = table.reset_index().astype({"epochs": str}).to_markdown(index=False, floatfmt=".4f")
+    text = markdown(table.reset_index().astype({"epochs": str}))
     update_readme("task2-sweep", f"{title}\n\n{text}", args.readme)
     print(f"{title}\n\n{text}")
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -163,7 +164,15 @@ def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
     assert (tmp_path / "figs" / "task2_sweep.png").exists()
     saturated = "ResNet34 saturates at" in text
     assert saturated == ("shallow+kd" in rows[0] or "shallow+kd" in rows[1])
-    # --no-train: only budgets whose every run has finished; nothing is trained
-    results.main([*args[:3], "1,2,4", *args[4:], "--no-train"])
-    assert [r["epochs"] for r in json.loads((tmp_path / "results" / "task2_sweep.json").read_text())] == [1, 2]
-    assert not list((tmp_path / "runs" / "task2-sweep").glob("*-e4-*"))
+    # --no-train: a budget whose ResNet34 has finished is reported, its unfinished shallow runs as
+    # blanks; a budget without a finished ResNet34 is left out; nothing is trained
+    import train_rrdb
+    sweep = tmp_path / "runs" / "task2-sweep"
+    assert train_rrdb.main(["--model", "resnet34", "--epochs", "4", "--img-size", "16", "--batch-size", "4",
+                            "--workers", "0", "--data-root", str(root), "--out", str(sweep / "resnet34-e4-s0")]) == 0
+    results.main([*args[:3], "1,2,4,8", *args[4:], "--no-train"])
+    rows = json.loads((tmp_path / "results" / "task2_sweep.json").read_text())
+    assert [r["epochs"] for r in rows] == [1, 2, 4]
+    assert rows[2]["resnet34"] is not None and rows[2]["shallow"] is None and rows[2]["shallow / resnet34"] is None
+    assert re.search(r"\|\s+–\s+\|", readme.read_text())
+    assert sorted(p.name for p in sweep.glob("*-e[48]-*")) == ["eval-e4-s0", "resnet34-e4-s0"]

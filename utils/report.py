@@ -9,17 +9,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def markdown(df, floatfmt=".4f"):
+    """A Markdown table in which a missing value (NaN: a run not finished) reads as a dash."""
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="–")
+
+
 def write_results(rows, out_dir, stem="results", title=None):
-    """Write ``rows`` (a list of dicts) as ``stem``.json/.csv/.md; returns the DataFrame."""
+    """Write ``rows`` (a list of dicts; NaN written as JSON null) as ``stem``.json/.csv/.md;
+    returns the DataFrame."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-        json.dump(rows, f, indent=2)
     df = pd.DataFrame(rows)
+    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+        json.dump(df.astype(object).where(df.notna(), None).to_dict("records"), f, indent=2)
     df.to_csv(os.path.join(out_dir, f"{stem}.csv"), index=False)
     with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
         if title:
             f.write(f"{title}\n\n")
-        f.write(df.to_markdown(index=False, floatfmt=".4f") + "\n")
+        f.write(markdown(df) + "\n")
     return df
 
 

@@ -485,6 +485,8 @@ def task2_sweep(args, seeds):
     for m in models_run:
         ax.plot(table.index, table[m], marker="o", label=m)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(table.index, [str(e) for e in table.index])
+    ax.minorticks_off()
     ax.set_xlabel("epochs")
     ax.set_ylabel("test accuracy")
     ax.set_title("Task 2: accuracy against training budget", fontsize=9)

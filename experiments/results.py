@@ -445,12 +445,13 @@ def task2_sweep(args, seeds):
         in_parallel(args.jobs, [task for task, _ in planned.values()])
     # A sweep runs across sessions: a budget is reported once its ResNet34 has finished, and a
     # shallow model still training there is left blank rather than holding the row back.
-    budgets = [e for e in args.budgets if run_finished(planned[("resnet34", e)][1])]
+    finished = {key: run_finished(out) for key, (_, out) in planned.items()}
+    budgets = [e for e in args.budgets if finished[("resnet34", e)]]
     if not budgets:
         raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
     for epochs in budgets:
         ev = os.path.join(args.runs, "task2-sweep", f"eval-e{epochs}-s{seed}")
-        done = [m for m in SWEEP_MODELS if run_finished(planned[(m, epochs)][1])]
+        done = [m for m in SWEEP_MODELS if finished[(m, epochs)]]
         sh("test_rrdb.py", "--checkpoints", *[os.path.join(planned[(m, epochs)][1], "best.pt") for m in done],
            "--data-root", args.data_root, "--workers", str(args.workers), "--out", ev)
         rows += [{**r, "epochs": epochs, "minutes": minutes(planned[(r["model"], epochs)][1])}

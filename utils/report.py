@@ -9,9 +9,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _nulls(df):
+    """``df`` with NaN (a run not finished) as None, which JSON writes as null and tabulate as missing."""
+    return df.astype(object).where(df.notna(), None)
+
+
 def markdown(df, floatfmt=".4f"):
-    """A Markdown table in which a missing value (NaN: a run not finished) reads as a dash."""
-    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="–")
+    """A Markdown table in which a missing value reads as a dash."""
+    return _nulls(df).to_markdown(index=False, floatfmt=floatfmt, missingval="–")
 
 
 def write_results(rows, out_dir, stem="results", title=None):
@@ -20,7 +25,7 @@ def write_results(rows, out_dir, stem="results", title=None):
     os.makedirs(out_dir, exist_ok=True)
     df = pd.DataFrame(rows)
     with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-        json.dump(df.astype(object).where(df.notna(), None).to_dict("records"), f, indent=2)
+        json.dump(_nulls(df).to_dict("records"), f, indent=2)
     df.to_csv(os.path.join(out_dir, f"{stem}.csv"), index=False)
     with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
         if title:

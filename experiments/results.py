@@ -5,10 +5,11 @@
 
 Trains every row with the repository's own entry scripts (runs/results/<row>/, resumable: a
 finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each with
-cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py, and writes results/*.md|json,
-figs/task1_*.png, figs/task2_*.png and the README's tables. ``--no-train`` makes the tables
-from the finished runs only (Task 1 rows; sweep budgets whose ResNet34 has finished).
-Never run by CI, except the sweep's end-to-end test at toy size.
+cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py (an evaluation newer than its
+checkpoints is reused), and writes results/*.md|json, figs/task1_*.png, figs/task2_*.png and
+the README's tables. ``--no-train`` makes the tables from the finished runs only (Task 1 rows;
+sweep budgets whose ResNet34 has finished). Never run by CI, except the sweep's end-to-end
+test at toy size.
 """
 import argparse
 import dataclasses
@@ -429,7 +430,8 @@ def saturation(accuracy_by_budget, gain=0.01):
 
 def task2_sweep(args, seeds):
     """ResNet34 and the shallow nets at every budget of ``--budgets`` (first seed), side by side;
-    then, at the budget where ResNet34 saturates, ``shallow`` distilled from that ResNet34."""
+    then ``shallow`` distilled from the ResNet34 of the budget where it saturates (the longest
+    budget when none does)."""
     seed, rows = seeds[0], []
 
     def run(model, epochs, *extra, name=None):
@@ -449,27 +451,37 @@ def task2_sweep(args, seeds):
     budgets = [e for e in args.budgets if finished[("resnet34", e)]]
     if not budgets:
         raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
+    def evaluate(name, checkpoints):
+        """test_rrdb.py on ``checkpoints`` side by side, unless an evaluation of exactly these is newer."""
+        ev = os.path.join(args.runs, "task2-sweep", name)
+        path = os.path.join(ev, "results.json")
+        if not (all(is_newer(path, c) for c in checkpoints)
+                and [r["checkpoint"] for r in json.load(open(path))] == checkpoints):
+            sh("test_rrdb.py", "--checkpoints", *checkpoints, "--data-root", args.data_root,
+               "--workers", str(args.workers), "--out", ev)
+        return json.load(open(path))
+
     for epochs in budgets:
-        ev = os.path.join(args.runs, "task2-sweep", f"eval-e{epochs}-s{seed}")
         done = [m for m in SWEEP_MODELS if finished[(m, epochs)]]
-        sh("test_rrdb.py", "--checkpoints", *[os.path.join(planned[(m, epochs)][1], "best.pt") for m in done],
-           "--data-root", args.data_root, "--workers", str(args.workers), "--out", ev)
         rows += [{**r, "epochs": epochs, "minutes": minutes(planned[(r["model"], epochs)][1])}
-                 for r in json.load(open(os.path.join(ev, "results.json")))]
+                 for r in evaluate(f"eval-e{epochs}-s{seed}",
+                                   [os.path.join(planned[(m, epochs)][1], "best.pt") for m in done])]
     df = pd.DataFrame(rows)
     resnet = df[df.model == "resnet34"].set_index("epochs")["accuracy"].to_dict()
     saturated = saturation(resnet)
-    if saturated is not None:
-        teacher = os.path.join(planned[("resnet34", saturated)][1], "best.pt")
-        task, out = run("shallow", saturated, "--teacher", teacher, name="shallow_kd")
+    # Without a saturated budget the longest ResNet34 is the best teacher the sweep has, and
+    # distilling from it still says what distillation adds there.
+    longest = max(args.budgets)
+    kd_epochs = saturated if saturated is not None else longest if finished[("resnet34", longest)] else None
+    if kd_epochs is not None:
+        teacher = os.path.join(planned[("resnet34", kd_epochs)][1], "best.pt")
+        task, out = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")
         if not args.no_train:
             task(threads=None)
-    if saturated is not None and run_finished(out):
-        ev = os.path.join(args.runs, "task2-sweep", f"eval-kd-e{saturated}-s{seed}")
-        sh("test_rrdb.py", "--checkpoints", teacher, os.path.join(out, "best.pt"), "--data-root", args.data_root,
-           "--workers", str(args.workers), "--out", ev)
-        rows += [{**r, "epochs": saturated, "minutes": minutes(out)}
-                 for r in json.load(open(os.path.join(ev, "results.json"))) if r["model"] != "resnet34"]
+    if kd_epochs is not None and run_finished(out):
+        rows += [{**r, "epochs": kd_epochs, "minutes": minutes(out)}
+                 for r in evaluate(f"eval-kd-e{kd_epochs}-s{seed}", [teacher, os.path.join(out, "best.pt")])
+                 if r["model"] != "resnet34"]
         df = pd.DataFrame(rows)
     table = df.pivot_table(index="epochs", columns="model", values="accuracy")
     models_run = list(table.columns)
@@ -478,6 +490,8 @@ def task2_sweep(args, seeds):
     table = table.join(df.pivot_table(index="epochs", columns="model", values="minutes").add_suffix(" min"))
     verdict = (f"ResNet34 saturates at {saturated} epochs (doubling them gains under 1 point)" if saturated
                else f"ResNet34 is not saturated within {budgets} epochs (no doubling that gains under 1 point)")
+    if kd_epochs is not None:
+        verdict += f"; shallow+kd is distilled from the {kd_epochs}-epoch ResNet34"
     title = (f"Task 2 budget sweep on {os.path.basename(os.path.normpath(args.data_root))} test split "
              f"(CPU proxy: {args.img_size}px, batch {args.batch_size}, seed {seed}, {os.cpu_count()}-core CPU; "
              f"'min': training wall minutes, runs sharing the cores); {verdict}")

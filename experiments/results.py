@@ -442,15 +442,6 @@ def task2_sweep(args, seeds):
     def minutes(out):
         return pd.read_csv(os.path.join(out, "log.csv"))["seconds"].sum() / 60
 
-    planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
-    if not args.no_train:
-        in_parallel(args.jobs, [task for task, _ in planned.values()])
-    # A sweep runs across sessions: a budget is reported once its ResNet34 has finished, and a
-    # shallow model still training there is left blank rather than holding the row back.
-    finished = {key: run_finished(out) for key, (_, out) in planned.items()}
-    budgets = [e for e in args.budgets if finished[("resnet34", e)]]
-    if not budgets:
-        raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
     def evaluate(name, checkpoints):
         """test_rrdb.py on ``checkpoints`` side by side, unless an evaluation of exactly these is newer."""
         ev = os.path.join(args.runs, "task2-sweep", name)
@@ -461,6 +452,15 @@ def task2_sweep(args, seeds):
                "--workers", str(args.workers), "--out", ev)
         return json.load(open(path))
 
+    planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
+    if not args.no_train:
+        in_parallel(args.jobs, [task for task, _ in planned.values()])
+    # A sweep runs across sessions: a budget is reported once its ResNet34 has finished, and a
+    # shallow model still training there is left blank rather than holding the row back.
+    finished = {key: run_finished(out) for key, (_, out) in planned.items()}
+    budgets = [e for e in args.budgets if finished[("resnet34", e)]]
+    if not budgets:
+        raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
     for epochs in budgets:
         done = [m for m in SWEEP_MODELS if finished[(m, epochs)]]
         rows += [{**r, "epochs": epochs, "minutes": minutes(planned[(r["model"], epochs)][1])}

@@ -478,7 +478,8 @@ def task2_sweep(args, seeds):
         task, out = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")
         if not args.no_train:
             task(threads=None)
-    if kd_epochs is not None and run_finished(out):
+    kd_done = kd_epochs is not None and run_finished(out)
+    if kd_done:
         rows += [{**r, "epochs": kd_epochs, "minutes": minutes(out)}
                  for r in evaluate(f"eval-kd-e{kd_epochs}-s{seed}", [teacher, os.path.join(out, "best.pt")])
                  if r["model"] != "resnet34"]
@@ -491,7 +492,8 @@ def task2_sweep(args, seeds):
     verdict = (f"ResNet34 saturates at {saturated} epochs (doubling them gains under 1 point)" if saturated
                else f"ResNet34 is not saturated within {budgets} epochs (no doubling that gains under 1 point)")
     if kd_epochs is not None:
-        verdict += f"; shallow+kd is distilled from the {kd_epochs}-epoch ResNet34"
+        verdict += (f"; shallow+kd is distilled from the {kd_epochs}-epoch ResNet34" if kd_done
+                    else f"; shallow+kd, distilled from the {kd_epochs}-epoch ResNet34, has not finished")
     title = (f"Task 2 budget sweep on {os.path.basename(os.path.normpath(args.data_root))} test split "
              f"(CPU proxy: {args.img_size}px, batch {args.batch_size}, seed {seed}, {os.cpu_count()}-core CPU; "
              f"'min': training wall minutes, runs sharing the cores); {verdict}")

@@ -446,10 +446,12 @@ def task2_sweep(args, seeds):
         """test_rrdb.py on ``checkpoints`` side by side, unless an evaluation of exactly these is newer."""
         ev = os.path.join(args.runs, "task2-sweep", name)
         path = os.path.join(ev, "results.json")
-        if not (all(is_newer(path, c) for c in checkpoints)
-                and [r["checkpoint"] for r in json.load(open(path))] == checkpoints):
-            sh("test_rrdb.py", "--checkpoints", *checkpoints, "--data-root", args.data_root,
-               "--workers", str(args.workers), "--out", ev)
+        if all(is_newer(path, c) for c in checkpoints):
+            done = json.load(open(path))
+            if [r["checkpoint"] for r in done] == checkpoints:
+                return done
+        sh("test_rrdb.py", "--checkpoints", *checkpoints, "--data-root", args.data_root,
+           "--workers", str(args.workers), "--out", ev)
         return json.load(open(path))
 
     planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
@@ -471,8 +473,9 @@ def task2_sweep(args, seeds):
     saturated = saturation(resnet)
     # Without a saturated budget the longest ResNet34 is the best teacher the sweep has, and
     # distilling from it still says what distillation adds there.
-    longest = max(args.budgets)
-    kd_epochs = saturated if saturated is not None else longest if finished[("resnet34", longest)] else None
+    kd_epochs = saturated
+    if kd_epochs is None and finished[("resnet34", max(args.budgets))]:
+        kd_epochs = max(args.budgets)
     if kd_epochs is not None:
         teacher = os.path.join(planned[("resnet34", kd_epochs)][1], "best.pt")
         task, out = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")

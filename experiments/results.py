@@ -499,7 +499,7 @@ def task2_sweep(args, seeds):
                     else f"; shallow+kd, distilled from the {kd_epochs}-epoch ResNet34, has not finished")
     title = (f"Task 2 budget sweep on {os.path.basename(os.path.normpath(args.data_root))} test split "
              f"(CPU proxy: {args.img_size}px, batch {args.batch_size}, seed {seed}, {os.cpu_count()}-core CPU; "
-             f"'min': training wall minutes, runs sharing the cores); {verdict}")
+             f"'min': training wall minutes from each run's log, under whatever else shared the cores); {verdict}")
     write_results(table.reset_index().to_dict("records"), args.results, "task2_sweep", title)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in models_run:

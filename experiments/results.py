@@ -259,6 +259,19 @@ def is_newer(path, than):
     return os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(than)
 
 
+def evaluate_side_by_side(args, ev, checkpoints):
+    """test_rrdb.py on ``checkpoints`` side by side into ``ev``, unless an evaluation of exactly
+    these is newer than all of them."""
+    path = os.path.join(ev, "results.json")
+    if all(is_newer(path, c) for c in checkpoints):
+        done = json.load(open(path))
+        if [r["checkpoint"] for r in done] == checkpoints:
+            return done
+    sh("test_rrdb.py", "--checkpoints", *checkpoints, "--data-root", args.data_root,
+       "--workers", str(args.workers), "--out", ev)
+    return json.load(open(path))
+
+
 def budget(args):
     return (f"{args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, seed(s) {args.seeds}, "
             f"{os.cpu_count()}-core CPU")
@@ -390,9 +403,7 @@ def task2(args, seeds):
         train("train_rrdb.py", out, ["--model", "shallow", "--teacher", paths[0], *recipe(args, seed)])
         paths.append(os.path.join(out, "best.pt"))
         ev = os.path.join(args.runs, "task2", f"eval-s{seed}")
-        sh("test_rrdb.py", "--checkpoints", *paths, "--data-root", args.data_root, "--workers",
-           str(args.workers), "--out", ev)
-        rows += [{**r, "seed": seed} for r in json.load(open(os.path.join(ev, "results.json")))]
+        rows += [{**r, "seed": seed} for r in evaluate_side_by_side(args, ev, paths)]
     df = pd.DataFrame(rows)
     agg = mean_std(df, ["model", "layers", "params", "macs"],
                    ["accuracy", "precision", "recall", "f1", "ratio_to_baseline"])
@@ -433,26 +444,15 @@ def task2_sweep(args, seeds):
     then ``shallow`` distilled from the ResNet34 of the budget where it saturates (the longest
     budget when none does)."""
     seed, rows = seeds[0], []
+    sweep_dir = os.path.join(args.runs, "task2-sweep")
 
     def run(model, epochs, *extra, name=None):
-        out = os.path.join(args.runs, "task2-sweep", f"{name or model}-e{epochs}-s{seed}")
+        out = os.path.join(sweep_dir, f"{name or model}-e{epochs}-s{seed}")
         return functools.partial(train, "train_rrdb.py", out,
                                  ["--model", model, *recipe(args, seed, epochs=epochs), *extra]), out
 
     def minutes(out):
         return pd.read_csv(os.path.join(out, "log.csv"))["seconds"].sum() / 60
-
-    def evaluate(name, checkpoints):
-        """test_rrdb.py on ``checkpoints`` side by side, unless an evaluation of exactly these is newer."""
-        ev = os.path.join(args.runs, "task2-sweep", name)
-        path = os.path.join(ev, "results.json")
-        if all(is_newer(path, c) for c in checkpoints):
-            done = json.load(open(path))
-            if [r["checkpoint"] for r in done] == checkpoints:
-                return done
-        sh("test_rrdb.py", "--checkpoints", *checkpoints, "--data-root", args.data_root,
-           "--workers", str(args.workers), "--out", ev)
-        return json.load(open(path))
 
     planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
     if not args.no_train:
@@ -464,10 +464,11 @@ def task2_sweep(args, seeds):
     if not budgets:
         raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
     for epochs in budgets:
-        done = [m for m in SWEEP_MODELS if finished[(m, epochs)]]
+        checkpoints = [os.path.join(planned[(m, epochs)][1], "best.pt")
+                       for m in SWEEP_MODELS if finished[(m, epochs)]]
+        ev = os.path.join(sweep_dir, f"eval-e{epochs}-s{seed}")
         rows += [{**r, "epochs": epochs, "minutes": minutes(planned[(r["model"], epochs)][1])}
-                 for r in evaluate(f"eval-e{epochs}-s{seed}",
-                                   [os.path.join(planned[(m, epochs)][1], "best.pt") for m in done])]
+                 for r in evaluate_side_by_side(args, ev, checkpoints)]
     df = pd.DataFrame(rows)
     resnet = df[df.model == "resnet34"].set_index("epochs")["accuracy"].to_dict()
     saturated = saturation(resnet)
@@ -483,8 +484,9 @@ def task2_sweep(args, seeds):
             task(threads=None)
     kd_done = kd_epochs is not None and run_finished(out)
     if kd_done:
+        ev = os.path.join(sweep_dir, f"eval-kd-e{kd_epochs}-s{seed}")
         rows += [{**r, "epochs": kd_epochs, "minutes": minutes(out)}
-                 for r in evaluate(f"eval-kd-e{kd_epochs}-s{seed}", [teacher, os.path.join(out, "best.pt")])
+                 for r in evaluate_side_by_side(args, ev, [teacher, os.path.join(out, "best.pt")])
                  if r["model"] != "resnet34"]
         df = pd.DataFrame(rows)
     table = df.pivot_table(index="epochs", columns="model", values="accuracy")

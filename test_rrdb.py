@@ -8,6 +8,7 @@ import pandas as pd
 from data import describe_root
 from engine import evaluate_split
 from models import deploy
+from models.registry import max_layers
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from utils import distributed
 from utils.checkpoint import load_model, save_atomic
@@ -63,6 +64,10 @@ def evaluate_checkpoint(path, spec, args, ctx):
                                         args.workers, args.limit, decode=args.decode)
     targets, top = results["RGB"]
     cost = complexity_row(model.cpu())
+    limit = max_layers(ckpt["model"])
+    if limit is not None and cost["layers"] > limit:
+        raise UserError(f"{path}: deployed {ckpt['model']} runs {cost['layers']} weighted layers, above its "
+                        f"limit of {limit}")
     return {"model": name, "teacher": teacher, "checkpoint": ckpt["path"], "img_size": size,
             "epochs": ckpt["args"]["epochs"], "seed": ckpt["args"]["seed"], **cost, **metrics,
             "per_class": per_class_accuracy(targets, top[:, 0], len(spec.classes))}

@@ -6,24 +6,30 @@ from utils.errors import UserError
 _MODELS = {}
 
 
-def register(name, task):
-    """Register a factory ``f(num_classes, **config) -> nn.Module`` under ``name``."""
+def register(name, task, max_layers=None):
+    """Register a factory ``f(num_classes, **config) -> nn.Module`` under ``name``; ``max_layers``
+    declares how many weighted layers its deployed form may run (checked by test_rrdb.py)."""
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = (fn, task)
+        _MODELS[name] = (fn, task, max_layers)
         return fn
     return deco
 
 
 def list_models(task=None):
-    return sorted(n for n, (_, t) in _MODELS.items() if task in (None, t))
+    return sorted(n for n, (_, t, _) in _MODELS.items() if task in (None, t))
 
 
 def model_task(name):
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
     return _MODELS[name][1]
+
+
+def max_layers(name):
+    model_task(name)
+    return _MODELS[name][2]
 
 
 def create_model(name, num_classes, **config):

@@ -233,20 +233,20 @@ def rrdb_rnn(num_classes):
     return RGBOnly(RRDBNet(num_classes, recurrent_steps=3))
 
 
-@register("repshallow", task=2)
+@register("repshallow", task=2, max_layers=4)
 def repshallow(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False):
     """Ours: 3 RepVGG-style convolutions + linear, 4 weighted layers once deployed."""
     return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy))
 
 
-@register("shallow_deep", task=2)
+@register("shallow_deep", task=2, max_layers=4)
 def shallow_deep(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False, deep_train=0.5):
     """``shallow`` deep-trained: each layer two convolutions whose activation fades over the first
     ``deep_train`` of training, merged into one for deployment (4 weighted layers)."""
     return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy, deep_train=deep_train))
 
 
-@register("shallow", task=2)
+@register("shallow", task=2, max_layers=4)
 def shallow(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False):
     """The current best shallow design (see README, Task 2)."""
     return repshallow(num_classes, widths, first_kernel, deploy)

@@ -20,9 +20,13 @@ def test_cpu_smoke_runs_every_check(tmp_path):
                            "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "gpu_check.json").read_text())
     names = [r["check"] for r in rows]
-    assert names[:4] == ["train dwg bf16 channels-last", "train dwg fp16 (grad scaler)", "train dwg compile",
-                         "train dwg decode-on-device"]
+    # what the CPU cannot exercise is named as skipped, never reported as passed
+    skipped = [r["check"] for r in rows if r["passed"] is None]
+    assert skipped == ["bf16 autocast and channels-last", "fp16 with the gradient scaler", "NCCL", "nvjpeg decoding"]
+    assert names[4:8] == ["train dwg bf16 channels-last (flags accepted, ignored on CPU)",
+                          "train dwg fp16 (grad scaler) (flags accepted, ignored on CPU)", "train dwg compile",
+                          "train dwg decode-on-device"]
     assert "decode on the device against the workers" in names
     assert "resume dwg fp16 for one more epoch" in names and any(n.startswith("torchrun") for n in names)
     assert sum(n.startswith("images/s") for n in names) == 3
-    assert all(r["passed"] for r in rows), rows
+    assert all(r["passed"] for r in rows if r["passed"] is not None), rows

@@ -4,39 +4,68 @@ import warnings
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchinfo
-from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchprofile import profile_macs
 
-WEIGHTED_OPS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose2d, F.linear}
+def _key(t):
+    """A tensor's storage, shared by all its views ("is this a view of a weight?")."""
+    return t.untyped_storage().data_ptr() if t.numel() else None
 
 
-class _CountWeightedOps(TorchFunctionMode):
-    def __init__(self):
+class _WeightedApplications(TorchDispatchMode):
+    """Counts the operations that apply a learned weight to the data, whatever their name.
+
+    Every tensor an operation produces is classed by what it was computed from: *data* if any
+    input is data (the model's input is), else a *weight* if any input is one, else neither.
+    Tensors that existed before the pass (parameters, buffers, a cached kernel) are weights, and
+    so is a kernel generated from them. An operation that takes data and is neither a view nor
+    pointwise counts once per weight of two or more dimensions (as the operation sees it) that
+    it takes: a convolution of any kind, a matrix product of any spelling (``@``, ``mm``,
+    ``addmm``, ``bmm``, ``baddbmm``, ``einsum``, ``F.bilinear``, an unfolded convolution) counts
+    once, a fused attention (both projections) twice; a bias, a norm's scale, shift and
+    statistics (1-D, also a per-set row), an elementwise product with a weight and the product
+    of two activations (attention's scores) do not.
+    """
+
+    def __init__(self, inputs):
         super().__init__()
-        self.count = 0
+        self.kind = {_key(x): "data" for x in inputs}  # tensors made before the pass: weights
+        self.count, self.ops = 0, []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in WEIGHTED_OPS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:  # shares its input's storage, and so its class
+            return out
+        kinds = [(t, self.kind.get(_key(t), "weight")) for t in pytree.tree_leaves((args, kwargs))
+                 if isinstance(t, torch.Tensor) and _key(t) is not None]
+        has_data = any(k == "data" for _, k in kinds)
+        has_weight = any(k == "weight" for _, k in kinds)
+        if has_data and torch.Tag.pointwise not in func.tags:
+            applied = {_key(t) for t, k in kinds if k == "weight" and t.dim() >= 2}
+            self.count += len(applied)  # a fused operation (attention's) applies several
+            self.ops += [func.overloadpacket.__name__] * len(applied)
+        kind = "data" if has_data else "weight" if has_weight else None
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and _key(t) is not None:
+                self.kind[_key(t)] = kind
+        return out
 
 
 @torch.no_grad()
-def count_weighted_layers(model, img_size=64, channels="RGB"):
-    """Convolutions and linear layers applied in one forward pass of ``model`` as it is.
+def count_weighted_layers(model, img_size=64, channels="RGB", ops=False):
+    """Applications of a learned weight to the data in one forward pass of ``model`` as it is
+    (``_WeightedApplications``); with ``ops`` also their operator names, in order.
 
     Counted from the operations that actually run (a layer applied three times counts three
-    times; a generated kernel counts like any other), never from a declared number. A first
-    pass runs uncounted so that stems which cache their kernel are counted as deployed.
+    times; a kernel generated from weights counts like any other), never from a declared number.
     """
     model.eval()
     x = torch.zeros(1, len(channels), img_size, img_size)
-    model(x, tuple(channels))
-    with _CountWeightedOps() as counter:
+    with _WeightedApplications([x]) as counter:
         model(x, tuple(channels))
-    return counter.count
+    return (counter.count, counter.ops) if ops else counter.count
 
 
 class FixedChannels(nn.Module):

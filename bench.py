@@ -1,17 +1,22 @@
-"""Benchmarks: stem and whole-model speed, data-pipeline throughput, and the complexity table.
+"""Benchmarks: stem and whole-model speed, the sandwich's training step, whole training epochs,
+data-pipeline throughput, and the complexity table.
 
-    python -m bench [--parts stem,profile,model,sandwich,data,complexity] [--threads 2] [--quick]
+    python -m bench [--parts stem,profile,model,sandwich,epoch,data,complexity] [--threads 2] [--quick]
 
-Times are medians of torch.utils.benchmark runs after warm-up, with the thread count fixed;
-every speed is reported as a ratio to its plain counterpart measured in the same run, because
-absolute times drift on shared machines. Writes results/bench/<part>.md and bench.json, and
-refreshes the complexity table in README.md.
+Times are medians of torch.utils.benchmark runs after warm-up (the epoch part: medians of whole
+alternated training runs), with the thread count fixed; every speed is reported as a ratio to its
+plain counterpart measured in the same run, because absolute times drift on shared machines.
+Writes results/bench/<part>.md and bench.json; with --update-docs it also pastes the complexity
+and loader tables into docs/speed.md.
 """
 import argparse
 import functools
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,9 +33,9 @@ from data.channels import sample_subset
 from models.stems import ChannelHyperStem, SeedDWGStem
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import Parser, UserError, at_least, choice_list, cli, int_list
-from utils.report import update_readme, write_results
+from utils.report import update_doc, write_results
 
-PARTS = ["stem", "profile", "model", "sandwich", "data", "loader", "complexity"]
+PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
 
 
 def parse_args(argv):
@@ -43,10 +48,21 @@ def parse_args(argv):
     p.add_argument("--model-img-size", type=at_least(8), default=None, help="default 224 on CUDA, 128 on CPU")
     p.add_argument("--model-batch", type=at_least(1), default=None, help="default 64 on CUDA, 16 on CPU")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "synthetic"))
+    p.add_argument("--epoch-img-size", type=at_least(8), default=64, help="epoch part: image size")
+    p.add_argument("--epoch-limit", type=at_least(1), default=None, help="epoch part: images per split (default all)")
+    p.add_argument("--repeats", type=at_least(1), default=3, help="epoch part: runs of each model, alternated")
     p.add_argument("--min-time", type=at_least(0.0, float), default=0.5, help="seconds of timed runs per measurement")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--update-docs", action="store_true", help="also paste the tables into docs/speed.md")
+    p.add_argument("--docs", default="docs", help="the folder whose marked sections are replaced")
     return p.parse_args(argv)
+
+
+def paste(args, section, text):
+    """Into its marked section of docs/speed.md, when asked (``--update-docs``)."""
+    if args.update_docs:
+        update_doc(section, text, args.docs)
 
 
 def median_seconds(fn, args):
@@ -139,6 +155,17 @@ def bench_model(args):
     return rows
 
 
+# The sandwich's cheaper variants (SandwichLoss's options), each as train_dw.py would build it.
+SANDWICH_RECIPES = {
+    "sandwich, 2 reduced sets (full batch, full size)": {},
+    "sandwich, reduced sets on 1/4 of the batch": {"fraction": 0.25},
+    "sandwich, reduced sets at 3/4 of the side": {"scale": 0.75},
+    "sandwich on 1 step in 3, subset sampling between": {"every": 3},
+    "sandwich, 1/4 of the batch at 3/4 of the side": {"fraction": 0.25, "scale": 0.75},
+    "sandwich on 1 step in 3 on 1/4 of the batch, subset sampling between": {"every": 3, "fraction": 0.25},
+}
+
+
 def bench_sandwich(args):
     """What a training step costs with each channel recipe, against plain_zero's RGB step (one
     optimizer step on one batch; the sandwich makes 1 + ``subsets`` forward/backward passes)."""
@@ -153,24 +180,68 @@ def bench_sandwich(args):
         gen = torch.Generator().manual_seed(0)
         recipes = {"plain_zero, RGB": ("plain_zero", LabelLoss(), None),
                    "dwg, subset sampling": ("dwg", LabelLoss(), functools.partial(sample_subset, generator=gen)),
-                   "dwg, sandwich (2 reduced sets)": ("dwg", SandwichLoss(LabelLoss(), 2, gen), None)}
+                   **{name: ("dwg", SandwichLoss(LabelLoss(), 2, gen, **options), None)
+                      for name, options in SANDWICH_RECIPES.items()}}
+        nets = {m: models.create_model(m, 50, backbone=backbone).to(dev).train() for m in ("plain_zero", "dwg")}
         times = {}
         for name, (model_name, criterion, augment) in recipes.items():
-            net = models.create_model(model_name, 50, backbone=backbone).to(dev).train()
+            net = nets[model_name]
             opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+            cycle = getattr(criterion, "every", 1)  # timed whole: one sandwich, cycle - 1 steps between
 
-            def step():
-                xb, names = augment(x, "RGB") if augment else (x, tuple("RGB"))
-                opt.zero_grad(set_to_none=True)
-                for loss, _ in criterion(lambda xs, ns: net(xs, ns), xb, names, y):
-                    loss.backward()
-                opt.step()
+            def steps():
+                for _ in range(cycle):
+                    xb, names = augment(x, "RGB") if augment else (x, tuple("RGB"))
+                    opt.zero_grad(set_to_none=True)
+                    for loss, _ in criterion(lambda xs, ns, sync=True: net(xs, ns), xb, names, y):
+                        loss.backward()
+                    opt.step()
 
-            times[name] = median_seconds(step, args)
+            times[name] = median_seconds(steps, args) / cycle
         for name, t in times.items():
-            rows.append({"backbone": backbone, "img_size": img, "batch": batch, "recipe": name,
+            criterion = recipes[name][1]
+            options = ({k: getattr(criterion, k) for k in ("fraction", "scale", "every")}
+                       if isinstance(criterion, SandwichLoss) else {"fraction": None, "scale": None, "every": None})
+            rows.append({"backbone": backbone, "img_size": img, "batch": batch, "recipe": name, **options,
                          "ms_per_step": 1e3 * t, "ratio_to_plain": t / times["plain_zero, RGB"]})
     return rows
+
+
+# The two Task 1 recipes whose cost sets the equal-time budget: each as experiments.results trains it.
+EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"], "dwg": ["--model", "dwg"]}
+
+
+def bench_epoch(args):
+    """Whole training epochs of dwg (its defaults) against plain_zero's: each a ``train_dw.py`` run
+    of one epoch on the small CNN, the two alternated ``--repeats`` times, one process at a time
+    with ``--threads`` threads; medians of the logged seconds of training (loading and steps)
+    and of the whole epoch (validation included)."""
+    common = ["--backbone", "small", "--data-root", args.data_root, "--img-size", str(args.epoch_img_size),
+              "--batch-size", "64", "--epochs", "1", "--workers", "1", "--overwrite",
+              *(["--limit", str(args.epoch_limit)] if args.epoch_limit else [])]
+    if args.quick:
+        common += ["--limit", "64", "--batch-size", "16"]
+    seconds = {name: [] for name in EPOCH_RECIPES}
+    recipe = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for name, flags in EPOCH_RECIPES.items():
+                out = os.path.join(tmp, name)
+                subprocess.run([sys.executable, "train_dw.py", *flags, *common, "--out", out], check=True,
+                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+                               cwd=os.path.dirname(os.path.abspath(__file__)), stdout=subprocess.DEVNULL)
+                log = pd.read_csv(os.path.join(out, "log.csv"))
+                seconds[name].append((log["train_seconds"].iloc[0], log["seconds"].iloc[0]))
+                with open(os.path.join(out, "config.json")) as f:
+                    config = json.load(f)
+                recipe[name] = {k: config[k] for k in config if k.startswith("sandwich_") or k == "channel_aug"}
+                images = config["limit"]
+    median = {name: np.median(np.array(v), axis=0) for name, v in seconds.items()}
+    return [{"model": name, "data": os.path.basename(os.path.normpath(args.data_root)),
+             "img_size": args.epoch_img_size, "batch": 64 if not args.quick else 16, "limit": images,
+             "repeats": args.repeats, **recipe[name], "train_seconds": median[name][0],
+             "epoch_seconds": median[name][1], "ratio_to_plain": median[name][0] / median["plain_zero"][0],
+             "epoch_ratio_to_plain": median[name][1] / median["plain_zero"][1]} for name in EPOCH_RECIPES]
 
 
 def bench_data(args):
@@ -206,8 +277,8 @@ def bench_data(args):
 
 
 # Training images/s a GPU could take, used only to turn images/s per core into cores. Round
-# figures, not measurements: DenseNet-121 with AMP on a previous-generation consumer GPU (the
-# 700-900 quoted in issue 12), and assumed rates on a current data-centre GPU.
+# figures, not measurements: DenseNet-121 with AMP on a previous-generation consumer GPU
+# (700-900 is the range usually quoted), and assumed rates on a current data-centre GPU.
 DEMAND = {"densenet121 (consumer GPU, AMP)": 800, "densenet121 (data-centre GPU, AMP)": 3000,
           "resnet34 (data-centre GPU, AMP)": 5000, "shallow (data-centre GPU, AMP)": 10000}
 
@@ -320,6 +391,7 @@ def main(argv=None):
     print(f"benchmark environment: {env}")
     report = {"environment": env}
     runners = {"stem": bench_stem, "profile": bench_profile, "model": bench_model, "sandwich": bench_sandwich,
+               "epoch": bench_epoch,
                "data": bench_data, "loader": bench_loader}
     for part in parts:
         if part in runners:
@@ -328,7 +400,7 @@ def main(argv=None):
             write_results(rows, args.out, part, f"{part} benchmark ({env['device']}, {args.threads} threads)")
             print(f"\n## {part}\n" + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
             if part == "loader" and not args.quick:
-                update_readme("loader", loader_markdown(rows, args.data_root, env))
+                paste(args, "loader", loader_markdown(rows, args.data_root, env))
     if "complexity" in parts:
         rows, stems = bench_complexity(args)
         report["complexity"], report["stem_cost"] = rows, stems
@@ -338,7 +410,7 @@ def main(argv=None):
         stem_table = pd.DataFrame(stems).to_markdown(index=False)
         print(f"\n## complexity at 3x224x224\n{table}\n\n## stem cost (DenseNet-121 stem, 224 px)\n{stem_table}")
         if not args.quick:
-            update_readme("complexity", f"{table}\n\nStem against a plain convolution of the same shape "
+            paste(args, "complexity", f"{table}\n\nStem against a plain convolution of the same shape "
                           f"(DenseNet-121 stem, 224 px):\n\n{stem_table}")
     path = os.path.join(args.out, "bench.json")
     if os.path.exists(path):  # a run of some parts keeps the others' last results
@@ -346,7 +418,8 @@ def main(argv=None):
             report = {**json.load(f), **report}
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

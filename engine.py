@@ -1,4 +1,5 @@
 """The one training loop and the one evaluation loop, shared by every model and entry script."""
+import contextlib
 import math
 import time
 
@@ -36,8 +37,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, start_step
 
-    def forward(x, names):
-        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    def forward(x, names, sync=True):
+        # DDP decides at the forward whether the backward all-reduces: a pass that is not the
+        # step's last runs under no_sync, and the last one all-reduces every pass's gradients.
+        no_sync = getattr(model, "no_sync", None)
+        quiet = no_sync() if not sync and no_sync else contextlib.nullcontext()
+        with quiet, torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return model(x, names).float()
 
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if ctx.main else True)

@@ -1,13 +1,19 @@
 """Training criteria as objects, so that one loop (``engine.train_one_epoch``) serves them all.
 
 A criterion is called as ``criterion(forward, x, names, y)``, where ``forward(x, names)`` runs
-the model (under autocast) and returns float logits. It yields ``(loss, logits)`` once per
-forward pass; the loop back-propagates each loss before asking for the next, so several passes
-(the sandwich) add their gradients without holding several graphs at once. The first logits
-yielded are those of the batch as given, which the loop scores for training accuracy.
+the model (under autocast) and returns float logits; ``forward(x, names, sync=False)`` marks a
+pass that is not the step's last (no gradient all-reduce after it under DDP). It yields
+``(loss, logits)`` once per forward pass; the loop back-propagates each loss before asking for
+the next, so several passes (the sandwich) add their gradients without holding several graphs at
+once. The first logits yielded are those the loop scores for training accuracy: the batch as
+given, or the one combination a step between sandwiches trains.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
+
+from data.channels import sample_subset
 
 
 def soft_cross_entropy(logits, target_probs):
@@ -53,12 +59,31 @@ class SandwichLoss:
     rule's "smallest network every step", where there are V smallest ones. Each reduced batch
     is cut from the full one on whatever device it is on; the gradients of all passes add up
     into one optimizer step.
+
+    Three ways to make the reduced passes cheaper, each measured in docs/task1.md:
+
+    * ``fraction``: reduced pass i takes ``m = round(fraction * B)`` images of the batch, the
+      i-th run of m in the batch's (shuffled) order, wrapping around, so that the passes of a
+      step see different images.
+    * ``scale``: reduced passes see the images resized to ``scale`` of their side (bilinear,
+      antialiased); the stem and body take any size.
+    * ``every``: every ``every``-th step is a sandwich (the first among them); the other steps
+      make one pass on a hierarchically sampled combination (the full set among them) on the
+      labels. ``steps`` counts the steps taken; a resumed run sets it to the steps it has done.
+
+    Passes name whether they end the step (``forward(x, names, sync=...)``): under
+    DistributedDataParallel only the last one all-reduces the gradients of all of them.
     """
 
-    def __init__(self, base, subsets=2, generator=None, all_singles=False):
+    def __init__(self, base, subsets=2, generator=None, all_singles=False, fraction=1.0, scale=1.0, every=1):
         if subsets < 1:
             raise ValueError("the sandwich needs at least one reduced combination")
+        if not (0 < fraction <= 1 and 0 < scale <= 1 and every >= 1):
+            raise ValueError(f"fraction and scale must be in (0, 1] and every at least 1, "
+                             f"got {fraction}, {scale}, {every}")
         self.base, self.subsets, self.generator, self.all_singles = base, subsets, generator, all_singles
+        self.fraction, self.scale, self.every = fraction, scale, every
+        self.steps = 0
 
     def draw(self, names):
         """Channel positions of the reduced combinations for one step, in vocabulary order."""
@@ -71,11 +96,34 @@ class SandwichLoss:
             draws.append(sorted(torch.randperm(n, generator=self.generator)[:k].tolist()))
         return draws
 
+    def rows(self, i, batch):
+        """Images of reduced pass ``i`` (all of them unless ``fraction`` < 1)."""
+        if self.fraction == 1:
+            return None
+        m = max(1, round(self.fraction * batch))
+        return (torch.arange(m) + i * m) % batch
+
+    def reduce(self, x, keep, rows):
+        x = x.index_select(1, torch.tensor(keep, device=x.device))
+        if rows is not None:
+            x = x.index_select(0, rows.to(x.device))
+        if self.scale < 1:
+            size = [max(1, round(self.scale * s)) for s in x.shape[-2:]]
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return x
+
     def __call__(self, forward, x, names, y):
-        (loss, logits), = self.base(forward, x, names, y)
+        self.steps += 1
+        if (self.steps - 1) % self.every:
+            x, names = sample_subset(x, names, self.generator)
+            yield from self.base(forward, x, names, y)
+            return
+        forward_full = functools.partial(forward, sync=False)
+        (loss, logits), = self.base(forward_full, x, names, y)
         yield loss, logits
         target = F.softmax(logits.detach(), 1)
-        for keep in self.draw(names):
-            index = torch.tensor(keep, device=x.device)
-            yield soft_cross_entropy(forward(x.index_select(1, index), tuple(names[i] for i in keep)),
-                                     target), None
+        draws = self.draw(names)
+        for i, keep in enumerate(draws):
+            rows = self.rows(i, len(x))
+            out = forward(self.reduce(x, keep, rows), tuple(names[j] for j in keep), sync=i == len(draws) - 1)
+            yield soft_cross_entropy(out, target if rows is None else target[rows.to(target.device)]), None

@@ -39,6 +39,9 @@ from utils.report import training_curves
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
 SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "log_every", "tensorboard",
                   "compile", "deterministic")
+# Recipe flags added after runs had begun, with the value those runs trained with; a checkpoint
+# without them resumes with these, not with today's defaults.
+BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every": 1}
 
 
 def build_parser(description, default_model, val_combos):
@@ -76,6 +79,12 @@ def build_parser(description, default_model, val_combos):
                    help="reduced combinations per sandwich step (the first a single channel)")
     p.add_argument("--sandwich-all-singles", action="store_true",
                    help="the sandwich's first reduced combination is every single channel, one pass each")
+    p.add_argument("--sandwich-fraction", type=between(0, 1, low_open=True), default=0.25,
+                   help="share of the batch each reduced combination trains on (a different slice each)")
+    p.add_argument("--sandwich-scale", type=between(0, 1, low_open=True), default=1.0,
+                   help="reduced combinations see the images at this share of their side")
+    p.add_argument("--sandwich-every", type=at_least(1), default=3,
+                   help="every N-th step is a sandwich; the others train one sampled combination on the labels")
     p.add_argument("--full-prob", type=between(0, 1), default=0.0,
                    help="subset augmentation: probability that a batch keeps every channel")
     p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
@@ -240,7 +249,7 @@ def resolve_args(args, given, parser, default_model):
         raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
     if "optimizer" not in resume:
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
-    stored = {**vars(parser.parse_args([])), **resume["args"]}  # defaults: flags added since
+    stored = {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}  # defaults: flags added since
     refused = sorted(k for k in given - {"resume", "model", "overwrite", *SAFE_ON_RESUME}
                      if getattr(args, k) != stored.get(k))
     if refused:
@@ -335,7 +344,8 @@ def _run(args, resume, ctx, replacing=False):
     if args.channel_aug == "subset":
         augment = functools.partial(augment, full_prob=args.full_prob)
     elif args.channel_aug == "sandwich":
-        criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen, args.sandwich_all_singles)
+        criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen, args.sandwich_all_singles,
+                                 args.sandwich_fraction, args.sandwich_scale, args.sandwich_every)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -354,6 +364,8 @@ def _run(args, resume, ctx, replacing=False):
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         start_epoch, start_step, best_acc = resume["epoch"], resume["step"], resume["best_acc"]
+        if isinstance(criterion, SandwichLoss):
+            criterion.steps = scheduler.last_epoch
         best_epoch = resume.get("best_epoch")
 
     net = model
@@ -381,6 +393,10 @@ def _run(args, resume, ctx, replacing=False):
         if args.channel_aug == "sandwich":
             aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
                     if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")
+            cheaper = [f"{args.sandwich_fraction:g} of the batch" if args.sandwich_fraction < 1 else "",
+                       f"{args.sandwich_scale:g} of the side" if args.sandwich_scale < 1 else "",
+                       f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else ""]
+            aug += "".join(f", {c}" for c in cheaper if c)
         aug += f"; initialised from {args.init_from}" if args.init_from else ""
         aug += f", trained on {train_combo}" if train_combo else ""
         aug += f"; distilled from {args.teacher}" if teacher is not None else ""
@@ -392,7 +408,7 @@ def _run(args, resume, ctx, replacing=False):
     log_path = os.path.join(args.out, "log.csv")
     if ctx.main:
         start_log(log_path, ["epoch", "lr", "train_loss", "train_acc", "val_acc",
-                             *[f"val_acc_{c}" for c in val_combos], "seconds"], start_epoch)
+                             *[f"val_acc_{c}" for c in val_combos], "seconds", "train_seconds"], start_epoch)
     val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx, args.decode)
     loader = train_loader(train_set, args.batch_size, args.workers, args.seed, ctx, args.decode)
     with Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
@@ -418,6 +434,7 @@ def _run(args, resume, ctx, replacing=False):
                 return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
             throughput = progress.summary()
             t_eval = time.time()
+            train_time = t_eval - t0  # loading and steps, without validation
             results = evaluate(net, val_loader, ctx, val_combos, vocab, amp_dtype, desc="val")
             accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
             val_acc = float(np.mean(list(accs.values())))
@@ -431,7 +448,8 @@ def _run(args, resume, ctx, replacing=False):
                 with open(log_path, "a", newline="") as f:
                     csv.writer(f).writerow([epoch + 1, f"{scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
                                             f"{stats['acc']:.4f}", f"{val_acc:.4f}",
-                                            *[f"{accs[c]:.4f}" for c in val_combos], f"{time.time() - t0:.1f}"])
+                                            *[f"{accs[c]:.4f}" for c in val_combos], f"{time.time() - t0:.1f}",
+                                            f"{train_time:.1f}"])
                 ckpt = checkpoint(epoch + 1, 0)
                 save_atomic(ckpt, os.path.join(args.out, "last.pt"))
                 if improved:

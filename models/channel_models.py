@@ -53,8 +53,7 @@ class ChannelClassifier(nn.Module):
             self.combo_seen[k] += 1
         elif not self.combo_seen[k]:
             k = num_combos(self.vocab) - 1
-        for bn in self._combo_bns:
-            bn.combo = k
+        self._combo_bns[0].selector.index = k  # shared by every layer
 
     def forward(self, x, channels=None):
         channels = tuple(channels or self.vocab)
@@ -70,7 +69,7 @@ class ChannelClassifier(nn.Module):
         model = copy.deepcopy(self).eval()
         if model._combo_bns:
             model._select_statistics(channels)
-            freeze_combo_bn(model.body, model._combo_bns[0].combo)
+            freeze_combo_bn(model.body, model._combo_bns[0].selector.index)
         with torch.no_grad():
             stem = model.stem.as_conv(channels) if hasattr(model.stem, "as_conv") else \
                 _WithChannels(model.stem, channels)
@@ -99,8 +98,7 @@ class ChannelClassifier(nn.Module):
                 bn.num_batches_tracked[k] = 0
             idx = [self.vocab.index(c) for c in combo]
             for x in batches:
-                for bn in self._combo_bns:
-                    bn.combo = k
+                self._combo_bns[0].selector.index = k
                 self.body(self.stem(x[:, idx], tuple(combo)))
             self.combo_seen[k] = max(int(self.combo_seen[k]), 1)
         for bn in self._combo_bns:

@@ -25,11 +25,20 @@ def num_combos(vocab):
     return 2 ** len(vocab) - 1
 
 
+class ComboSelector:
+    """The row every ``ComboBatchNorm2d`` of a model reads: one object shared by all of them, so
+    that choosing the channel set for a pass is one assignment, not one per layer."""
+
+    def __init__(self, index):
+        self.index = index
+
+
 class ComboBatchNorm2d(nn.Module):
     """``nn.BatchNorm2d`` with ``[combos, C]`` running statistics (and, with ``affine``, ``[combos,
-    C]`` scale and shift); ``combo`` picks the row."""
+    C]`` scale and shift); ``selector.index`` picks the row (a ``ComboSelector`` that the layers
+    of one model share; each layer has its own unless given one)."""
 
-    def __init__(self, num_features, combos, eps=1e-5, momentum=0.1, affine=False):
+    def __init__(self, num_features, combos, eps=1e-5, momentum=0.1, affine=False, selector=None):
         super().__init__()
         self.num_features, self.combos, self.eps, self.momentum = num_features, combos, eps, momentum
         self.affine = affine
@@ -39,14 +48,14 @@ class ComboBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(combos, num_features))
         self.register_buffer("running_var", torch.ones(combos, num_features))
         self.register_buffer("num_batches_tracked", torch.zeros(combos, dtype=torch.long))
-        self.combo = combos - 1
+        self.selector = selector or ComboSelector(combos - 1)
         self.register_load_state_dict_pre_hook(self._load_hook)
 
     @classmethod
-    def from_bn(cls, bn, combos, affine=False):
+    def from_bn(cls, bn, combos, affine=False, selector=None):
         """Every row starts from ``bn``'s statistics; the affine parameters are ``bn``'s own
         (shared) or copies of them (``affine``)."""
-        new = cls(bn.num_features, combos, bn.eps, bn.momentum, affine).to(bn.weight.device)
+        new = cls(bn.num_features, combos, bn.eps, bn.momentum, affine, selector).to(bn.weight.device)
         if affine:
             new.weight.data.copy_(bn.weight.detach().expand(combos, -1))
             new.bias.data.copy_(bn.bias.detach().expand(combos, -1))
@@ -65,7 +74,7 @@ class ComboBatchNorm2d(nn.Module):
                 state[prefix + name] = value.expand_as(getattr(self, name)).clone()
 
     def forward(self, x):
-        k, factor = self.combo, self.momentum
+        k, factor = self.selector.index, self.momentum
         if self.training:
             self.num_batches_tracked[k] += 1
             if factor is None:  # a cumulative average, as nn.BatchNorm2d does; used to recalibrate
@@ -90,16 +99,18 @@ class ComboBatchNorm2d(nn.Module):
                 f"affine={self.affine}")
 
 
-def convert_to_combo_bn(module, combos, affine=False):
-    """Replace every ``nn.BatchNorm2d`` under ``module`` in place; returns the new modules."""
+def convert_to_combo_bn(module, combos, affine=False, selector=None):
+    """Replace every ``nn.BatchNorm2d`` under ``module`` in place, all reading ``selector``;
+    returns the new modules."""
+    selector = selector or ComboSelector(combos - 1)
     converted = []
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            new = ComboBatchNorm2d.from_bn(child, combos, affine)
+            new = ComboBatchNorm2d.from_bn(child, combos, affine, selector)
             setattr(module, name, new)
             converted.append(new)
         else:
-            converted += convert_to_combo_bn(child, combos, affine)
+            converted += convert_to_combo_bn(child, combos, affine, selector)
     return converted
 
 

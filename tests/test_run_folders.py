@@ -58,6 +58,22 @@ def test_recipe_flags_on_resume_are_refused_safe_ones_applied(tmp_path, finished
     assert "with --epochs 2 (was 1)" in r.stdout and "with --workers 1 (was 0)" in r.stdout
 
 
+def test_a_run_from_before_the_sandwich_options_resumes_with_the_recipe_it_had(tmp_path, finished):
+    """A checkpoint written before --sandwich-fraction/-scale/-every existed trained with the
+    full sandwich: resumed, it keeps that, whatever today's defaults are."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(run / name, weights_only=False)
+        for key in ("sandwich_fraction", "sandwich_scale", "sandwich_every"):
+            del ckpt["args"][key]
+        save_atomic(ckpt, run / name)
+    r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    args = torch.load(run / "last.pt", weights_only=False)["args"]
+    assert (args["sandwich_fraction"], args["sandwich_scale"], args["sandwich_every"]) == (1.0, 1.0, 1)
+
+
 def test_a_live_lock_refuses_a_stale_one_is_taken_over(tmp_path, finished):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -100,8 +116,10 @@ def sandwich_reference(tmp_path_factory):
     return trained_run(tmp_path_factory, "ref", *SANDWICH, "--epochs", "2")
 
 
-# The sandwich draws channels, the loader augments in a worker process: both must resume exactly.
-SANDWICH = [*RUN[:RUN.index("--workers")], "--workers", "1", *RUN[RUN.index("--workers") + 2:]]
+# The sandwich draws channels (on every other step, from half the batch), the loader augments in a
+# worker process: all must resume exactly. The stop comes after 13 steps, between two sandwiches.
+SANDWICH = [*RUN[:RUN.index("--workers")], "--workers", "1", *RUN[RUN.index("--workers") + 2:],
+            "--sandwich-every", "2", "--sandwich-fraction", "0.5"]
 SANDWICH[SANDWICH.index("plain_zero")] = "dwg"
 
 

@@ -1,8 +1,10 @@
 """Task 1 training: the sandwich criterion, BatchNorm statistics per channel set, starting from
 trained RGB weights (our checkpoints, torchvision files, torchvision's ImageNet weights)."""
+import json
 import os
 import urllib.error
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,6 +79,93 @@ def test_sandwich_step_equals_the_hand_written_loss():
     for name, p in model.named_parameters():
         if name in expected:
             torch.testing.assert_close(p.detach(), expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _hand_drawn(gen, n=3, subsets=2):
+    """The sandwich's draws written out: a single channel, then a size in [1, n) and which."""
+    draws = []
+    for i in range(subsets):
+        k = 1 if i == 0 else int(torch.randint(1, n, (1,), generator=gen))
+        draws.append(sorted(torch.randperm(n, generator=gen)[:k].tolist()))
+    return draws
+
+
+@pytest.mark.parametrize("options", [{"fraction": 0.25}, {"scale": 0.5}, {"every": 2},
+                                     {"fraction": 0.5, "scale": 0.75, "every": 2}])
+def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
+    """Two steps of the loop: the first a sandwich whose reduced passes take their own slice of
+    the batch (``fraction``) at a smaller side (``scale``); with ``every`` 2 the second step is
+    one pass on a hierarchically sampled combination, on the labels."""
+    fraction, scale, every = options.get("fraction", 1), options.get("scale", 1), options.get("every", 1)
+    images = [torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8) for _ in range(2)]
+    labels = [torch.randint(0, 4, (8,)) for _ in range(2)]
+
+    reference, gen = _tiny_dwg().train(), torch.Generator().manual_seed(5)
+    opt = torch.optim.SGD(reference.parameters(), lr=1.0)
+    losses = []
+    for step, (u8, y) in enumerate(zip(images, labels)):
+        x = normalize(u8)
+        opt.zero_grad()
+        if step % every == 0:
+            full = reference(x, tuple("RGB"))
+            target = F.softmax(full.detach(), 1)
+            loss = F.cross_entropy(full, y, label_smoothing=0.1)
+            m = round(fraction * 8)
+            for i, keep in enumerate(_hand_drawn(gen)):
+                rows = [(i * m + j) % 8 for j in range(m)]
+                xr = x[rows][:, keep]
+                if scale < 1:
+                    xr = F.interpolate(xr, size=(round(16 * scale),) * 2, mode="bilinear", antialias=True)
+                loss = loss + soft_cross_entropy(reference(xr, tuple("RGB"[c] for c in keep)), target[rows])
+        else:
+            k = int(torch.randint(1, 4, (1,), generator=gen))
+            keep = sorted(torch.randperm(3, generator=gen)[:k].tolist())
+            loss = F.cross_entropy(reference(x[:, keep], tuple("RGB"[c] for c in keep)), y, label_smoothing=0.1)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+
+    model = _tiny_dwg().train()
+    crit = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), **options)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    stats = train_one_epoch(model, list(zip(images, labels)), opt, sched, Context(), 1, crit)
+    assert stats["step"] == 2 and crit.steps == 2
+    assert stats["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    expected = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name].detach(), atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("sync_every_pass", [False, True])
+def test_ddp_sandwich_all_reduces_once_a_step_and_equals_one_process(tmp_path, sync_every_pass):
+    """Two gloo processes, two sandwich steps of 1 + 2 passes: the passes before the last run
+    under no_sync, so gradients are all-reduced once a step (twice in all; six times when every
+    pass syncs), and the weights equal one process that averages the two shards' gradients."""
+    from tests.conftest import run_script
+    from tests import ddp_sandwich_step as ddp
+    out = tmp_path / "ddp.pt"
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "tests/ddp_sandwich_step.py", str(out), *(["--sync-every-pass"] if sync_every_pass else []))
+    assert r.returncode == 0, r.stderr
+    result = torch.load(out, weights_only=True)
+    assert result["rounds"] == (6 if sync_every_pass else 2)
+
+    model = ddp.tiny_model().train()
+    crits = [ddp.criterion(), ddp.criterion()]  # each rank draws with its own generator, same seed
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for u8, y in ddp.batch():
+        grads = []
+        for crit, xs, ys in zip(crits, normalize(u8).chunk(2), y.chunk(2)):
+            opt.zero_grad()
+            for loss, _ in crit(lambda x, names, sync=True: model(x, names), xs, tuple("RGB"), ys):
+                loss.backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        for n, p in model.named_parameters():
+            p.grad = (grads[0][n] + grads[1][n]) / 2
+        opt.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(result["state_dict"][name], p.detach(), atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_each_channel_set_uses_its_own_batchnorm_statistics():
@@ -271,13 +360,13 @@ TINY = ["--data-root", "synthetic", "--limit", "64", "--img-size", "16", "--batc
 
 def test_train_dwg_from_a_plain_run(tmp_path, capsys):
     assert train_dw.main(["--model", "plain_zero", "--out", str(tmp_path / "pz"), *TINY]) == 0
-    assert train_dw.main(["--model", "dwg", "--init-from", str(tmp_path / "pz" / "best.pt"),
+    assert train_dw.main(["--model", "dwg", "--init-from", str(tmp_path / "pz" / "best.pt"), "--sandwich-every", "1",
                           "--out", str(tmp_path / "dwg"), *TINY]) == 0
     out = capsys.readouterr().out
     assert "initialised from" in out and "sandwich" in out
     ckpt = torch.load(tmp_path / "dwg" / "best.pt", weights_only=False)
     assert ckpt["args"]["channel_aug"] == "sandwich"
-    seen = ckpt["state_dict"]["combo_seen"]  # 4 steps: the full set each step, a single channel each step
+    seen = ckpt["state_dict"]["combo_seen"]  # 4 sandwich steps: the full set each step, a single channel each step
     assert seen[-1] == 4 and sum(seen[combo_index(c, "RGB")] for c in "RGB") >= 4
 
 
@@ -296,3 +385,57 @@ def test_sandwich_without_reduced_sets_is_refused(tmp_path, capsys):
         train_dw.main(["--model", "dwg", "--sandwich-subsets", "0", "--out", str(tmp_path / "x"), *TINY])
     assert exc.value.code == 2 and "argument --sandwich-subsets: must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x" / "last.pt").exists()
+
+
+def test_task1_table_end_to_end_at_toy_size(tmp_path, capsys):
+    """experiments.results --part task1 on a toy list: dwg, plain_zero and the R expert for as many
+    epochs, then plain_zero and the R expert again for as long as dwg trained (the epoch ratio
+    that `python -m bench --parts epoch` measured for this setting and dwg's recipe), both
+    comparisons in the table and the targets, the figure, the docs and front-page sections."""
+    from experiments import results
+    from tests.conftest import make_list_root
+    root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- task1:start -->\nSTALE\n<!-- task1:end -->\n"
+                      "<!-- task1-headline:start -->\n<!-- task1-headline:end -->\nafter\n")
+    out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
+    bench_row = {"model": "dwg", "data": "data", "img_size": 16, "batch": 4, "repeats": 3, "sandwich_subsets": 2,
+                 "sandwich_all_singles": False, "sandwich_fraction": 0.25, "sandwich_scale": 1.0, "sandwich_every": 3,
+                 "ratio_to_plain": 1.6, "epoch_ratio_to_plain": 1.9}
+
+    def table(ratio, *extra):
+        (tmp_path / "results" / "bench").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "results" / "bench" / "epoch.json").write_text(json.dumps([{**bench_row, "ratio_to_plain": ratio}]))
+        return results.main(["--part", "task1", "--models", "dwg,plain_zero,plain_mean,plain_zero-Ronly", "--epochs",
+                             "1", "--img-size", "16", "--batch-size", "4", "--workers", "0", "--data-root", str(root),
+                             "--runs", out["runs"], "--results", out["results"], "--figs", out["figs"],
+                             "--update-docs", "--docs", str(readme), *extra])
+
+    assert table(1.6) == 0  # round(1 x 1.6) = 2 epochs for the equal-time rows
+    title = (tmp_path / "results" / "task1.md").read_text().splitlines()[0]
+    assert "trains 1.60x as long" in title and "round(1 x 1.60) = 2 epochs" in title and "python -m bench" in title
+    logs = {name: pd.read_csv(tmp_path / "runs" / "task1" / f"{name}-s0" / "log.csv")
+            for name in ("dwg", "plain_zero", "plain_zero-equal-time", "plain_zero-Ronly-equal-time")}
+    assert [len(logs[n]) for n in logs] == [1, 1, 2, 2]
+    acc = {r["model"]: r for r in json.loads((tmp_path / "results" / "task1_accuracy.json").read_text())}
+    assert set(acc) == {"dwg", "plain_zero", "plain_zero-equal-time", "plain_mean", "plain_mean-equal-time",
+                        "single-channel expert", "single-channel expert-equal-time"}
+    assert acc["single-channel expert"]["G"] is None and acc["single-channel expert"]["mean"] is None
+    targets = json.loads((tmp_path / "results" / "task1_targets.json").read_text())
+    assert [(t["combo"], t["budget"]) for t in targets] == [
+        ("RGB", "equal epochs"), ("RGB", "equal time"), ("R", "equal epochs"), ("R", "equal time")]
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text
+    assert "plain_zero-equal-time" in text and (tmp_path / "figs" / "task1_accuracy.png").exists()
+    headline = text.split("<!-- task1-headline:start -->")[1]
+    assert "| dwg " in headline and "seed_dwg" not in headline
+    # A ratio that asks for 3 epochs: --no-train refuses the equal-time runs trained for 2.
+    with pytest.raises(SystemExit) as exc:
+        table(2.7, "--no-train")
+    assert exc.value.code == 2
+    assert "plain_zero-equal-time-s0/last.pt was trained with --epochs 2, not 3" in capsys.readouterr().err
+    # Equal time that is equal epochs: the equal-time rows are the equal-epoch checkpoints, evaluated anew.
+    assert table(1.2, "--no-train") == 0
+    acc = {r["model"]: r for r in json.loads((tmp_path / "results" / "task1_accuracy.json").read_text())}
+    assert acc["plain_zero-equal-time"]["RGB"] == acc["plain_zero"]["RGB"]
+    assert acc["single-channel expert-equal-time"]["R"] == acc["single-channel expert"]["R"]

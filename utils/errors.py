@@ -51,12 +51,13 @@ def at_least(low, kind=int):
     return parse
 
 
-def between(low, high, high_open=False):
-    """An argparse type: a float in ``[low, high]`` (``[low, high)`` with ``high_open``)."""
+def between(low, high, high_open=False, low_open=False):
+    """An argparse type: a float in ``[low, high]`` (an open end with ``high_open``, ``low_open``)."""
     def parse(text):
         value = at_least(low, float)(text)
-        if value > high or (high_open and value == high):
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{')' if high_open else ']'}, got {text}")
+        if value > high or (high_open and value == high) or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}"
+                                             f"{')' if high_open else ']'}, got {text}")
         return value
     return parse
 

@@ -1,15 +1,16 @@
-"""Regenerate the README's result tables and figures on real photos (CPU proxy runs).
+"""The result tables and figures of docs/: every row trained and evaluated by the entry scripts.
 
-    python -m experiments.results [--part task1|task1-ablation|task1-resnet18|task2|task2-sweep|all]
+    python -m experiments.results [--part task1|task1-ablation|task1-sandwich|task1-resnet18|task2|task2-sweep|all]
                                   [--seeds 0,1,2] [--epochs 6] [--budgets 6,12,24,48] [--jobs 2] [--no-train]
+                                  [--models ROW,...] [--update-docs]
 
 Trains every row with the repository's own entry scripts (runs/results/<row>/, resumable: a
 finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each with
 cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py (an evaluation newer than its
-checkpoints is reused), and writes results/*.md|json, figs/task1_*.png, figs/task2_*.png and
-the README's tables. ``--no-train`` makes the tables from the finished runs only (Task 1 rows;
-sweep budgets whose ResNet34 has finished). Never run by CI, except the sweep's end-to-end
-test at toy size.
+checkpoints is reused), and writes results/*.md|json and figs/task1_*.png, figs/task2_*.png;
+``--update-docs`` pastes the tables into docs/. ``--no-train`` makes the tables from the
+finished runs only (Task 1 rows; sweep budgets whose ResNet34 has finished). Never run by CI,
+except end-to-end tests at toy size.
 """
 import argparse
 import dataclasses
@@ -23,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
+import torch
 
+from train import BEFORE_FLAG
 from utils.checkpoint import load_checkpoint
-from utils.errors import Parser, UserError, at_least, cli, int_list
-from utils.report import bar_chart, markdown, plt, save_figure, update_readme, write_results
+from utils.errors import Parser, UserError, at_least, cli, int_list, non_empty
+from utils.report import markdown, plt, save_figure, update_doc, write_results
 
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
@@ -53,12 +56,20 @@ class Row:
     backbone: str = "small"
 
 
+def sandwich(fraction=1, scale=1, every=1):
+    """The sandwich's cost options spelled out (by default the full sandwich: every step, whole
+    batch, full size), so that a row keeps its recipe whatever dwg's defaults become."""
+    return ["--sandwich-fraction", str(fraction), "--sandwich-scale", str(scale), "--sandwich-every", str(every)]
+
+
 # Starting from a trained RGB model: plain_zero's 6 epochs, then 3 epochs from its weights.
 FINETUNE = {"epochs": 3, "lr": 0.03, "warmup-epochs": 0.3}
 EARLIER = ["--no-stem-base", "--no-combo-bn"]  # the stem and shared BatchNorm of the earlier dwg
 TASK1_ROWS = [  # in training order
     Row("dwg", "dwg"),
-    Row("plain_zero", "plain_zero"),
+    # An RGB-only model is selected on RGB: its mean over seven combinations would pick the epoch
+    # whose zero-filled subsets happen to score best.
+    Row("plain_zero", "plain_zero", ["--val-combos", "RGB"]),
     # plain_mean trains exactly as plain_zero does (RGB only; its fill acts only when a channel is
     # missing), so its row evaluates plain_zero's checkpoint instead of training a copy.
     Row("plain_mean", "plain_mean", same_as="plain_zero"),
@@ -66,25 +77,40 @@ TASK1_ROWS = [  # in training order
       for c in SINGLE],
     Row("dwg_finetune", "dwg", recipe=FINETUNE, init="plain_zero", every_seed=False),
     Row("dwg_earlier", "dwg", EARLIER + ["--channel-aug", "subset"], every_seed=False),
-    # Equal training time: a sandwich step costs 2.7x a plain one on this machine (python -m bench
-    # --parts sandwich, small backbone), so plain_zero gets 16 epochs against dwg's 6.
-    Row("plain_zero-16ep", "plain_zero", recipe={"epochs": 16}, every_seed=False),
     Row("plain_dropout", "plain_dropout", every_seed=False),
     Row("seed_dwg", "seed_dwg", every_seed=False),
-    # The sandwich rule trains the smallest network every step; here there are three (R, G, B).
-    Row("dwg_all_singles", "dwg", ["--sandwich-all-singles"]),
 ]
+EQUAL_TIME = "-equal-time"  # suffix of the rows trained for as long as dwg, not as many epochs
+
+
+def equal_time_rows(epochs, same_epochs):
+    """plain_zero (and plain_mean, its checkpoint) and the experts, given ``epochs``; when that is
+    ``same_epochs``, the equal-epoch rows' own checkpoints (equal time is then equal epochs)."""
+    rows = [Row(r.name + EQUAL_TIME, r.model, r.flags, recipe={"epochs": epochs}, channel=r.channel,
+                same_as=(r.same_as or r.name) if epochs == same_epochs else r.same_as and r.same_as + EQUAL_TIME)
+            for r in TASK1_ROWS if r.model in ("plain_zero", "plain_mean") and not r.recipe]
+    ROWS.update({r.name: r for r in rows})
+    return rows
+
+
 SIZE_ROWS = {"dwg", "plain_zero", "plain_mean"}  # the spatial-size table's rows
-TABLE_ORDER = ["dwg", "dwg_all_singles", "dwg_finetune", "dwg_earlier", "plain_zero", "plain_zero-16ep", "plain_mean", "plain_dropout", "seed_dwg"]
-# Each mechanism alone and together, first seed only; rows of TASK1_ROWS complete the table.
+TABLE_ORDER = ["dwg", "plain_zero", "plain_zero" + EQUAL_TIME, "plain_mean", "plain_mean" + EQUAL_TIME,
+               "single-channel expert", "single-channel expert" + EQUAL_TIME,
+               "dwg_finetune", "dwg_earlier", "plain_dropout", "seed_dwg"]
+DISTINCT = TASK1_COMBOS[:7]  # BGR is RGB permuted: shown as a check, never counted in aggregates
+HEADLINE = ["dwg", "plain_zero", "plain_zero" + EQUAL_TIME, "plain_mean", "single-channel expert",
+            "single-channel expert" + EQUAL_TIME]  # the front page's rows
+# Each mechanism alone and together, first seed only, with the full sandwich (a sandwich on every
+# step, full batch); rows of TASK1_ROWS and SANDWICH_ROWS complete the table.
 ABLATION_ROWS = [
     Row("earlier+bn", "dwg", same_as="dwg_earlier", eval_flags=["--recalibrate", "640"]),
     Row("base", "dwg", ["--no-combo-bn", "--channel-aug", "subset"]),
     Row("base+bn", "dwg", same_as="base", eval_flags=["--recalibrate", "640"]),
     Row("base+init", "dwg", ["--no-combo-bn", "--channel-aug", "subset"], recipe=FINETUNE, init="plain_zero"),
     Row("base+init+bn", "dwg", same_as="base+init", eval_flags=["--recalibrate", "640"]),
-    Row("base+init+sandwich", "dwg", ["--no-combo-bn"], recipe=FINETUNE, init="plain_zero"),
-    Row("dwg+affine", "dwg", ["--combo-affine"], every_seed=False),
+    Row("base+init+sandwich", "dwg", ["--no-combo-bn", *sandwich()], recipe=FINETUNE, init="plain_zero"),
+    Row("finetune-full", "dwg", sandwich(), recipe=FINETUNE, init="plain_zero", every_seed=False),
+    Row("dwg+affine", "dwg", ["--combo-affine", *sandwich()], every_seed=False),
 ]
 ABLATION_NAMES = {
     "dwg_earlier": "earlier dwg: template stem, subset sampling, shared BN",
@@ -94,14 +120,24 @@ ABLATION_NAMES = {
     "base+init": "base, initialised from plain_zero (subset sampling)",
     "base+init+bn": "base, init + BN per set (recalibrated)",
     "base+init+sandwich": "base, init + sandwich",
-    "dwg_finetune": "base, init + sandwich + BN per set",
-    "dwg": "base + sandwich + BN per set, from scratch (dwg)",
-    "dwg+affine": "dwg + BN scale and shift per set",
+    "finetune-full": "base, init + sandwich + BN per set",
+    "sandwich-full": "base + sandwich + BN per set, from scratch",
+    "dwg+affine": "base + sandwich + BN per set + BN scale and shift per set",
 }
+# The sandwich's cost options (SandwichLoss), one at a time and together, first seed only.
+SANDWICH_ROWS = [
+    Row("sandwich-quarter", "dwg", sandwich(fraction=0.25), every_seed=False),
+    Row("sandwich-quarter-side0.75", "dwg", sandwich(fraction=0.25, scale=0.75), every_seed=False),
+    Row("sandwich-side0.75", "dwg", sandwich(scale=0.75), every_seed=False),
+    Row("sandwich-every3", "dwg", sandwich(every=3), every_seed=False),
+    # dwg's defaults: its own seed-0 run
+    Row("sandwich-every3-quarter", "dwg", same_as="dwg", every_seed=False),
+    Row("sandwich-full", "dwg", sandwich(), every_seed=False),
+]
 # A body other than the small CNN, first seed only.
 RESNET18_ROWS = [Row("plain_zero-resnet18", "plain_zero", backbone="resnet18"),
-                 Row("dwg-resnet18", "dwg", backbone="resnet18")]
-ROWS = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + RESNET18_ROWS}
+                 Row("dwg-resnet18", "dwg", sandwich(), backbone="resnet18")]  # the full sandwich
+ROWS = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + SANDWICH_ROWS + RESNET18_ROWS}
 TASK2_MODELS = ["resnet34", "rrdb", "rrdb_rnn", "shallow"]
 SIZES = [48, 64, 96]
 
@@ -109,7 +145,10 @@ SIZES = [48, 64, 96]
 def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="all",
-                   choices=["task1", "task1-ablation", "task1-resnet18", "task2", "task2-sweep", "all"])
+                   choices=["task1", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2", "task2-sweep",
+                            "task2-headline", "all"],
+                   help="which table(s); task2-headline pastes the front page's Task 2 rows from the sweep's "
+                        "written table (with --update-docs)")
     p.add_argument("--budgets", default="6,12,24,48", type=int_list(1), help="task2-sweep: epochs per run")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
     p.add_argument("--seeds", default="0", type=int_list(0))
@@ -117,6 +156,8 @@ def parse_args(argv):
     p.add_argument("--img-size", type=at_least(8), default=64)
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--workers", type=at_least(0), default=1)
+    p.add_argument("--models", default=None, type=non_empty,
+                   help="only these rows (comma-separated names; default every row of the part)")
     p.add_argument("--no-train", action="store_true",
                    help="tables from the finished runs only: Task 1 rows; sweep budgets whose ResNet34 has finished, "
                         "a shallow run still training shown as a dash")
@@ -125,7 +166,10 @@ def parse_args(argv):
     p.add_argument("--runs", default="runs/results", help="checkpoints and logs (not committed)")
     p.add_argument("--results", default="results")
     p.add_argument("--figs", default="figs")
-    p.add_argument("--readme", default="README.md", help="the file whose marked tables are replaced")
+    p.add_argument("--update-docs", action="store_true",
+                   help="also paste the tables into their marked sections of --docs (docs/*.md)")
+    p.add_argument("--docs", default="docs", help="the folder (or one file) whose marked sections are replaced")
+    p.add_argument("--tag", default="", help="suffix of the Task 1 table's files and docs section (e.g. -32px)")
     return p.parse_args(argv)
 
 
@@ -206,9 +250,15 @@ def train_rows(args, wanted):
 
 def task1_rows(args, rows, seeds):
     """Train (``train_rows``) and evaluate ``rows``; -> DataFrame of evaluation rows."""
+    if args.models:  # a row's equal-time twin comes with it
+        rows = [r for r in rows if r.name.removesuffix(EQUAL_TIME) in args.models.split(",")]
     wanted = schedule(rows, seeds)
     if args.no_train:
         wanted = [(r, s) for r, s in wanted if finished(args, r, s)]
+        for row, seed in wanted:  # a finished run of another budget must not slip in either
+            if not row.same_as:
+                check_same_recipe(load_checkpoint(os.path.join(run_dir(args, row, seed), "last.pt")),
+                                  recipe(args, seed, **row.recipe))
     else:
         train_rows(args, wanted)
     return evaluate_rows(args, wanted)
@@ -234,11 +284,12 @@ def evaluate_rows(args, wanted):
         ev = os.path.join(run_dir(args, row, seed), "eval")
         best = os.path.join(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed), "best.pt")
         results.append((row, seed, ev))
-        if not is_newer(os.path.join(ev, "results.json"), best):
-            sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
+        sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
+        combos = [row.channel] if row.channel else TASK1_COMBOS
+        if not evaluated(os.path.join(ev, "results.json"), [best], {(c, s) for c in combos for s in sizes}):
             tasks.append(functools.partial(
                 sh, "test_dw.py", "--checkpoint", best, "--as-model", row.model, "--data-root", args.data_root,
-                "--combos", row.channel or ",".join(TASK1_COMBOS), "--img-sizes", ",".join(map(str, sizes)),
+                "--combos", ",".join(combos), "--img-sizes", ",".join(map(str, sizes)),
                 "--workers", str(args.workers), "--out", ev, *row.eval_flags))
     in_parallel(args.jobs, tasks)
     return pd.DataFrame([{**r, "model": row.name, "seed": seed}
@@ -259,98 +310,217 @@ def is_newer(path, than):
     return os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(than)
 
 
+def evaluated(path, checkpoints, cells=None):
+    """Whether ``path`` holds an evaluation of exactly ``checkpoints`` (and of exactly the
+    (combination, size) ``cells`` when given), written after all of them."""
+    if not all(is_newer(path, c) for c in checkpoints):
+        return False
+    rows = json.load(open(path))
+    return list(dict.fromkeys(r["checkpoint"] for r in rows)) == checkpoints and \
+        (cells is None or {(r["combo"], r["img_size"]) for r in rows} == cells)
+
+
 def evaluate_side_by_side(args, ev, checkpoints):
     """test_rrdb.py on ``checkpoints`` side by side into ``ev``, unless an evaluation of exactly
     these is newer than all of them."""
     path = os.path.join(ev, "results.json")
-    if all(is_newer(path, c) for c in checkpoints):
-        done = json.load(open(path))
-        if [r["checkpoint"] for r in done] == checkpoints:
-            return done
+    if evaluated(path, checkpoints):
+        return json.load(open(path))
     sh("test_rrdb.py", "--checkpoints", *checkpoints, "--data-root", args.data_root,
        "--workers", str(args.workers), "--out", ev)
     return json.load(open(path))
 
 
+def paste(args, section, text):
+    """The table also goes into its marked section of the docs, when asked (``--update-docs``)."""
+    if args.update_docs:
+        update_doc(section, text, args.docs)
+
+
+def machine(args):
+    """Where the runs trained, as a title says it: 'CPU proxy' only where it is one."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU proxy, {os.cpu_count()}-core CPU"
+
+
 def budget(args):
-    return (f"{args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, seed(s) {args.seeds}, "
-            f"{os.cpu_count()}-core CPU")
+    return (f"{machine(args)}: {args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, "
+            f"seed(s) {', '.join(map(str, args.seeds))}")
+
+
+def data_name(args):
+    return "synthetic shapes" if args.data_root == "synthetic" else os.path.basename(os.path.normpath(args.data_root))
 
 
 def mean_std(df, keys, values):
+    """Mean and sample standard deviation (ddof=1, NaN for one seed) over the seeds."""
     g = df.groupby(keys, sort=False)[values]
     out = g.mean()
-    std = g.std(ddof=0).add_suffix("_std")
+    std = g.std(ddof=1).add_suffix("_std")
     return pd.concat([out, std], axis=1).reset_index().assign(seeds=g.size().values)
+
+
+def run_logs(args, name, seeds):
+    """The log.csv of each finished run behind row ``name``, over ``seeds``."""
+    row = ROWS[ROWS[name].same_as] if ROWS[name].same_as else ROWS[name]
+    return [pd.read_csv(os.path.join(run_dir(args, row, s), "log.csv")) for s in seeds if finished(args, row, s)]
+
+
+def time_ratio(args, seeds):
+    """How much longer dwg trains than plain_zero per epoch, with each row's mean minutes per run
+    from the logs of their finished runs; None until both rows have one.
+
+    The ratio is for training (loading and steps, without validation). It comes from ``python -m
+    bench --parts epoch`` (whole epochs of the two, alternated, nothing else running) when
+    results/bench/epoch.json timed this setting and dwg's recipe; otherwise from the runs' own
+    logs (median seconds per epoch over every epoch of every seed), which other work on the
+    machine perturbs."""
+    dwg, plain = run_logs(args, "dwg", seeds), run_logs(args, "plain_zero", seeds)
+    if not dwg or not plain:
+        return None
+    d, p = pd.concat(dwg), pd.concat(plain)
+    cost = {"train": d["train_seconds"].median() / p["train_seconds"].median(),
+            "whole": d["seconds"].median() / p["seconds"].median(), "source": "the runs' logs",
+            "dwg_min": sum(log["seconds"].sum() for log in dwg) / len(dwg) / 60,
+            "plain_min": sum(log["seconds"].sum() for log in plain) / len(plain) / 60}
+    bench = bench_epoch_ratio(args, load_checkpoint(os.path.join(run_dir(args, ROWS["dwg"], seeds[0]), "last.pt")))
+    if bench is not None:
+        cost.update(train=bench["ratio_to_plain"], whole=bench["epoch_ratio_to_plain"],
+                    source=f"python -m bench --parts epoch, {bench['repeats']} alternated runs each")
+    return cost
+
+
+def bench_epoch_ratio(args, dwg_run):
+    """The bench's row for dwg in results/bench/epoch.json if it timed this data, size, batch and
+    dwg's sandwich recipe as ``dwg_run`` (a checkpoint) trained it; else None."""
+    path = os.path.join(args.results, "bench", "epoch.json")
+    if not os.path.exists(path):
+        return None
+    for row in json.load(open(path)):
+        if row["model"] == "dwg" and row["data"] == data_name(args) and row["img_size"] == args.img_size \
+                and row["batch"] == args.batch_size \
+                and all(dwg_run["args"].get(k) == v for k, v in row.items() if k.startswith("sandwich_")):
+            return row
+    return None
+
+
+def expert_row(model):
+    """The experts' rows (one channel each) share one table row, at equal epochs or equal time."""
+    if "only" not in model:
+        return model
+    return "single-channel expert" + (EQUAL_TIME if model.endswith(EQUAL_TIME) else "")
 
 
 def task1(args, seeds):
     df = task1_rows(args, TASK1_ROWS, seeds)
+    cost = time_ratio(args, seeds)
+    if cost is not None:
+        # Training time, not validation: the proxy's val split is a fifth of its train split and
+        # dwg validates seven combinations, where the course's 450 val images are 0.7% of 63k.
+        cost["epochs"] = max(1, int(args.epochs * cost["train"] + 0.5))  # half up, not to even
+        df = pd.concat([df, task1_rows(args, equal_time_rows(cost["epochs"], args.epochs), seeds)])
     metrics = ["accuracy", "precision", "recall", "f1", "f1_macro"]
     agg = mean_std(df, ["model", "img_size", "combo"], metrics)
-    main = agg[agg.img_size == args.img_size]
-    experts = main[main.model.str.contains("only")]
-    title = f"Task 1 on imagenette-mini test split, small backbone (CPU proxy: {budget(args)})"
-    write_results(main.to_dict("records"), args.results, "task1", title)
-    means = accuracy_table(main, TABLE_ORDER)
-    stds = main.pivot_table(index="model", columns="combo", values="accuracy_std", sort=False)
-    for _, e in experts.iterrows():
-        means.loc["single-channel expert", e["combo"]] = e["accuracy"]
-        stds.loc["single-channel expert", e["combo"]] = e["accuracy_std"]
-    seeds_of = main.groupby("model")["seeds"].max().to_dict()
-    seeds_of["single-channel expert"] = "/".join(str(experts.set_index("combo").loc[c, "seeds"]) for c in SINGLE
-                                                 if c in set(experts["combo"]))
-    shown = means.copy().astype(object)
-    for model in means.index:
-        for combo in TASK1_COMBOS:
-            m = means.loc[model, combo]
-            several = str(seeds_of.get(model, 1)) != "1" and not pd.isna(m)
-            shown.loc[model, combo] = f"{m:.3f} ± {stds.loc[model, combo]:.3f}" if several else (
-                "" if pd.isna(m) else f"{m:.3f}")
-    shown["seeds"] = [seeds_of.get(m, 1) for m in means.index]
-    shown = shown.reset_index(names="model")
-    write_results(means.reset_index(names="model").to_dict("records"), args.results, "task1_accuracy",
+    main = agg[agg.img_size == args.img_size].assign(row=lambda d: d.model.map(expert_row))
+    title = (f"Task 1 on {data_name(args)} test split, small backbone ({budget(args)}); "
+             "RGB-only rows selected on RGB validation accuracy, the others on the mean over seven combinations")
+    if cost is not None:
+        title += (f"; equal time: a dwg epoch trains {cost['train']:.2f}x as long as a plain_zero epoch "
+                  f"({cost['whole']:.2f}x with validation; from {cost['source']}; the runs took {cost['dwg_min']:.0f} "
+                  f"and {cost['plain_min']:.0f} minutes, runs sharing the cores), so the '{EQUAL_TIME[1:]}' rows "
+                  f"train round({args.epochs} x {cost['train']:.2f}) = {cost['epochs']} epochs")
+    write_results(main.drop(columns="row").to_dict("records"), args.results, "task1" + args.tag, title)
+    means, shown = comparison_table(main, args, cost)
+    write_results(means.reset_index(names="model").to_dict("records"), args.results, "task1_accuracy" + args.tag,
                   title + "; accuracy per combination (mean over seeds)")
-    targets = task1_targets(means, stds)
-    write_results(targets.to_dict("records"), args.results, "task1_targets", title + "; targets")
+    targets = task1_targets(main)
+    write_results(targets.to_dict("records"), args.results, "task1_targets" + args.tag, title + "; targets")
     sizes = agg[agg.model.isin(SIZE_ROWS)].pivot_table(index=["model", "combo"], columns="img_size",
-                                                             values="accuracy", sort=False).reset_index()
+                                                       values="accuracy", sort=False).reset_index()
     sizes.columns = [str(c) if isinstance(c, int) else c for c in sizes.columns]
-    write_results(sizes.to_dict("records"), args.results, "task1_sizes",
+    write_results(sizes.to_dict("records"), args.results, "task1_sizes" + args.tag,
                   f"Task 1 spatial-size invariance: accuracy of the {args.img_size}px checkpoints at "
-                  f"{', '.join(map(str, SIZES))}px ({budget(args)})")
-    bar_chart(main[~main.model.str.contains("only")], "combo", "accuracy", "model",
-              os.path.join(args.figs, "task1_accuracy.png"),
-              f"Task 1: test accuracy per channel combination (CPU proxy: {budget(args)})")
-    text = shown.to_markdown(index=False, floatfmt=".4f")
-    update_readme("task1", f"{title}; test accuracy as a fraction, mean ± standard deviation over the seeds "
-                  f"where a row has several\n\n{text}\n\nTargets (means over the seeds):\n\n"
-                  f"{targets.to_markdown(index=False, floatfmt='.4f')}\n\nSpatial-size invariance "
-                  f"(same checkpoints, accuracy, mean over seeds):\n\n"
-                  f"{sizes.to_markdown(index=False, floatfmt='.4f')}", args.readme)
-    print(text)
+                  f"{', '.join(map(str, sorted({*SIZES, args.img_size})))}px ({budget(args)})")
+    heatmap(means[[c for c in TASK1_COMBOS if c in means.columns]], shown,
+            os.path.join(args.figs, f"task1_accuracy{args.tag}.png"),
+            f"Task 1 test accuracy ({data_name(args)}, {budget(args)})")
+    text = markdown(shown.reset_index(names="model"))
+    paste(args, "task1" + args.tag, f"{title}; test accuracy as a fraction, mean ± sample standard deviation "
+                  f"over the seeds where a row has several\n\n{text}\n\nTargets (1 point; means over the seeds):\n\n"
+                  f"{markdown(targets)}\n\nSpatial-size invariance (same checkpoints, accuracy, mean over seeds):"
+                  f"\n\n{markdown(sizes)}")
+    headline = shown.loc[[r for r in HEADLINE if r in shown.index], [*DISTINCT, "epochs", "seeds"]]
+    if not args.tag:  # the front page shows the main setting
+        paste(args, "task1-headline", f"{title}; test accuracy, mean ± sample standard deviation over the seeds "
+              f"([all rows, targets and figures](docs/task1.md))\n\n{markdown(headline.reset_index(names='model'))}")
+    print(f"{title}\n\n{text}\n\n{markdown(targets)}")
 
 
-def task1_targets(means, stds, candidates=("dwg", "dwg_all_singles")):
+def comparison_table(main, args, cost):
+    """-> (mean accuracy per row and combination with mean/worst over the seven distinct
+    combinations, the same as text with '± std' where a row has several seeds, epochs, seeds)."""
+    def pivot(values):
+        return main.pivot_table(index="row", columns="combo", values=values, sort=False, dropna=False)
+    means, stds, counts = pivot("accuracy"), pivot("accuracy_std"), pivot("seeds")
+    combos = [c for c in TASK1_COMBOS if c in means.columns]
+    order = [r for r in TABLE_ORDER if r in means.index]
+    means, stds, counts = (t.reindex(index=order, columns=combos) for t in (means, stds, counts))
+    shown = means.copy().astype(object)
+    for row in means.index:
+        for combo in combos:
+            m, sd, n = means.loc[row, combo], stds.loc[row, combo], counts.loc[row, combo]
+            shown.loc[row, combo] = "" if pd.isna(m) else f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
+    distinct = means[[c for c in DISTINCT if c in combos]]
+    means["mean"] = distinct.mean(axis=1, skipna=False)
+    means["worst"] = distinct.min(axis=1, skipna=False)
+    for col in ("mean", "worst"):
+        shown[col] = means[col].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    epochs = {"dwg_finetune": f"{args.epochs}+{FINETUNE['epochs']}"}
+    shown["epochs"] = [cost["epochs"] if r.endswith(EQUAL_TIME) else epochs.get(r, args.epochs) for r in means.index]
+    shown["seeds"] = ["/".join(str(int(n)) for n in counts.loc[r].dropna().unique()) for r in means.index]
+    return means, shown
+
+
+def task1_targets(main, candidates=("dwg",)):
     """Each channel-adaptive candidate against plain_zero on RGB and against each single-channel
-    expert: gap and target (1 point)."""
-    rows = [("RGB", "plain_zero")] + [(c, "single-channel expert") for c in SINGLE]
+    expert, trained for as many epochs and for as long: gap in points, target 1 point."""
+    acc = main.set_index(["row", "combo"])
     out = []
-    for model in [m for m in candidates if m in means.index]:
-        for combo, rival in rows:
-            gap = means.loc[model, combo] - means.loc[rival, combo]
-            out.append({"model": model, "combo": combo, "accuracy": means.loc[model, combo],
-                        "std": stds.loc[model, combo], "rival": rival, "rival_accuracy": means.loc[rival, combo],
-                        "rival_std": stds.loc[rival, combo], "gap_points": 100 * gap,
-                        "target_met": bool(gap >= -0.01)})
+    for model in candidates:
+        for combo in ["RGB", *SINGLE]:
+            rival = "plain_zero" if combo == "RGB" else "single-channel expert"
+            for name, when in ((rival, "equal epochs"), (rival + EQUAL_TIME, "equal time")):
+                if (model, combo) not in acc.index or (name, combo) not in acc.index:
+                    continue
+                a, r = acc.loc[(model, combo)], acc.loc[(name, combo)]
+                gap = 100 * (a["accuracy"] - r["accuracy"])
+                out.append({"model": model, "combo": combo, "budget": when, "accuracy": a["accuracy"],
+                            "std": a["accuracy_std"], "rival": rival, "rival_accuracy": r["accuracy"],
+                            "rival_std": r["accuracy_std"], "gap_points": gap, "within_1_point": bool(gap >= -1)})
     return pd.DataFrame(out)
 
 
+def heatmap(means, shown, path, title):
+    """Model x combination accuracies, the value (± std) printed in each cell."""
+    fig, ax = plt.subplots(figsize=(1.0 * len(means.columns) + 3, 0.45 * len(means) + 1.2))
+    ax.imshow(means.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(means.columns)), means.columns)
+    ax.set_yticks(range(len(means)), means.index, fontsize=8)
+    for i, row in enumerate(means.index):
+        for j, combo in enumerate(means.columns):
+            value = means.loc[row, combo]
+            if not pd.isna(value):
+                ax.text(j, i, shown.loc[row, combo].replace(" ± ", "\n±"), ha="center", va="center", fontsize=6,
+                        color="white" if value < 0.5 else "black")
+    ax.set_title(title, fontsize=8)
+    save_figure(path)
+
+
 def accuracy_table(df, order):
-    """Accuracy per combination (mean over seeds), mean, worst and worst/RGB, rows in ``order``."""
+    """Accuracy per combination (mean over seeds); mean, worst and worst/RGB over the seven
+    distinct combinations; rows in ``order``."""
     table = df.pivot_table(index="model", columns="combo", values="accuracy", sort=False)[TASK1_COMBOS]
-    table["mean"] = table[TASK1_COMBOS].mean(axis=1)
-    table["worst"] = table[TASK1_COMBOS].min(axis=1)
+    table["mean"] = table[DISTINCT].mean(axis=1)
+    table["worst"] = table[DISTINCT].min(axis=1)
     table["worst/RGB"] = table["worst"] / table["RGB"]
     return table.reindex([name for name in order if name in table.index])
 
@@ -363,23 +533,57 @@ def task1_ablation(args, seeds):
     for name in table.index:
         table.loc[name, "train min"] = train_seconds(args, ROWS[name], seeds[0]) / 60
     table.index = [f"{ABLATION_NAMES[n]} [{n}]" for n in table.index]
-    title = (f"Task 1 ablation on imagenette-mini test split, small backbone (CPU proxy: {budget(args)}, "
+    title = (f"Task 1 ablation on {data_name(args)} test split, small backbone ({budget(args)}, "
              f"first seed; init rows: {FINETUNE['epochs']} epochs at LR {FINETUNE['lr']} after plain_zero's 6, "
-             "whose time 'train min' includes; times are wall minutes with two runs sharing the 2 cores)")
+             "whose time 'train min' includes; wall minutes from the runs' logs)")
     text = table.reset_index(names="mechanisms [row]").to_markdown(index=False, floatfmt=".4f")
     write_results(table.reset_index(names="row").to_dict("records"), args.results, "task1_ablation", title)
-    update_readme("task1-ablation", f"{title}\n\n{text}", args.readme)
+    paste(args, "task1-ablation", f"{title}\n\n{text}")
     print(text)
+
+
+def task1_sandwich(args, seeds):
+    """The sandwich's cost options (first seed): accuracy beside the cost of a training step
+    against plain_zero's, on the small CNN and on DenseNet-121, from ``python -m bench --parts
+    sandwich`` (results/bench/sandwich.json; a dash where it has not measured the option)."""
+    rows = [ROWS["plain_zero"], *SANDWICH_ROWS]
+    df = task1_rows(args, rows, seeds[:1])
+    table = accuracy_table(df[df.img_size == args.img_size], [r.name for r in rows]).drop(columns="worst/RGB")
+    for backbone in ("small", "densenet121"):
+        table[f"step/plain_zero, {backbone}"] = [bench_step_ratio(args, ROWS[n], seeds[0], backbone)
+                                                 for n in table.index]
+    title = (f"Task 1 sandwich cost options on {data_name(args)} test split, small backbone ({budget(args)}, "
+             "first seed); step/plain_zero: one optimizer step against plain_zero's, python -m bench --parts "
+             "sandwich")
+    write_results(table.reset_index(names="row").to_dict("records"), args.results, "task1_sandwich", title)
+    text = markdown(table.reset_index(names="row"))
+    paste(args, "task1-sandwich", f"{title}\n\n{text}")
+    print(f"{title}\n\n{text}")
+
+
+def bench_step_ratio(args, row, seed, backbone):
+    """The bench's step cost, on ``backbone``, of the sandwich options ``row``'s run trained
+    with; NaN for a row without the sandwich or an option the bench has not measured."""
+    path = os.path.join(args.results, "bench", "sandwich.json")
+    run = ROWS[row.same_as] if row.same_as else row
+    trained = load_checkpoint(os.path.join(run_dir(args, run, seed), "last.pt"))["args"]
+    if trained["channel_aug"] != "sandwich" or not os.path.exists(path):
+        return float("nan")
+    options = [trained.get(f"sandwich_{k}", BEFORE_FLAG[f"sandwich_{k}"]) for k in ("fraction", "scale", "every")]
+    for r in json.load(open(path)):
+        if r["backbone"] == backbone and [r.get(k) for k in ("fraction", "scale", "every")] == options:
+            return r["ratio_to_plain"]
+    return float("nan")
 
 
 def task1_resnet18(args, seeds):
     """dwg and plain_zero on ResNet-18 (first seed): the result is not an artefact of the small CNN."""
     df = task1_rows(args, RESNET18_ROWS, seeds[:1])
     table = accuracy_table(df[df.img_size == args.img_size], [r.name for r in RESNET18_ROWS])
-    title = f"Task 1 on ResNet-18, imagenette-mini test split (CPU proxy: {budget(args)}, first seed)"
+    title = f"Task 1 on ResNet-18, {data_name(args)} test split ({budget(args)}, first seed)"
     text = table.reset_index(names="model").to_markdown(index=False, floatfmt=".4f")
     write_results(table.reset_index(names="model").to_dict("records"), args.results, "task1_resnet18", title)
-    update_readme("task1-resnet18", f"{title}\n\n{text}", args.readme)
+    paste(args, "task1-resnet18", f"{title}\n\n{text}")
     print(text)
 
 
@@ -407,7 +611,7 @@ def task2(args, seeds):
     df = pd.DataFrame(rows)
     agg = mean_std(df, ["model", "layers", "params", "macs"],
                    ["accuracy", "precision", "recall", "f1", "ratio_to_baseline"])
-    title = (f"Task 2 on imagenette-mini test split (CPU proxy: {budget(args)}); "
+    title = (f"Task 2 on {data_name(args)} test split ({budget(args)}); "
              "params/MACs at 3x224x224, layers of the deployed model")
     write_results(agg.to_dict("records"), args.results, "task2", title)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -423,7 +627,7 @@ def task2(args, seeds):
     cols = ["model", "layers", "params", "macs", "accuracy", "accuracy_std", "precision", "recall", "f1",
             "ratio_to_baseline", "seeds"]
     text = agg[cols].to_markdown(index=False, floatfmt=".4f")
-    update_readme("task2", f"{title}\n\n{text}", args.readme)
+    paste(args, "task2", f"{title}\n\n{text}")
     print(text)
 
 
@@ -470,8 +674,11 @@ def task2_sweep(args, seeds):
         rows += [{**r, "epochs": epochs, "minutes": minutes(planned[(r["model"], epochs)][1])}
                  for r in evaluate_side_by_side(args, ev, checkpoints)]
     df = pd.DataFrame(rows)
-    resnet = df[df.model == "resnet34"].set_index("epochs")["accuracy"].to_dict()
-    saturated = saturation(resnet)
+    # Saturation, and so the teacher, is judged on validation: the best val accuracy in each
+    # ResNet34 run's log is that of the checkpoint it kept; the test split only reports.
+    resnet_val = {e: pd.read_csv(os.path.join(planned[("resnet34", e)][1], "log.csv"))["val_acc"].max()
+                  for e in budgets}
+    saturated = saturation(resnet_val)
     # Without a saturated budget the longest ResNet34 is the best teacher the sweep has, and
     # distilling from it still says what distillation adds there.
     kd_epochs = saturated
@@ -493,14 +700,16 @@ def task2_sweep(args, seeds):
     models_run = list(table.columns)
     for m in table.columns.drop("resnet34"):
         table[f"{m} / resnet34"] = table[m] / table["resnet34"]
+    table["resnet34 val"] = pd.Series(resnet_val)
     table = table.join(df.pivot_table(index="epochs", columns="model", values="minutes").add_suffix(" min"))
-    verdict = (f"ResNet34 saturates at {saturated} epochs (doubling them gains under 1 point)" if saturated
-               else f"ResNet34 is not saturated within {budgets} epochs (no doubling that gains under 1 point)")
+    verdict = (f"ResNet34 saturates at {saturated} epochs (doubling them gains under 1 point of validation "
+               "accuracy)" if saturated else f"ResNet34 is not saturated within {budgets} epochs (no doubling "
+               "gains under 1 point of validation accuracy)")
     if kd_epochs is not None:
         verdict += (f"; shallow+kd is distilled from the {kd_epochs}-epoch ResNet34" if kd_done
                     else f"; shallow+kd, distilled from the {kd_epochs}-epoch ResNet34, has not finished")
-    title = (f"Task 2 budget sweep on {os.path.basename(os.path.normpath(args.data_root))} test split "
-             f"(CPU proxy: {args.img_size}px, batch {args.batch_size}, seed {seed}, {os.cpu_count()}-core CPU; "
+    title = (f"Task 2 budget sweep on {data_name(args)} test split "
+             f"({machine(args)}: {args.img_size}px, batch {args.batch_size}, seed {seed}; "
              f"'min': training wall minutes from each run's log, under whatever else shared the cores); {verdict}")
     write_results(table.reset_index().to_dict("records"), args.results, "task2_sweep", title)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -516,8 +725,23 @@ def task2_sweep(args, seeds):
     ax.grid(alpha=0.3)
     save_figure(os.path.join(args.figs, "task2_sweep.png"))
     text = markdown(table.reset_index().astype({"epochs": str}))
-    update_readme("task2-sweep", f"{title}\n\n{text}", args.readme)
+    paste(args, "task2-sweep", f"{title}\n\n{text}")
     print(f"{title}\n\n{text}")
+    task2_headline(args)
+
+
+def task2_headline(args):
+    """The front page's Task 2 rows (ResNet34 and shallow at each budget), read from the sweep's
+    table as written, so that they can be pasted again without its runs."""
+    path = os.path.join(args.results, "task2_sweep")
+    if not os.path.exists(path + ".json"):
+        raise UserError(f"{path}.json: no Task 2 sweep table yet; run --part task2-sweep first")
+    title = open(path + ".md").readline().strip()
+    table = pd.DataFrame(json.load(open(path + ".json")))
+    cols = [c for c in ["epochs", "resnet34", "shallow", "shallow+kd", "shallow / resnet34",
+                        "shallow+kd / resnet34"] if c in table]
+    paste(args, "task2-headline", f"{title}; test accuracy ([every model and the Task 2 table](docs/task2.md))"
+          f"\n\n{markdown(table[cols].astype({'epochs': str}))}")
 
 
 @cli
@@ -530,13 +754,18 @@ def main(argv=None):
         task1(args, seeds)
     if args.part in ("task1-ablation", "all"):
         task1_ablation(args, seeds)
+    if args.part in ("task1-sandwich", "all"):
+        task1_sandwich(args, seeds)
     if args.part in ("task1-resnet18", "all"):
         task1_resnet18(args, seeds)
     if args.part in ("task2", "all"):
         task2(args, seeds)
     if args.part == "task2-sweep":
         task2_sweep(args, seeds)
+    if args.part == "task2-headline":
+        task2_headline(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

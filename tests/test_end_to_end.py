@@ -46,11 +46,11 @@ def test_task1_train_then_test(tmp_path, capsys):
 def test_plain_zero_weights_evaluated_as_plain_mean(tmp_path, capsys):
     """Same weights: RGB results agree; with a channel missing only the fill rule differs."""
     out = tmp_path / "pz"
-    train_dw.main(["--model", "plain_zero", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"])
+    assert train_dw.main(["--model", "plain_zero", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"]) == 0
     ev = ["--checkpoint", str(out), "--data-root", "synthetic", "--limit", "60", "--workers", "0",
           "--combos", "RGB,R"]
-    test_dw.main([*ev, "--out", str(tmp_path / "zero")])
-    test_dw.main([*ev, "--as-model", "plain_mean", "--out", str(tmp_path / "mean")])
+    assert test_dw.main([*ev, "--out", str(tmp_path / "zero")]) == 0
+    assert test_dw.main([*ev, "--as-model", "plain_mean", "--out", str(tmp_path / "mean")]) == 0
     zero, mean = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("zero", "mean"))
     assert mean[0]["model"] == "plain_mean" and zero[0]["model"] == "plain_zero"
     assert mean[0]["accuracy"] == zero[0]["accuracy"]
@@ -62,9 +62,9 @@ def test_plain_zero_weights_evaluated_as_plain_mean(tmp_path, capsys):
 
 def test_task1_complexity_report(tmp_path, capsys):
     out = tmp_path / "seed"
-    train_dw.main(["--model", "seed_dwg", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"])
-    test_dw.main(["--checkpoint", str(out), "--data-root", "synthetic", "--limit", "30", "--workers", "0",
-                  "--complexity", "--out", str(tmp_path / "ev")])
+    assert train_dw.main(["--model", "seed_dwg", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"]) == 0
+    assert test_dw.main(["--checkpoint", str(out), "--data-root", "synthetic", "--limit", "30", "--workers", "0",
+                         "--complexity", "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
     assert "GMACs" in printed and "extra_params" in printed
     cost = json.loads((tmp_path / "ev" / "stem_cost.json").read_text())
@@ -84,7 +84,7 @@ def test_task2_train_then_compare(tmp_path, capsys):
                            "--workers", "0", "--out", str(tmp_path / "cmp")]) == 0
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert [r["model"] for r in rows] == ["resnet34", "shallow", "shallow+kd"]
-    assert rows[0]["ratio_to_baseline"] == 1.0 and rows[1]["layers"] == 4
+    assert rows[1]["layers"] == 4
     assert rows[1]["ratio_to_baseline"] == pytest.approx(rows[1]["accuracy"] / rows[0]["accuracy"])
     assert "pass_90" in capsys.readouterr().out
     per_class = pd.read_csv(tmp_path / "cmp" / "per_class.csv")
@@ -102,3 +102,54 @@ def test_on_a_slice_of_real_data(tmp_path):
                          "--workers", "0"]) == 0
     rows = json.loads((tmp_path / "r" / "eval" / "results.json").read_text())
     assert len(rows) == 7 and rows[0]["images"] == 40
+
+
+def test_training_learns_every_combination(tmp_path):
+    """A few epochs on the synthetic shapes: every channel combination well above chance (1/6), RGB
+    far above it. A model that does not learn (a frozen optimizer, a detached loss) fails here."""
+    out = tmp_path / "dwg"
+    assert train_dw.main(["--model", "dwg", "--backbone", "small", "--data-root", "synthetic", "--limit", "384",
+                          "--img-size", "24", "--batch-size", "32", "--workers", "0", "--epochs", "8", "--lr", "0.05",
+                          "--out", str(out)]) == 0
+    assert test_dw.main(["--checkpoint", str(out / "best.pt"), "--data-root", "synthetic", "--limit", "384",
+                         "--workers", "0"]) == 0
+    accuracy = {r["combo"]: r["accuracy"] for r in json.loads((out / "eval" / "results.json").read_text())}
+    assert len(accuracy) == 7 and accuracy["RGB"] >= 0.6 and min(accuracy.values()) >= 0.25, accuracy
+
+
+def test_the_checkpoint_kept_is_the_best_validation_epoch(tmp_path, monkeypatch):
+    """Validation scores that rise, fall and rise less: best.pt is the epoch where log.csv's
+    validation column peaks, not the last one nor the one with the best training accuracy."""
+    import numpy as np
+    import torch
+    import train
+    scores = iter([0.3, 0.7, 0.5])
+
+    def evaluate(net, loader, ctx, combos, *args, **kwargs):
+        right = int(100 * next(scores))
+        targets, top = np.zeros(100, dtype=int), np.zeros((100, 1), dtype=int)
+        top[right:] = 1
+        return {c: (targets, top) for c in combos}
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    out = tmp_path / "run"
+    assert train_dw.main(["--model", "plain_zero", "--backbone", "small", "--out", str(out), *TINY[:-1], "3"]) == 0
+    log = pd.read_csv(out / "log.csv")
+    assert log.val_acc.tolist() == pytest.approx([0.3, 0.7, 0.5])
+    best, last = (torch.load(out / f"{n}.pt", weights_only=False) for n in ("best", "last"))
+    assert best["epoch"] == best["best_epoch"] == last["best_epoch"] == int(log.epoch[log.val_acc.idxmax()]) == 2
+    assert last["epoch"] == 3
+
+
+def test_evaluation_is_on_the_test_split(tmp_path):
+    """val.txt and test.txt of different lengths: the table holds the test split's images."""
+    from conftest import make_list_root
+    root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
+    test_lines = (root / "test.txt").read_text().splitlines()[:2]
+    (root / "test.txt").write_text("\n".join(test_lines) + "\n")
+    out = tmp_path / "run"
+    assert train_dw.main(["--model", "plain_zero", "--backbone", "small", "--data-root", str(root), "--img-size", "16",
+                          "--batch-size", "4", "--workers", "0", "--epochs", "1", "--out", str(out)]) == 0
+    assert test_dw.main(["--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--workers", "0",
+                         "--combos", "RGB"]) == 0
+    [row] = json.loads((out / "eval" / "results.json").read_text())
+    assert row["images"] == 2 != len((root / "val.txt").read_text().splitlines())

@@ -54,3 +54,22 @@ def test_ratio_to_baseline():
     rows = add_ratios([{"accuracy": 0.60}, {"accuracy": 0.54}, {"accuracy": 0.50}, {"accuracy": 0.66}], 0.60)
     assert [r["ratio_to_baseline"] for r in rows] == pytest.approx([1.0, 0.9, 0.8333333, 1.1])
     assert [r["pass_90"] for r in rows] == [True, True, False, True]
+
+
+def test_spreads_are_sample_standard_deviations_and_one_seed_has_none():
+    import pandas as pd
+    from experiments.results import mean_std
+    df = pd.DataFrame({"model": ["a"] * 3 + ["b"], "accuracy": [0.1, 0.2, 0.3, 0.5]})
+    out = mean_std(df, ["model"], ["accuracy"]).set_index("model")
+    assert out.loc["a", "accuracy_std"] == pytest.approx(0.1)  # ddof=1; ddof=0 would give 0.0816
+    assert pd.isna(out.loc["b", "accuracy_std"]) and out.loc["b", "seeds"] == 1
+
+
+def test_aggregates_count_each_combination_once():
+    """BGR is RGB permuted: shown, never counted a second time in the mean or the worst."""
+    import pandas as pd
+    from experiments.results import TASK1_COMBOS, accuracy_table
+    acc = {"RGB": 0.9, "RG": 0.8, "RB": 0.8, "GB": 0.8, "R": 0.5, "G": 0.6, "B": 0.7, "BGR": 0.9}
+    table = accuracy_table(pd.DataFrame([{"model": "m", "combo": c, "accuracy": acc[c]} for c in TASK1_COMBOS]), ["m"])
+    assert table.loc["m", "mean"] == pytest.approx(5.1 / 7)  # over the seven distinct sets, not 6.0 / 8
+    assert table.loc["m", "worst"] == 0.5

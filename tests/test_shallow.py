@@ -151,22 +151,35 @@ def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
     the README given."""
     root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
     readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- task2-sweep:start -->\nSTALE TABLE\n<!-- task2-sweep:end -->\nafter\n")
+    readme.write_text("before\n<!-- task2-sweep:start -->\nSTALE TABLE\n<!-- task2-sweep:end -->\n"
+                      "<!-- task2-headline:start -->\n<!-- task2-headline:end -->\nafter\n")
     out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
     args = ["--part", "task2-sweep", "--budgets", "1,2", "--img-size", "16", "--batch-size", "4", "--workers", "0",
             "--data-root", str(root), "--runs", out["runs"], "--results", out["results"], "--figs", out["figs"],
-            "--readme", str(readme)]
-    results.main(args)
+            "--update-docs", "--docs", str(readme)]
+    assert results.main(args) == 0
     rows = json.loads((tmp_path / "results" / "task2_sweep.json").read_text())
     assert [r["epochs"] for r in rows] == [1, 2]
     assert {"resnet34", "shallow", "shallow_deep", "shallow / resnet34", "resnet34 min"} <= set(rows[0])
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text and "epochs |" in text
     assert (tmp_path / "figs" / "task2_sweep.png").exists()
+    # the front page's rows, pasted again from the written table alone (no runs needed)
+    headline = text.split("<!-- task2-headline:start -->")[1].split("<!-- task2-headline:end -->")[0]
+    assert headline.count("\n|") == 4 and "shallow / resnet34" in headline  # header, rule, two budgets
+    page = tmp_path / "front.md"
+    page.write_text("<!-- task2-headline:start -->\n<!-- task2-headline:end -->\n")
+    assert results.main(["--part", "task2-headline", "--results", out["results"], "--update-docs",
+                         "--docs", str(page)]) == 0
+    assert page.read_text() == f"<!-- task2-headline:start -->{headline}<!-- task2-headline:end -->\n"
     # distilled at the saturated budget, or from the longest budget's ResNet34 when none saturates
     kd_epochs = int(re.search(r"shallow\+kd is distilled from the (\d+)-epoch ResNet34", text).group(1))
     assert kd_epochs == (1 if "ResNet34 saturates at 1 epochs" in text else 2)
     assert [r["epochs"] for r in rows if r["shallow+kd"] is not None] == [kd_epochs]
+    # saturation (and so the teacher) is judged on validation: each ResNet34 checkpoint's val accuracy
+    for r in rows:
+        log = (tmp_path / "runs" / "task2-sweep" / f"resnet34-e{r['epochs']}-s0" / "log.csv").read_text()
+        assert r["resnet34 val"] == max(float(line.split(",")[4]) for line in log.splitlines()[1:])
     # --no-train: a budget whose ResNet34 has finished is reported, its unfinished shallow runs as
     # blanks; a budget without a finished ResNet34 is left out; nothing is trained
     import train_rrdb
@@ -175,7 +188,7 @@ def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
                             "--workers", "0", "--data-root", str(root), "--out", str(sweep / "resnet34-e4-s0")]) == 0
     evaluated = {p: p.stat().st_mtime_ns for p in sweep.glob("eval-*/results.json")}
     assert len(evaluated) == 3  # two budgets and the distilled run
-    results.main([*args[:3], "1,2,4,8", *args[4:], "--no-train"])
+    assert results.main([*args[:3], "1,2,4,8", *args[4:], "--no-train"]) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in evaluated.items())  # unchanged runs: evaluations reused
     rows = json.loads((tmp_path / "results" / "task2_sweep.json").read_text())
     assert [r["epochs"] for r in rows] == [1, 2, 4]

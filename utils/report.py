@@ -5,6 +5,8 @@ import os
 import matplotlib
 import pandas as pd
 
+from utils.errors import UserError
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -98,14 +100,23 @@ def fmt_table(df, percent=(), digits=4):
     return shown.to_markdown(index=False, floatfmt=f".{digits}f")
 
 
-def update_readme(section, text, path="README.md"):
-    """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->``."""
+# Which page of docs/ holds each generated section (a Task 1 section with a tag, e.g. task1-32px, too);
+# the headlines stand on the front page.
+DOC_PAGES = {"task1-headline": "../README.md", "task2-headline": "../README.md", "task1": "task1.md",
+             "task2": "task2.md", "complexity": "speed.md", "loader": "speed.md"}
+
+
+def update_doc(section, text, docs="docs"):
+    """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->`` in the
+    page of ``docs`` that holds ``section`` (``DOC_PAGES``), or in ``docs`` itself if it is a file."""
+    page = DOC_PAGES.get(section) or DOC_PAGES[section.split("-")[0]]
+    path = docs if os.path.isfile(docs) else os.path.normpath(os.path.join(docs, page))
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     with open(path) as f:
-        readme = f.read()
-    if start not in readme or end not in readme:
-        raise ValueError(f"{path} has no {start} ... {end} markers")
-    head, rest = readme.split(start, 1)
+        page = f.read()
+    if start not in page or end not in page:
+        raise UserError(f"{path} has no {start} ... {end} markers")
+    head, rest = page.split(start, 1)
     _, tail = rest.split(end, 1)
     with open(path, "w") as f:
         f.write(f"{head}{start}\n{text}\n{end}{tail}")

@@ -1,0 +1,86 @@
+"""The front page and docs/ as a reader meets them: under CommonMark (GitHub's renderer) every
+heading renders and every code block closes, every relative link and image resolves, and every
+``python ...`` command shown parses with the argument parser of the script it names."""
+import glob
+import os
+import re
+import shlex
+
+import pytest
+from markdown_it import MarkdownIt
+
+from conftest import ROOT
+
+PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+
+
+def _tokens(path):
+    with open(path) as f:
+        text = f.read()
+    return text, MarkdownIt("commonmark").parse(text)
+
+
+@pytest.mark.parametrize("path", PAGES, ids=os.path.basename)
+def test_every_heading_renders_and_every_code_block_closes(path):
+    text, tokens = _tokens(path)
+    lines = text.splitlines()
+    fences = [t for t in tokens if t.type == "fence"]
+    for fence in fences:  # an unclosed fence runs to the end of the page, swallowing what follows
+        assert re.match(r"\s*(```|~~~)", lines[fence.map[1] - 1]), f"{path}:{fence.map[0] + 1}: code block not closed"
+    inside = {i for f in fences for i in range(*f.map)}
+    written = [i for i, line in enumerate(lines) if re.match(r"#{1,6} ", line) and i not in inside]
+    rendered = [t.map[0] for t in tokens if t.type == "heading_open"]
+    assert rendered == written
+
+
+def _links(tokens):
+    for t in tokens:
+        for child in t.children or []:
+            if child.type == "link_open":
+                yield child.attrGet("href")
+            elif child.type == "image":
+                yield child.attrGet("src")
+
+
+@pytest.mark.parametrize("path", PAGES, ids=os.path.basename)
+def test_every_relative_link_resolves(path):
+    _, tokens = _tokens(path)
+    for link in _links(tokens):
+        target = link.split("#")[0]
+        if not target or re.match(r"[a-z]+:", target):
+            continue
+        assert os.path.exists(os.path.join(os.path.dirname(path), target)), f"{path}: broken link {link}"
+
+
+def _commands():
+    """(page, command line) for every ``python ...`` line in a code block, continuations joined."""
+    for path in PAGES:
+        _, tokens = _tokens(path)
+        for fence in (t for t in tokens if t.type == "fence"):
+            joined = re.sub(r"\\\n\s*", " ", fence.content)
+            for line in joined.splitlines():
+                line = line.split(" #")[0].strip().lstrip("$ ").strip()
+                if re.match(r"(torchrun .*?|python3? )\S+\.py|python3? -m \w", line):
+                    yield os.path.basename(path), line
+
+
+def _parser(target):
+    """The function that parses a script's flags, as the script itself calls it."""
+    import importlib
+    if target in ("train_dw.py", "train_rrdb.py"):
+        import train
+        from data import DEFAULT_COMBOS
+        task1 = target == "train_dw.py"
+        parser = train.build_parser("", "dwg" if task1 else "shallow", ",".join(DEFAULT_COMBOS) if task1 else "RGB")
+        return parser.parse_args
+    return importlib.import_module(target.removesuffix(".py").replace("/", ".")).parse_args
+
+
+@pytest.mark.parametrize("page, command", list(_commands()))
+def test_every_command_shown_parses(page, command):
+    words = shlex.split(re.sub(r"\$\{?(\w+)\}?", r"X\1", command.split(";")[0]))
+    words = words[words.index(next(w for w in words if w.endswith(".py") or w == "-m")):]
+    target, argv = (words[1], words[2:]) if words[0] == "-m" else (words[0], words[1:])
+    if target == "torch.distributed.run":
+        return
+    _parser(target)(argv)  # argparse exits (status 2) on a flag the script does not have

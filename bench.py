@@ -33,7 +33,7 @@ from data.channels import sample_subset
 from models.stems import ChannelHyperStem, SeedDWGStem
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import Parser, UserError, at_least, choice_list, cli, int_list
-from utils.report import update_doc, write_results
+from utils.report import update_doc, write_results, write_text
 
 PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
 
@@ -416,8 +416,7 @@ def main(argv=None):
     if os.path.exists(path):  # a run of some parts keeps the others' last results
         with open(path) as f:
             report = {**json.load(f), **report}
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    write_text(path, json.dumps(report, indent=2))
     return 0
 
 

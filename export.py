@@ -68,7 +68,7 @@ def export_onnx(net, example, path):
     try:
         import onnxruntime
     except ImportError:
-        print(f"wrote {path}; not checked: onnxruntime is not installed")
+        print("onnxruntime is not installed: the .onnx file is not checked against PyTorch")
         return None
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
@@ -78,6 +78,11 @@ def export_torch(net, example, path):
     program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, path)
     return torch.export.load(path).module()
+
+
+def _temporary(path):
+    """A name beside ``path`` that keeps its suffix (the exporters and runtimes go by it)."""
+    return os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
 
 
 @cli
@@ -95,27 +100,41 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "export")
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"{ckpt['model']}_{''.join(channels)}")
-    with torch.no_grad():
-        reference = model(x, channels) if hasattr(model, "for_channels") else model(x)
-        for fmt in args.formats:
-            path = f"{stem}.onnx" if fmt == "onnx" else f"{stem}.pt2"
-            run = (export_onnx if fmt == "onnx" else export_torch)(net, example, path)
-            if run is None:
-                continue
-            diff = (run(x) - reference).abs().max().item()
-            if not diff <= args.atol:
-                raise UserError(f"{path}: logits differ from PyTorch's by {diff:.2e} on {source} "
-                                f"(more than --atol {args.atol:g})")
-            top = int(reference.argmax(1))
-            print(f"wrote {path}: matches PyTorch within {diff:.1e} on {source} "
-                  f"(top-1 {ckpt['classes'][top]})")
-    idx = ["RGB".index(c) for c in channels]
-    with open(f"{stem}.json", "w") as f:
-        json.dump({"model": ckpt["model"], "checkpoint": ckpt["path"], "channels": "".join(channels),
-                   "img_size": size, "input": "image", "output": "logits",
-                   "mean": list(np.take(IMAGENET_MEAN, idx)), "std": list(np.take(IMAGENET_STD, idx)),
-                   "classes": ckpt["classes"]}, f, indent=2)
-    print(f"wrote {stem}.json (channels, image size, normalisation, classes)")
+    # Everything is written beside its final name and moved there only once every file passed its
+    # check: a failed export leaves an earlier one in the folder whole, its .json still true.
+    written = {}
+    try:
+        with torch.no_grad():
+            reference = model(x, channels) if hasattr(model, "for_channels") else model(x)
+            if not torch.isfinite(reference).all():
+                raise UserError(f"{ckpt['path']}: the model's logits on {source} are not finite; nothing exported")
+            for fmt in args.formats:
+                path = f"{stem}.onnx" if fmt == "onnx" else f"{stem}.pt2"
+                written[path] = _temporary(path)
+                run = (export_onnx if fmt == "onnx" else export_torch)(net, example, written[path])
+                if run is None:
+                    continue
+                diff = (run(x) - reference).abs().max().item()
+                if not diff <= args.atol:
+                    raise UserError(f"{path}: logits differ from PyTorch's by {diff:.2e} on {source} "
+                                    f"(more than --atol {args.atol:g}); nothing exported")
+                top = int(reference.argmax(1))
+                print(f"checked {path}: matches PyTorch within {diff:.1e} on {source} "
+                      f"(top-1 {ckpt['classes'][top]})")
+        idx = ["RGB".index(c) for c in channels]
+        written[f"{stem}.json"] = _temporary(f"{stem}.json")
+        with open(written[f"{stem}.json"], "w") as f:
+            json.dump({"model": ckpt["model"], "checkpoint": ckpt["path"], "channels": "".join(channels),
+                       "img_size": size, "input": "image", "output": "logits",
+                       "mean": list(np.take(IMAGENET_MEAN, idx)), "std": list(np.take(IMAGENET_STD, idx)),
+                       "classes": ckpt["classes"]}, f, indent=2)
+        for path, tmp in written.items():
+            os.replace(tmp, path)
+            print(f"wrote {path}")
+    finally:
+        for tmp in written.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return 0
 
 

@@ -37,7 +37,8 @@ def parse_args(argv):
     p.add_argument("--limit", type=at_least(1), default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--save-deployed", default=None, metavar="DIR",
-                   help="also write each evaluated model, deployed, as DIR/<model>.pt (loads like any checkpoint)")
+                   help="also write each evaluated model, deployed, as DIR/<model>.pt (the second checkpoint of a "
+                        "model as DIR/<model>-2.pt, and so on; loads like any checkpoint)")
     return p.parse_args(argv)
 
 
@@ -49,7 +50,7 @@ def add_ratios(rows, baseline_accuracy):
     return rows
 
 
-def evaluate_checkpoint(path, spec, args, ctx):
+def evaluate_checkpoint(path, spec, args, ctx, saved):
     ckpt, model = load_model(path, spec.classes)
     model = deploy(model).to(ctx.device)
     teacher = ckpt["args"].get("teacher")
@@ -57,8 +58,10 @@ def evaluate_checkpoint(path, spec, args, ctx):
     if args.save_deployed and ctx.main:
         os.makedirs(args.save_deployed, exist_ok=True)
         kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "args", "epoch") if k in ckpt}
+        saved[name] = saved.get(name, 0) + 1  # two runs of one model must not share a file
+        file = f"{name}.pt" if saved[name] == 1 else f"{name}-{saved[name]}.pt"
         save_atomic({**kept, "state_dict": model.state_dict(), "deployed": True},
-                    os.path.join(args.save_deployed, f"{name}.pt"))
+                    os.path.join(args.save_deployed, file))
     size = args.img_size or ckpt["args"]["img_size"]
     [metrics], results = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size,
                                         args.workers, args.limit, decode=args.decode)
@@ -92,7 +95,8 @@ def main(argv=None):
     paths = list(args.checkpoints)
     if args.baseline and args.baseline not in paths:
         paths.insert(0, args.baseline)
-    rows = [evaluate_checkpoint(p, spec, args, ctx) for p in paths]
+    saved = {}
+    rows = [evaluate_checkpoint(p, spec, args, ctx, saved) for p in paths]
     per_class = pd.DataFrame({"class": range(len(spec.classes)), "name": spec.classes})
     for i, r in enumerate(rows):  # one column per checkpoint, named by its model
         per_class[r["model"] if r["model"] not in per_class else f"{r['model']} ({i + 1})"] = r.pop("per_class")

@@ -7,6 +7,7 @@ import copy
 import csv
 import datetime
 import functools
+import hashlib
 import json
 import math
 import os
@@ -33,7 +34,8 @@ from utils.checkpoint import check_classes, init_from, load_checkpoint, load_mod
 from utils.errors import Parser, UserError, at_least, between, non_empty
 from utils.metrics import classification_metrics
 from utils.progress import Progress
-from utils.run_folder import RunLock, check_out_dir, clear_run, reconcile_best, remove_stray_temporaries
+from utils.run_folder import (RunLock, check_out_dir, discard_previous_run, reconcile_best, remove_stray_temporaries,
+                              restore_previous_run, set_aside_run)
 from utils.report import training_curves
 
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
@@ -215,6 +217,10 @@ def run(argv, description, default_model, val_combos):
         lock, replacing = claim_out_dir(args, resume)
     try:
         return _run(args, resume, ctx, replacing)
+    except BaseException:
+        if replacing:  # failed before a checkpoint of its own: the run it was to replace comes back
+            restore_previous_run(args.out)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -261,11 +267,16 @@ def resolve_args(args, given, parser, default_model):
         if v != stored.get(k):
             # --epochs stretches the cosine schedule from the step the run has reached
             print(f"resuming {resume['path']} with {_flag(k)} {v} (was {stored.get(k)})")
-    out = args.out if "out" in given else os.path.dirname(resume["path"])
+    out = args.out if "out" in given else _folder(resume["path"])
     args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume,
                                  "overwrite": args.overwrite,
                                  "pretrained": None, "init_from": None})  # weights: the checkpoint's
     return args, resume
+
+
+def _folder(path):
+    """The run folder of a checkpoint file; "." for a bare file name (resuming from inside it)."""
+    return os.path.dirname(path) or "."
 
 
 def claim_out_dir(args, resume):
@@ -273,17 +284,29 @@ def claim_out_dir(args, resume):
     the run replaces another one there: ``--overwrite``, acted on at the first write)."""
     args.out = args.out or os.path.join("runs", args.model)
     continuing = resume is not None and os.path.isdir(args.out) and \
-        os.path.samefile(args.out, os.path.dirname(resume["path"]))
+        os.path.samefile(args.out, _folder(resume["path"]))
     check_out_dir(args.out, continuing, args.overwrite)
     lock = RunLock(args.out).acquire()
     remove_stray_temporaries(args.out)
     if continuing:
         reconcile_best(args.out)
     if resume is not None and not continuing:  # the log so far travels with the run
-        old_log = os.path.join(os.path.dirname(resume["path"]), "log.csv")
+        old_log = os.path.join(_folder(resume["path"]), "log.csv")
         if os.path.exists(old_log):
             shutil.copyfile(old_log, os.path.join(args.out, "log.csv"))
     return lock, args.overwrite and not continuing
+
+
+def list_fingerprint(*datasets):
+    """Each split's list file in short (its images and a digest of its bytes), so that a resume
+    can tell the lists it was started with from edited ones."""
+    prints = {}
+    for d in datasets:
+        path = getattr(d, "list_path", None)  # the built-in synthetic data has none
+        if path:
+            with open(path, "rb") as f:
+                prints[os.path.basename(path)] = f"{len(d)} images, sha256 {hashlib.sha256(f.read()).hexdigest()[:12]}"
+    return prints
 
 
 def build_optimizer(model, args, steps_per_epoch):
@@ -351,6 +374,13 @@ def _run(args, resume, ctx, replacing=False):
 
     train_set = build_dataset(spec, "train", args.img_size, train=True, limit=args.limit, seed=args.seed)
     val_set = build_dataset(spec, "val", args.img_size, limit=args.limit, seed=args.seed)
+    lists = list_fingerprint(train_set, val_set)
+    changed = [k for k, v in lists.items() if resume is not None and resume.get("lists", lists).get(k) != v]
+    if changed:
+        name = changed[0]
+        raise UserError(f"{resume['path']}: {os.path.join(spec.root, name)} changed since the run started "
+                        f"({resume['lists'].get(name)} then, {lists[name]} now); the run's schedule and labels "
+                        f"are the old list's: start a new run (e.g. --init-from {resume['path']})")
     steps_per_epoch = len(train_set) // (args.batch_size * ctx.world)
     if steps_per_epoch == 0:
         raise UserError(f"--batch-size {args.batch_size} x {ctx.world} process(es) is larger than "
@@ -382,11 +412,11 @@ def _run(args, resume, ctx, replacing=False):
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "epoch": epoch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch,
-                "rng": rng_state(), "chan_gen": chan_gen.get_state()}
+                "rng": rng_state(), "chan_gen": chan_gen.get_state(), "lists": lists}
 
     if ctx.main:
-        if replacing:  # only now: a refusal above leaves the old run whole
-            clear_run(args.out)
+        if replacing:  # only now: a refusal above leaves the old run where it was
+            set_aside_run(args.out)
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
@@ -431,6 +461,7 @@ def _run(args, resume, ctx, replacing=False):
             if stats["interrupted"]:
                 if ctx.main:
                     save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
+                    discard_previous_run(args.out)
                 return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
             throughput = progress.summary()
             t_eval = time.time()
@@ -454,6 +485,7 @@ def _run(args, resume, ctx, replacing=False):
                 save_atomic(ckpt, os.path.join(args.out, "last.pt"))
                 if improved:
                     save_atomic(ckpt, os.path.join(args.out, "best.pt"))
+                discard_previous_run(args.out)
                 training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
                 print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}  train acc {stats['acc']:.3f}  "
                       f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "

@@ -175,21 +175,37 @@ def read_classes(root, train_entries):
     """Class names from classes.txt when present, else the wnid folder of each label's images."""
     path = os.path.join(root, "classes.txt")
     if os.path.isfile(path):
-        names = {}
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split(maxsplit=2)
-                if not parts:
-                    continue
-                if len(parts) < 2 or not parts[1].isdigit():
-                    raise UserError(f"{path}:{lineno}: malformed line {line.strip()!r} "
-                                    "(expected '<wnid> <label> [name]')")
-                names[int(parts[1])] = parts[2].strip() if len(parts) > 2 else parts[0]
+        names, where = {}, {}
+        with open(path, encoding="utf-8-sig", newline=None) as f:
+            lines = _decoded_lines(f, path)
+        for lineno, line in enumerate(lines, 1):
+            parts = line.split(maxsplit=2)
+            if not parts:
+                continue
+            if len(parts) < 2 or not parts[1].isdigit():
+                raise UserError(f"{path}:{lineno}: malformed line {line.strip()!r} "
+                                "(expected '<wnid> <label> [name]')")
+            names[int(parts[1])] = parts[2].strip() if len(parts) > 2 else parts[0]
+            where[int(parts[1])] = f"{path}:{lineno}"
+        if not names:
+            raise UserError(f"{path}: no classes in it (lines '<wnid> <label> [name]')")
+        _check_numbering(names, where)
         return [names.get(i, str(i)) for i in range(max(names) + 1)]
-    wnids = {}
-    for rel, label, _ in train_entries:
+    wnids, where = {}, {}
+    for rel, label, lineno in train_entries:
         wnids.setdefault(label, os.path.basename(os.path.dirname(rel)) or str(label))
+        where.setdefault(label, f"{os.path.join(root, 'train.txt')}:{lineno}")
+    _check_numbering(wnids, where)
     return [wnids.get(i, str(i)) for i in range(max(wnids) + 1)]
+
+
+def _check_numbering(labels, where):
+    """Labels number the classes from 0; a few may go unused, but a label far beyond the number of
+    classes named would size the classifier (and the class list) by it."""
+    top = max(labels)
+    if top >= 2 * len(labels) + 10:
+        raise UserError(f"{where[top]}: label {top} with only {len(labels)} distinct labels: labels must number "
+                        "the classes from 0 (at most about half of the numbers unused)")
 
 
 def evenly_spaced(items, limit):

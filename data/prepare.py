@@ -15,7 +15,7 @@ import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from tqdm import tqdm
 
 from data.datasets import SPLITS, read_list, to_rgb
@@ -39,14 +39,18 @@ def prepare_one(job):
     src, dst, cap, side, quality = job
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with Image.open(src) as img:
+        # Sizes as the image is seen: an EXIF orientation of 5-8 turns it a quarter.
+        turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+        seen = img.size[::-1] if turned else img.size
         measure = min if side == "shorter" else max
-        scale = cap / measure(img.size)
+        scale = cap / measure(seen)
         if scale >= 1:
-            shutil.copyfile(src, dst)
+            shutil.copyfile(src, dst)  # the orientation tag travels with the file
             return os.path.getsize(dst)
-        size = tuple(max(1, round(v * scale)) for v in img.size)
-        img.draft("RGB", size)  # JPEG: decode at the nearest larger DCT scale, much faster
-        out = to_rgb(img, src).resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+        size = tuple(max(1, round(v * scale)) for v in seen)
+        img.draft("RGB", size[::-1] if turned else size)  # JPEG: decode at the nearest larger DCT scale
+        # The pixels are turned upright: the copy is written without the tag that said how.
+        out = to_rgb(ImageOps.exif_transpose(img), src).resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
     out.save(dst, "JPEG", quality=quality)
     return os.path.getsize(dst)
 
@@ -57,8 +61,14 @@ def main(argv=None):
     src, dst = os.path.abspath(args.src), os.path.abspath(args.dst)
     if not os.path.isdir(src):
         raise UserError(f"data root not found: {args.src}")
-    if dst == src or dst.startswith(src + os.sep):
-        raise UserError(f"{args.dst} lies inside {args.src}: write the prepared copy elsewhere")
+    # Compared after links are resolved: a link must not lead the copy into the data it reads.
+    real = os.path.realpath(dst)
+    for folder in (src, os.path.join(src, "images")):
+        inside = os.path.realpath(folder)
+        if real == inside or real.startswith(inside + os.sep):
+            raise UserError(f"{args.dst} lies inside {folder} (links resolved): write the prepared copy elsewhere")
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise UserError(f"{args.dst} is a file, not a folder")
     if os.path.exists(dst) and os.listdir(dst):
         raise UserError(f"{args.dst} is not empty")
     jobs, lists = {}, [s for s in SPLITS if os.path.exists(os.path.join(src, f"{s}.txt"))]

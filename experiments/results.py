@@ -316,7 +316,9 @@ def evaluated(path, checkpoints, cells=None):
     if not all(is_newer(path, c) for c in checkpoints):
         return False
     rows = json.load(open(path))
-    return list(dict.fromkeys(r["checkpoint"] for r in rows)) == checkpoints and \
+    # Paths as the evaluation wrote them (relative to where it ran) and as asked now: the same files?
+    done = [os.path.realpath(p) for p in dict.fromkeys(r["checkpoint"] for r in rows)]
+    return done == [os.path.realpath(c) for c in checkpoints] and \
         (cells is None or {(r["combo"], r["img_size"]) for r in rows} == cells)
 
 

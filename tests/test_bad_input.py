@@ -38,7 +38,10 @@ def world(tmp_path_factory):
         "superscript": "images/n00000000/n00000000_0.JPEG \u00b2\n",
         "absolute": "/etc/passwd 0\n",
         "climbing": "../../outside.JPEG 0\n",
+        "huge_label": "images/n00000000/n00000000_0.JPEG 0\nimages/n00000000/n00000000_1.JPEG 12345678901234567890\n",
     }
+    classes = {"classes_empty": b"", "classes_blank": b"\n  \n\n", "classes_latin1": "caf\u00e9 0 x\n".encode("latin-1"),
+               "classes_huge": b"n0 0 tench\nn1 99999999999 horn\n"}
     roots = {}
     for name, text in lists.items():
         root = base / f"data_{name}"
@@ -52,6 +55,21 @@ def world(tmp_path_factory):
         else:
             (root / "train.txt").write_text(text, encoding="utf-8")
         roots[name] = root
+    for name, raw in classes.items():
+        root = base / f"data_{name}"
+        root.mkdir()
+        os.symlink(data / "images", root / "images")
+        for split in ("train", "val", "test"):
+            (root / f"{split}.txt").write_bytes((data / f"{split}.txt").read_bytes())
+        (root / "classes.txt").write_bytes(raw)
+        roots[name] = root
+    # another architecture's checkpoint: only BatchNorm's step counters share names with ours
+    import torch
+    from utils.checkpoint import save_atomic
+    ckpt = torch.load(run / "best.pt", weights_only=False)
+    ckpt["state_dict"] = {**{k: v for k, v in ckpt["state_dict"].items() if k.endswith("num_batches_tracked")},
+                          "head.weight": torch.zeros(7, 7)}
+    save_atomic(ckpt, base / "counters.pt")
     images = base / "images"
     images.mkdir()
     Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(images / "float.tiff")
@@ -93,12 +111,18 @@ def cases(w):
         (["--pretrained", str(w["base"] / "none.pth")], "none.pth"),
         (["--init-from", str(w["base"] / "none.pt")], "checkpoint not found"),
         (["--teacher", str(w["base"] / "none.pt")], "checkpoint not found"),
+        (["--init-from", str(w["base"] / "counters.pt")], "no learned tensor of 'plain_zero' fits this model"),
         (["--data-root", r["bom"], "--batch-size", "4", "--out", str(w["base"] / "bom")], None),  # a BOM is fine
         (["--data-root", r["latin1"]], "train.txt:13: not UTF-8 text (byte 0xe9)"),
         (["--data-root", r["float_label"]], "train.txt:1: malformed line"),
         (["--data-root", r["superscript"]], "train.txt:1: malformed line"),
         (["--data-root", r["absolute"]], "train.txt:1: image path '/etc/passwd' leaves the data root"),
         (["--data-root", r["climbing"]], "train.txt:1: image path '../../outside.JPEG' leaves the data root"),
+        (["--data-root", r["huge_label"]], "train.txt:2: label 12345678901234567890 with only 2 distinct labels"),
+        (["--data-root", r["classes_empty"]], "classes.txt: no classes in it"),
+        (["--data-root", r["classes_blank"]], "classes.txt: no classes in it"),
+        (["--data-root", r["classes_latin1"]], "classes.txt:1: not UTF-8 text (byte 0xe9)"),
+        (["--data-root", r["classes_huge"]], "classes.txt:2: label 99999999999 with only 2 distinct labels"),
     ]
     listed = [("train_dw", [*TINY, *out, *flags], msg) for flags, msg in train]
     listed += [
@@ -165,5 +189,5 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 75
+    assert checked == 81
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run

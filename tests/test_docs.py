@@ -84,3 +84,27 @@ def test_every_command_shown_parses(page, command):
     if target == "torch.distributed.run":
         return
     _parser(target)(argv)  # argparse exits (status 2) on a flag the script does not have
+
+
+def test_pasting_a_table_on_a_full_disk_keeps_the_page(tmp_path, monkeypatch):
+    """A page is replaced whole or not at all (written beside it, then renamed); a page reached
+    through a link is written where the link points, and the link stays."""
+    import errno
+
+    from utils.errors import UserError
+    from utils.report import update_doc
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- task1:start -->\nold\n<!-- task1:end -->\nend\n")
+    link = tmp_path / "link.md"
+    link.symlink_to(page)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full)
+        with pytest.raises(UserError, match="No space left on device; the previous file is kept"):
+            update_doc("task1", "new table", str(link))
+    assert page.read_text() == "intro\n<!-- task1:start -->\nold\n<!-- task1:end -->\nend\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.md", "page.md"]
+    update_doc("task1", "new table", str(link))
+    assert link.is_symlink() and page.read_text() == "intro\n<!-- task1:start -->\nnew table\n<!-- task1:end -->\nend\n"

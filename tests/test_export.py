@@ -84,3 +84,54 @@ def test_task2_exports_rgb_only(trained, tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             export.main(["--checkpoint", str(out / "shallow"), "--out", str(tmp_path), *args])
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_failed_export_leaves_the_earlier_one_whole(trained, tmp_path, capsys, monkeypatch):
+    """NaN weights (or a check that fails) write nothing: the export already in --out, and the
+    .json that describes it, stay as they were; predict.py refuses the same weights."""
+    import predict
+    from conftest import file_hashes
+    from utils.checkpoint import save_atomic
+    root, out = trained
+    good = str(out / "dwg" / "best.pt")
+    assert export.main(["--checkpoint", good, "--channels", "RG", "--out", str(tmp_path / "export")]) == 0
+    before = file_hashes(tmp_path / "export")
+    ckpt = torch.load(good, weights_only=False)
+    key = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    ckpt["state_dict"][key] = torch.full_like(ckpt["state_dict"][key], float("nan"))
+    save_atomic(ckpt, tmp_path / "nan.pt")
+    image = build_dataset(describe_root(str(root)), "test", 24).samples[0][0]
+    for main, args in [(export.main, ["--channels", "RG", "--out", str(tmp_path / "export")]),
+                       (predict.main, ["--channels", "RG", image])]:
+        with pytest.raises(SystemExit) as exc:
+            main(["--checkpoint", str(tmp_path / "nan.pt"), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and "hold NaN or inf" in err[0] and key in err[0]
+    # the ONNX file written and checked, then the torch.export one failing its check
+    def wrong_program(net, example, path):
+        open(path, "wb").write(b"not a program")
+        return lambda x: torch.full((len(x), 3), 1e3)
+    monkeypatch.setattr(export, "export_torch", wrong_program)
+    with pytest.raises(SystemExit) as exc:
+        export.main(["--checkpoint", good, "--channels", "RG", "--out", str(tmp_path / "export")])
+    assert exc.value.code == 2 and "logits differ" in capsys.readouterr().err
+    assert file_hashes(tmp_path / "export") == before
+    assert not [p for p in (tmp_path / "export").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_labels_that_name_other_classes_are_refused(trained, tmp_path, capsys):
+    """The same images with their labels rotated: the class names stored in the checkpoint show it."""
+    import shutil
+    import test_dw
+    root, out = trained
+    rotated = tmp_path / "rotated"
+    shutil.copytree(root, rotated)
+    for split in ("train", "val", "test"):
+        lines = (rotated / f"{split}.txt").read_text().splitlines()
+        (rotated / f"{split}.txt").write_text("".join(f"{p} {(int(l) + 1) % 3}\n" for p, l in
+                                                     (line.split() for line in lines)))
+    with pytest.raises(SystemExit) as exc:
+        test_dw.main(["--checkpoint", str(out / "dwg" / "best.pt"), "--data-root", str(rotated),
+                      "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "the same classes under other labels" in err[0]

@@ -127,6 +127,31 @@ def test_a_prepared_copy_loads_with_the_same_loader(tmp_path):
     assert spec.classes == describe_root(str(src)).classes
     with pytest.raises(SystemExit):  # never beside (inside) the data
         prepare.main([str(src), str(src / "copy"), "--max-side", "20"])
+    (tmp_path / "link").symlink_to(src)  # nor through a link
+    with pytest.raises(SystemExit):
+        prepare.main([str(src), str(tmp_path / "link" / "copy"), "--max-side", "20"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        prepare.main([str(src), str(tmp_path / "file"), "--max-side", "20"])
+    assert not (src / "copy").exists()
+
+
+def test_a_prepared_copy_keeps_the_exif_orientation(tmp_path):
+    """A photo stored sideways with an EXIF orientation tag: the loader shows it upright, and so
+    must the prepared copy (pixels turned, tag gone)."""
+    src = make_list_root(tmp_path / "src", classes=3, per_class=4, size=48)
+    path = build_dataset(describe_root(str(src)), "train", 16).samples[0][0]
+    stored = np.zeros((40, 80, 3), np.uint8)  # wide as stored, the left half bright
+    stored[:, :40] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise: tall, the bright half on top
+    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif)
+    assert prepare.main([str(src), str(tmp_path / "dst"), "--max-side", "20", "--workers", "1"]) == 0
+    prepared = os.path.join(tmp_path / "dst", os.path.relpath(path, src))
+    with Image.open(prepared) as img:
+        assert img.size == (20, 40) and img.getexif().get(0x0112, 1) == 1
+        pixels = np.asarray(img.convert("L"), np.float32)
+    assert pixels[:15].mean() > 200 and pixels[25:].mean() < 50
 
 
 def test_compile_trains_on_the_cpu_and_keeps_plain_checkpoints(tmp_path):

@@ -32,6 +32,33 @@ def test_resume_writes_into_the_folder_named_not_the_one_stored(tmp_path, finish
     assert len((copy / "log.csv").read_text().splitlines()) == 3
 
 
+def test_resume_from_inside_the_run_folder_continues_there(tmp_path, finished):
+    """``--resume last.pt`` typed inside the run folder: the run continues in that folder."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_dw.py"), "--resume", "last.pt", "--epochs", "2"],
+                       cwd=run, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 2
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == []  # no runs/<model> inside it
+
+
+def test_resume_after_the_list_file_changed_is_refused(tmp_path):
+    from conftest import make_list_root
+    root = make_list_root(tmp_path / "data", classes=3, per_class=8, size=24)
+    run = tmp_path / "run"
+    r = run_script("train_dw.py", "--model", "plain_zero", "--backbone", "small", "--data-root", str(root),
+                   "--img-size", "16", "--batch-size", "4", "--workers", "0", "--epochs", "1", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    before = file_hashes(run)
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "train.txt").write_text("".join(f"{x}\n" for x in lines[:-3]))  # three images fewer, same classes
+    r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "train.txt changed since the run started" in r.stderr and "15 images" in r.stderr, r.stderr
+    assert file_hashes(run) == before
+
+
 def test_resume_into_another_run_needs_overwrite(tmp_path, finished):
     other = tmp_path / "other"
     assert run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(other)).returncode == 0
@@ -43,6 +70,36 @@ def test_resume_into_another_run_needs_overwrite(tmp_path, finished):
     r = run_script("train_dw.py", "--resume", str(finished), "--epochs", "2", "--out", str(fresh))
     assert r.returncode == 0, r.stderr
     assert len((fresh / "log.csv").read_text().splitlines()) == 3
+
+
+def test_overwrite_that_fails_before_its_first_checkpoint_leaves_the_old_run(tmp_path, finished):
+    """--overwrite replaces a run only once the new run has a checkpoint: a non-finite loss in its
+    first epoch, or a kill before its first save, leaves the old run's files as they were."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = file_hashes(run)
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--lr", "1e30", "--warmup-epochs", "0",
+                   "--out", str(run), "--overwrite")
+    assert r.returncode == 2 and "non-finite loss" in r.stderr
+    assert file_hashes(run) == before
+    # killed (SIGKILL: nothing runs on the way out) inside its first epoch
+    proc = subprocess.Popen([sys.executable, "train_dw.py", *RUN, "--epochs", "100", "--limit", "4000",
+                             "--out", str(run), "--overwrite"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "step" in line:  # a training step is running: the old files are set aside by now
+            break
+    proc.kill()
+    proc.wait()
+    assert sorted(os.listdir(run / ".previous-run")) == sorted(p for p in before if p != "lock")
+    # the next --overwrite that fails puts the first run back, not the killed attempt's files
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--lr", "1e30", "--warmup-epochs", "0",
+                   "--out", str(run), "--overwrite")
+    assert r.returncode == 2 and file_hashes(run) == before
+    # and one that succeeds replaces it, keeping nothing of it
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--seed", "4", "--out", str(run), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not (run / ".previous-run").exists()
+    assert torch.load(run / "last.pt", weights_only=False)["args"]["seed"] == 4
 
 
 def test_recipe_flags_on_resume_are_refused_safe_ones_applied(tmp_path, finished):

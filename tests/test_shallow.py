@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import pytest
@@ -99,10 +100,12 @@ def test_deployed_checkpoint_from_test_rrdb_loads_back(tmp_path):
             "--workers", "0", "--epochs", "1"]
     assert train_rrdb.main(["--model", "shallow", "--out", str(tmp_path / "s"), *tiny]) == 0
     assert train_rrdb.main(["--model", "resnet34", "--out", str(tmp_path / "r"), *tiny]) == 0
-    assert test_rrdb.main(["--checkpoints", str(tmp_path / "s" / "best.pt"), "--baseline",
+    assert test_rrdb.main(["--checkpoints", str(tmp_path / "s" / "best.pt"), str(tmp_path / "s" / "last.pt"), "--baseline",
                            str(tmp_path / "r" / "best.pt"), "--data-root", "synthetic", "--limit", "16",
                            "--workers", "0", "--out", str(tmp_path / "cmp"),
                            "--save-deployed", str(tmp_path / "deployed")]) == 0
+    # two checkpoints of one model: two files, the first not overwritten by the second
+    assert sorted(os.listdir(tmp_path / "deployed")) == ["resnet34.pt", "shallow-2.pt", "shallow.pt"]
     ckpt, model = load_model(str(tmp_path / "deployed" / "shallow.pt"), list(range(6)))
     assert ckpt["deployed"] and count_weighted_layers(model, 16) == 4
     _, trained = load_model(str(tmp_path / "s" / "best.pt"), list(range(6)))

@@ -6,7 +6,7 @@ A checkpoint is a dict: ``model`` (registry name), ``config`` (its constructor a
 """
 import os
 import pickle
-import tempfile
+import sys
 import zipfile
 
 import numpy as np
@@ -15,6 +15,7 @@ from numpy._core import multiarray as np_multiarray
 
 from models import create_model
 from .errors import UserError
+from .files import write_atomic
 
 REQUIRED = ("model", "config", "classes", "state_dict")
 # Checkpoints written before RNG states were stored as lists hold a numpy array (data, no code).
@@ -22,22 +23,8 @@ NUMPY_ARRAYS = [np_multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt
 
 
 def save_atomic(obj, path):
-    """Write to a temporary file beside ``path``, fsync, then rename over it: a kill at any
-    moment leaves either the old file or the new one, never a truncated one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(exc, OSError):  # a full disk, a folder gone read-only
-            raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous file is kept") from None
-        raise
+    """``torch.save`` that a kill or a full disk cannot leave half-written (``write_atomic``)."""
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def load_checkpoint(path):
@@ -68,6 +55,10 @@ def model_from_checkpoint(ckpt):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise UserError(f"{ckpt['path']}: weights do not fit model {ckpt['model']!r} ({_first_reason(exc)})") from None
+    bad = [k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{ckpt['path']}: {len(bad)} weight tensor(s) hold NaN or inf ({bad[0]}, ...); "
+                        "a model with them predicts nothing")
     return model
 
 
@@ -84,9 +75,19 @@ def load_model(path, classes, as_model=None):
 
 
 def check_classes(ckpt, classes):
-    if len(ckpt["classes"]) != len(classes):
-        raise UserError(f"{ckpt['path']} was trained on {len(ckpt['classes'])} classes, "
+    """The data's labels must mean what they meant in training. The same class names in another
+    order are refused; other names (classes.txt given on one side only) are reported."""
+    trained = list(ckpt["classes"])
+    if len(trained) != len(classes):
+        raise UserError(f"{ckpt['path']} was trained on {len(trained)} classes, "
                         f"but the data has {len(classes)}")
+    if trained != list(classes):
+        i = next(i for i, (a, b) in enumerate(zip(trained, classes)) if a != b)
+        if sorted(trained) == sorted(classes):
+            raise UserError(f"{ckpt['path']} was trained with label {i} = {trained[i]!r}, but in the data label {i} "
+                            f"is {classes[i]!r}: the same classes under other labels")
+        print(f"warning: {ckpt['path']} names label {i} {trained[i]!r}, the data {classes[i]!r}; "
+              "assuming the labels mean the same classes", file=sys.stderr)
 
 
 def init_from(model, path, classes):
@@ -104,10 +105,14 @@ def init_from(model, path, classes):
         result = model.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as exc:
         raise UserError(f"{path}: weights of {ckpt['model']!r} do not fit this model ({_first_reason(exc)})") from None
-    total = len(model.state_dict())
+    state = model.state_dict()
+    total = len(state)
     loaded = total - len(result.missing_keys)
-    if loaded == 0:
-        raise UserError(f"{path}: no tensor of {ckpt['model']!r} fits this model")
+    # BatchNorm's step counters share names across architectures: they alone are no start.
+    learned = [k for k in state if k not in result.missing_keys and state[k].is_floating_point()]
+    if not learned:
+        raise UserError(f"{path}: no learned tensor of {ckpt['model']!r} fits this model "
+                        f"({loaded} of {total} loaded, all step counters); --init-from takes a related model")
     new = sorted({k.rsplit(".", 1)[0] for k in result.missing_keys})
     print(f"initialised from {path} ({ckpt['model']}): {loaded} of {total} tensors loaded"
           + (f"; new: {', '.join(new)}" if new else ""))

@@ -6,9 +6,14 @@ import matplotlib
 import pandas as pd
 
 from utils.errors import UserError
+from utils.files import write_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_text(path, text):
+    write_atomic(path, lambda f: f.write(text))
 
 
 def _nulls(df):
@@ -26,13 +31,9 @@ def write_results(rows, out_dir, stem="results", title=None):
     returns the DataFrame."""
     os.makedirs(out_dir, exist_ok=True)
     df = pd.DataFrame(rows)
-    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-        json.dump(_nulls(df).to_dict("records"), f, indent=2)
-    df.to_csv(os.path.join(out_dir, f"{stem}.csv"), index=False)
-    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
-        if title:
-            f.write(f"{title}\n\n")
-        f.write(markdown(df) + "\n")
+    write_text(os.path.join(out_dir, f"{stem}.json"), json.dumps(_nulls(df).to_dict("records"), indent=2))
+    write_text(os.path.join(out_dir, f"{stem}.csv"), df.to_csv(index=False))
+    write_text(os.path.join(out_dir, f"{stem}.md"), (f"{title}\n\n" if title else "") + markdown(df) + "\n")
     return df
 
 
@@ -118,5 +119,4 @@ def update_doc(section, text, docs="docs"):
         raise UserError(f"{path} has no {start} ... {end} markers")
     head, rest = page.split(start, 1)
     _, tail = rest.split(end, 1)
-    with open(path, "w") as f:
-        f.write(f"{head}{start}\n{text}\n{end}{tail}")
+    write_text(path, f"{head}{start}\n{text}\n{end}{tail}")

@@ -9,7 +9,7 @@ from .checkpoint import load_checkpoint
 from .errors import UserError
 
 RUN_FILES = ("last.pt", "best.pt", "log.csv")
-REPLACED = (*RUN_FILES, "config.json", "curves.png", "tensorboard")  # what --overwrite removes
+REPLACED = (*RUN_FILES, "config.json", "curves.png", "tensorboard")  # what --overwrite replaces
 LOCK = "lock"
 
 
@@ -116,11 +116,45 @@ def check_out_dir(out, continuing, overwrite):
         raise UserError(f"cannot write into --out {out}: {exc.strerror}") from None
 
 
-def clear_run(folder):
-    """``--overwrite``: the previous run's files go, so that none of them passes for the new run's."""
+PREVIOUS = ".previous-run"  # where --overwrite keeps the old run until the new one has a checkpoint
+
+
+def set_aside_run(folder):
+    """``--overwrite``: the previous run's files move into ``folder/.previous-run``, so that none
+    of them passes for the new run's; they are deleted at the new run's first checkpoint
+    (``discard_previous_run``) and moved back if it fails before (``restore_previous_run``)."""
+    previous = os.path.join(folder, PREVIOUS)
+    if os.path.isdir(previous) and not os.path.exists(os.path.join(folder, "last.pt")):
+        # A replacement killed before its first checkpoint: the run set aside then is still the one
+        # to keep, and what stands beside it (a config, a log without epochs) is that attempt's.
+        _remove(folder, REPLACED)
+        return
+    shutil.rmtree(previous, ignore_errors=True)
+    os.makedirs(previous)
     for name in REPLACED:
+        if os.path.lexists(os.path.join(folder, name)):
+            os.replace(os.path.join(folder, name), os.path.join(previous, name))
+
+
+def discard_previous_run(folder):
+    shutil.rmtree(os.path.join(folder, PREVIOUS), ignore_errors=True)
+
+
+def restore_previous_run(folder):
+    """The new run failed before its first checkpoint: its files go, the previous run's come back."""
+    previous = os.path.join(folder, PREVIOUS)
+    if not os.path.isdir(previous):
+        return
+    _remove(folder, REPLACED)
+    for name in os.listdir(previous):
+        os.replace(os.path.join(previous, name), os.path.join(folder, name))
+    os.rmdir(previous)
+
+
+def _remove(folder, names):
+    for name in names:
         path = os.path.join(folder, name)
-        if os.path.isdir(path):
+        if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
-        elif os.path.exists(path):
+        elif os.path.lexists(path):
             os.remove(path)

@@ -34,6 +34,7 @@ from utils.checkpoint import check_classes, init_from, load_checkpoint, load_mod
 from utils.errors import Parser, UserError, at_least, between, non_empty
 from utils.metrics import classification_metrics
 from utils.progress import Progress
+from utils.files import write_atomic
 from utils.run_folder import (RunLock, check_out_dir, discard_previous_run, reconcile_best, remove_stray_temporaries,
                               restore_previous_run, set_aside_run)
 from utils.report import training_curves
@@ -417,8 +418,7 @@ def _run(args, resume, ctx, replacing=False):
     if ctx.main:
         if replacing:  # only now: a refusal above leaves the old run where it was
             set_aside_run(args.out)
-        with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
+        write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(vars(args), f, indent=2))
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
         if args.channel_aug == "sandwich":
             aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
@@ -461,7 +461,8 @@ def _run(args, resume, ctx, replacing=False):
             if stats["interrupted"]:
                 if ctx.main:
                     save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
-                    discard_previous_run(args.out)
+                    if replacing:
+                        discard_previous_run(args.out)
                 return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
             throughput = progress.summary()
             t_eval = time.time()
@@ -485,7 +486,8 @@ def _run(args, resume, ctx, replacing=False):
                 save_atomic(ckpt, os.path.join(args.out, "last.pt"))
                 if improved:
                     save_atomic(ckpt, os.path.join(args.out, "best.pt"))
-                discard_previous_run(args.out)
+                if replacing:  # the new run has a checkpoint: the one it replaced can go
+                    discard_previous_run(args.out)
                 training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
                 print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}  train acc {stats['acc']:.3f}  "
                       f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "

@@ -21,7 +21,7 @@ bench: install
 	$(PYTHON) -m bench
 
 results: install
-	$(PYTHON) -m experiments.results
+	$(PYTHON) -m experiments.results --update-docs
 
 gpu-check: install
 	$(PYTHON) -m gpu_check

@@ -6,8 +6,9 @@ data-pipeline throughput, and the complexity table.
 Times are medians of torch.utils.benchmark runs after warm-up (the epoch part: medians of whole
 alternated training runs), with the thread count fixed; every speed is reported as a ratio to its
 plain counterpart measured in the same run, because absolute times drift on shared machines.
-Writes results/bench/<part>.md and bench.json; with --update-docs it also pastes the complexity
-and loader tables into docs/speed.md.
+Writes <out>/<part>.md|json|csv and bench.json (default runs/bench); --update-docs publishes
+instead: the tables into results/bench/, whose epoch and sandwich ratios the result tables read,
+and the complexity and loader tables into docs/speed.md.
 """
 import argparse
 import functools
@@ -52,11 +53,14 @@ def parse_args(argv):
     p.add_argument("--epoch-limit", type=at_least(1), default=None, help="epoch part: images per split (default all)")
     p.add_argument("--repeats", type=at_least(1), default=3, help="epoch part: runs of each model, alternated")
     p.add_argument("--min-time", type=at_least(0.0, float), default=0.5, help="seconds of timed runs per measurement")
-    p.add_argument("--out", default="results/bench")
+    p.add_argument("--out", default=None, help="default runs/bench, or results/bench with --update-docs")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    p.add_argument("--update-docs", action="store_true", help="also paste the tables into docs/speed.md")
+    p.add_argument("--update-docs", action="store_true",
+                   help="publish: tables into results/bench/ and the complexity and loader tables into docs/speed.md")
     p.add_argument("--docs", default="docs", help="the folder whose marked sections are replaced")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = args.out or ("results/bench" if args.update_docs else os.path.join("runs", "bench"))
+    return args
 
 
 def paste(args, section, text):
@@ -356,7 +360,10 @@ def bench_complexity(args):
     rows = []
     for name in models.list_models():
         kw = {"backbone": "densenet121"} if models.registry.model_task(name) == 1 else {}
-        model = models.deploy(models.create_model(name, 50, **kw))
+        model = models.create_model(name, 50, **kw)
+        if hasattr(model, "set_progress"):  # deep training's end, where its layers merge
+            model.set_progress(1.0)
+        model = models.deploy(model)
         rows.append({"model": name, "backbone": kw.get("backbone", "-"), **complexity_row(model)})
     stems = []
     for name in ("dwg", "seed_dwg", "plain_zero"):
@@ -414,8 +421,11 @@ def main(argv=None):
                           f"(DenseNet-121 stem, 224 px):\n\n{stem_table}")
     path = os.path.join(args.out, "bench.json")
     if os.path.exists(path):  # a run of some parts keeps the others' last results
-        with open(path) as f:
-            report = {**json.load(f), **report}
+        try:
+            with open(path) as f:
+                report = {**json.load(f), **report}
+        except (ValueError, TypeError, OSError):  # our own file, cut or damaged: this run's results replace it
+            print(f"warning: {path} could not be read; it now holds this run's parts only", file=sys.stderr)
     write_text(path, json.dumps(report, indent=2))
     return 0
 

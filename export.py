@@ -20,12 +20,13 @@ import torch
 
 from data import build_dataset, describe_root
 from data.channels import parse_combo, select
-from data.datasets import IMAGENET_MEAN, IMAGENET_STD, load_image, normalize
+from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, normalize
 from models import deploy
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from models.loading import model_from_checkpoint
+from utils.checkpoint import image_size, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, choice_list, cli
 
-FORMATS = ("onnx", "torch")
+FORMATS = ("onnx", "torch", "weights")
 
 
 def parse_args(argv):
@@ -33,11 +34,14 @@ def parse_args(argv):
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
     p.add_argument("--channels", default="RGB", help="the combination the exported model takes, e.g. RG")
     p.add_argument("--formats", default="onnx,torch", type=choice_list(FORMATS),
-                   help="comma-separated: onnx (.onnx), torch (.pt2)")
+                   help="comma-separated: onnx (.onnx), torch (.pt2), weights (<model>_weights.pt: the "
+                        "checkpoint without optimizer and RNG states, loadable by every script)")
     p.add_argument("--img-size", type=at_least(8), default=None, help="default: the checkpoint's training size")
     p.add_argument("--image", default=None,
                    help="image to check the export on (default: the first test image of --data-root)")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's data")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--out", default=None, help="folder (default: <run folder>/export)")
     p.add_argument("--atol", type=at_least(0.0, float), default=1e-4, help="largest logit difference accepted")
     return p.parse_args(argv)
@@ -80,6 +84,30 @@ def export_torch(net, example, path):
     return torch.export.load(path).module()
 
 
+def sidecar(ckpt, channels, size):
+    """What the exported model expects, enough to prepare an image without this repository:
+    decode to 8-bit RGB (EXIF orientation applied), resize the shorter side to ``resize``
+    (bilinear, antialiased), crop the centre ``crop`` x ``crop``, keep ``channels`` in that order,
+    multiply by ``scale``, subtract ``mean`` and divide by ``std`` per channel; NCHW float32."""
+    idx = ["RGB".index(c) for c in channels]
+    return {"model": ckpt["model"], "checkpoint": ckpt["path"], "channels": "".join(channels),
+            "img_size": size, "input": "image", "output": "logits", "layout": "NCHW float32",
+            "decode": "8-bit RGB, EXIF orientation applied", "resize": eval_resize(size),
+            "interpolation": "bilinear", "antialias": True, "crop": size, "scale": 1 / 255,
+            "mean": list(np.take(IMAGENET_MEAN, idx)), "std": list(np.take(IMAGENET_STD, idx)),
+            "classes": ckpt["classes"], "how": " ".join(sidecar.__doc__.split())}
+
+
+def weights(ckpt, size, ema=True):
+    """The checkpoint without what only resuming needs (optimizer, scheduler, RNG states): the
+    weights of every channel set (their moving average, if the run kept one and ``ema``), the
+    model's config, its classes and data, its training size."""
+    kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "deployed") if k in ckpt}
+    told = {k: ckpt["args"][k] for k in ("teacher", "epochs", "seed") if k in ckpt["args"]}
+    state = ckpt["ema"]["state_dict"] if ema and ckpt.get("ema") else ckpt["state_dict"]
+    return {**kept, "args": {**told, "img_size": size}, "state_dict": state}
+
+
 def _temporary(path):
     """A name beside ``path`` that keeps its suffix (the exporters and runtimes go by it)."""
     return os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
@@ -89,16 +117,26 @@ def _temporary(path):
 def main(argv=None):
     args = parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(ckpt).eval()
+    model = model_from_checkpoint(ckpt, args.ema).eval()
     channels = tuple(parse_combo(args.channels, getattr(model, "vocab", "RGB")))
+    size = image_size(ckpt, args.img_size)
+    out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "export")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write into --out {out}: {exc.strerror or exc}") from None
+    if "weights" in args.formats:
+        path = os.path.join(out, f"{ckpt['model']}_weights.pt")
+        save_atomic(weights(ckpt, size, args.ema), path)
+        print(f"wrote {path} (weights, config and classes: every script's --checkpoint takes it; "
+              f"{os.path.getsize(path) / 2 ** 20:.1f} MB against {os.path.getsize(ckpt['path']) / 2 ** 20:.1f} MB)")
+    if not set(args.formats) - {"weights"}:
+        return 0
     net = deployed_for(model, channels)
-    size = args.img_size or ckpt["args"]["img_size"]
     image, source = check_image(args, ckpt, size)
     x, _ = select(image, "".join(channels), getattr(model, "vocab", "RGB"))
     # Two copies of the image: a batch of one would let the exporter fix the batch size at 1.
     example = x.expand(2, *x.shape[1:]).contiguous()
-    out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "export")
-    os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"{ckpt['model']}_{''.join(channels)}")
     # Everything is written beside its final name and moved there only once every file passed its
     # check: a failed export leaves an earlier one in the folder whole, its .json still true.
@@ -108,7 +146,7 @@ def main(argv=None):
             reference = model(x, channels) if hasattr(model, "for_channels") else model(x)
             if not torch.isfinite(reference).all():
                 raise UserError(f"{ckpt['path']}: the model's logits on {source} are not finite; nothing exported")
-            for fmt in args.formats:
+            for fmt in [f for f in args.formats if f != "weights"]:  # written above
                 path = f"{stem}.onnx" if fmt == "onnx" else f"{stem}.pt2"
                 written[path] = _temporary(path)
                 run = (export_onnx if fmt == "onnx" else export_torch)(net, example, written[path])
@@ -121,16 +159,18 @@ def main(argv=None):
                 top = int(reference.argmax(1))
                 print(f"checked {path}: matches PyTorch within {diff:.1e} on {source} "
                       f"(top-1 {ckpt['classes'][top]})")
-        idx = ["RGB".index(c) for c in channels]
         written[f"{stem}.json"] = _temporary(f"{stem}.json")
         with open(written[f"{stem}.json"], "w") as f:
-            json.dump({"model": ckpt["model"], "checkpoint": ckpt["path"], "channels": "".join(channels),
-                       "img_size": size, "input": "image", "output": "logits",
-                       "mean": list(np.take(IMAGENET_MEAN, idx)), "std": list(np.take(IMAGENET_STD, idx)),
-                       "classes": ckpt["classes"]}, f, indent=2)
+            json.dump(sidecar(ckpt, channels, size), f, indent=2)
+        for tmp in written.values():  # on the disk before any takes its name
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         for path, tmp in written.items():
             os.replace(tmp, path)
             print(f"wrote {path}")
+    except OSError as exc:  # a full disk, a folder we may not write
+        raise UserError(f"cannot write the export into {out}: {exc.strerror or exc}; an earlier export there "
+                        "is kept") from None
     finally:
         for tmp in written.values():
             if os.path.exists(tmp):

@@ -1,6 +1,6 @@
 """Exercise every CUDA path of the repository in a few minutes, and say which passed.
 
-    python -m gpu_check [--data-root DIR] [--out results/gpu_check]      (make gpu-check)
+    python -m gpu_check [--data-root DIR] [--out runs/gpu_check]      (make gpu-check)
 
 On a CUDA machine: trains `dwg` on DenseNet-121 at 224 px with --amp bf16 --channels-last, with
 --amp fp16 (the gradient scaler steps), with --compile and with --decode device (nvjpeg);
@@ -39,7 +39,7 @@ SAMPLE = os.path.join(HERE, "..", "shared", "data", "mini-imagenet-sample")
 def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT") or SAMPLE)
-    p.add_argument("--out", default="results/gpu_check")
+    p.add_argument("--out", default="runs/gpu_check")
     p.add_argument("--steps", type=at_least(1), default=24, help="training steps per run (about)")
     p.add_argument("--limit", type=at_least(1), default=None, help="use this many images per split")
     p.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (tests the script)")

@@ -1,22 +1,29 @@
-"""Classify image files with a trained checkpoint: the top-k classes and their probabilities.
+"""Classify image files with a trained checkpoint or an exported ONNX model: the top-k classes
+and their probabilities.
 
     python predict.py --checkpoint runs/dwg/best.pt photo.jpg more/ --channels RG --top 5
+    python predict.py --checkpoint runs/dwg/export/dwg_RG.onnx photo.jpg   # export.py's file and its .json
 
-Folders are searched for images (JPEG, PNG, BMP, WebP, TIFF). Images go through the evaluation
-transform of the checkpoint's training size; a Task 1 model sees only the channels named by
-``--channels`` (any combination of R, G, B, in that order). Class names come from the
-checkpoint (``classes.txt`` of its data, or the wnids).
+Folders are searched for images (JPEG, PNG, BMP, WebP, TIFF); a file that cannot be read is
+reported at the end, after every other file is predicted, and the exit status is then 2. Images
+go through the evaluation transform of the checkpoint's training size; a Task 1 model sees only
+the channels named by ``--channels`` (any combination of R, G, B, in that order). An ONNX model
+takes the preprocessing and the channels written beside it by export.py. Class names come from
+the checkpoint (``classes.txt`` of its data, or the wnids).
 """
 import argparse
+import json
 import os
 import sys
 
 import torch
+from torchvision.transforms import v2 as T
 
 from data.channels import parse_combo, select
-from data.datasets import load_image
+from data.datasets import decode_image, load_image
 from models import deploy
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from models.loading import model_from_checkpoint
+from utils.checkpoint import image_size, load_checkpoint
 from utils.errors import Parser, UserError, at_least, cli
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -25,8 +32,11 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
-    p.add_argument("--channels", default="RGB", help="channels the model sees, e.g. RG or B (Task 1 models)")
+    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, a run folder, or an exported .onnx")
+    p.add_argument("--channels", default=None,
+                   help="channels the model sees, e.g. RG or B (Task 1 models; default RGB, or the export's)")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--top", type=at_least(1), default=5)
     p.add_argument("--img-size", type=at_least(8), default=None, help="default: the checkpoint's training size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -48,30 +58,81 @@ def image_files(paths):
     return files
 
 
-@torch.no_grad()
-def predict(model, files, combo, img_size, top, device):
-    """-> one list of (class index, probability) pairs per file, best first."""
-    out = []
+class CheckpointModel:
+    """A checkpoint, deployed, seeing ``channels`` of images at ``img_size``."""
+
+    def __init__(self, path, channels, img_size, device, ema=True):
+        ckpt = load_checkpoint(path)
+        self.model = deploy(model_from_checkpoint(ckpt, ema)).to(device).eval()
+        self.vocab = getattr(self.model, "vocab", "RGB")
+        self.combo = "".join(parse_combo(channels or "RGB", self.vocab))
+        self.size, self.device, self.classes = image_size(ckpt, img_size), device, ckpt["classes"]
+
+    @torch.no_grad()
+    def __call__(self, path):
+        x, names = select(load_image(path, self.size).to(self.device), self.combo, self.vocab)
+        return self.model(x, names)[0].float().cpu()
+
+
+class OnnxModel:
+    """An export of export.py, run by ONNX Runtime with the preprocessing its .json records."""
+
+    def __init__(self, path, channels, img_size):
+        import onnxruntime
+        meta_path = os.path.splitext(path)[0] + ".json"
+        if not os.path.isfile(meta_path):
+            raise UserError(f"{path}: no {meta_path} beside it (export.py writes one); it says how to prepare images")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if channels and "".join(parse_combo(channels, "RGB")) != meta["channels"]:
+            raise UserError(f"{path} was exported for channels {meta['channels']}, not {channels}")
+        if img_size and img_size != meta["crop"]:
+            raise UserError(f"{path} was exported for {meta['crop']}px images, not --img-size {img_size}")
+        self.meta, self.classes = meta, meta["classes"]
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.geometry = T.Compose([T.Resize(meta["resize"], interpolation=T.InterpolationMode.BILINEAR,
+                                            antialias=meta["antialias"]), T.CenterCrop(meta["crop"])])
+        self.keep = ["RGB".index(c) for c in meta["channels"]]
+
+    def __call__(self, path):
+        x = self.geometry(decode_image(path))[self.keep].float() * self.meta["scale"]
+        x = (x - torch.tensor(self.meta["mean"]).view(-1, 1, 1)) / torch.tensor(self.meta["std"]).view(-1, 1, 1)
+        return torch.from_numpy(self.session.run(None, {self.meta["input"]: x[None].numpy()})[0][0])
+
+
+def predict(model, files, top):
+    """-> (one list of (class index, probability) pairs per readable file, best first, in the
+    order of ``files``; the files that could not be read, with why)."""
+    ranked, failed = {}, []
     for path in files:
-        x = load_image(path, img_size).to(device)
-        x, names = select(x, combo, getattr(model, "vocab", "RGB"))
-        probs = model(x, names).softmax(1)[0]
-        p, idx = probs.topk(min(top, len(probs)))
-        out.append(list(zip(idx.tolist(), p.tolist())))
-    return out
+        try:
+            logits = model(path)
+        except UserError as exc:
+            failed.append(str(exc))
+            continue
+        if not torch.isfinite(logits).all():
+            raise UserError(f"{path}: the model's outputs are not finite (NaN or inf); nothing it predicts holds")
+        p, idx = logits.softmax(0).topk(min(top, len(logits)))
+        ranked[path] = list(zip(idx.tolist(), p.tolist()))
+    return ranked, failed
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    ckpt = load_checkpoint(args.checkpoint)
-    model = deploy(model_from_checkpoint(ckpt)).to(args.device).eval()
-    combo = "".join(parse_combo(args.channels, getattr(model, "vocab", "RGB")))
-    files = image_files(args.images)
-    size = args.img_size or ckpt["args"]["img_size"]
-    for path, ranked in zip(files, predict(model, files, combo, size, args.top, args.device)):
-        best = ", ".join(f"{ckpt['classes'][i]} {p:.1%}" for i, p in ranked)
-        print(f"{path}: {best}")
+    if args.checkpoint.endswith(".onnx"):
+        model = OnnxModel(args.checkpoint, args.channels, args.img_size)
+    else:
+        model = CheckpointModel(args.checkpoint, args.channels, args.img_size, args.device, args.ema)
+    ranked, failed = predict(model, image_files(args.images), args.top)
+    for path, best in ranked.items():
+        print(f"{path}: " + ", ".join(f"{model.classes[i]} {p:.1%}" for i, p in best))
+    if len(failed) == 1 and not ranked:  # the one image given: its reason is the error
+        raise UserError(failed[0])
+    for reason in failed:
+        print(f"error: {reason}", file=sys.stderr)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(failed) + len(ranked)} image(s) could not be read (above)")
     return 0
 
 

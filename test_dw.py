@@ -1,4 +1,12 @@
-"""Evaluate a Task 1 checkpoint on every channel combination (and image size); print and save tables."""
+"""Evaluate Task 1 checkpoints on every channel combination (and image size); print and save tables.
+
+    python test_dw.py --checkpoint runs/dwg              # one model: <run>/eval-test/
+    python test_dw.py --checkpoints runs/dwg runs/plain_zero runs/plain_zero-Ronly
+                                                         # one table, gap to the first: <first run>/compare-test/
+
+The data is the checkpoint's own unless --data-root names other data. Accuracies, precision,
+recall and F1 are fractions (0-1) in every printout and file. The output folder is replaced whole.
+"""
 import argparse
 import os
 import sys
@@ -10,26 +18,33 @@ from data import DEFAULT_COMBOS, describe_root, parse_combo_list
 from engine import evaluate_split, recalibrate
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from utils import distributed
-from utils.checkpoint import load_model
+from models.loading import load_model
+from utils.checkpoint import data_root, image_size, load_checkpoint
 from utils.complexity import complexity_row, stem_cost
-from utils.errors import Parser, at_least, cli, int_list, non_empty
+from utils.errors import Parser, UserError, at_least, cli, int_list, non_empty
+from utils.files import write_folder
 from utils.metrics import per_class_accuracy
-from utils.report import bar_chart, confusion_figure, fmt_table, write_results
+from utils.report import bar_chart, confusion_figure, fmt_table, heatmap, write_results
 
 METRICS = ["accuracy", "top5", "precision", "recall", "f1", "f1_macro"]
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
-    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."))
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", "--checkpoint", nargs="+", required=True,
+                   help="best.pt / last.pt, or run folders; several make one table")
+    p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
     p.add_argument("--as-model", default=None,
                    help="evaluate the weights as this model, e.g. a plain_zero checkpoint as plain_mean "
                         "(they train identically; the fill rule acts only when channels are missing)")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--combos", default=",".join(DEFAULT_COMBOS), type=non_empty)
     p.add_argument("--img-sizes", default=None, type=int_list(8), help="comma-separated (default: the training size)")
-    p.add_argument("--out", default=None, help="results folder (default: <run folder>/eval)")
+    p.add_argument("--out", default=None,
+                   help="results folder, replaced whole (default: <run folder>/eval-<split>, or "
+                        "<first run folder>/compare-<split> for several checkpoints)")
     p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--workers", type=at_least(0), default=default_workers())
     p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
@@ -102,34 +117,36 @@ def print_complexity(model, model_name):
     return row, costs
 
 
-@cli
-def main(argv=None):
-    args = parse_args(argv)
-    ctx = distributed.init(args.device)
-    spec = describe_root(args.data_root)
-    ckpt, model = load_model(args.checkpoint, spec.classes, args.as_model)
+def evaluate_checkpoint(path, spec, args, ctx):
+    """-> (checkpoint, model, rows, {img_size: {combo: (targets, top-k)}}) on every combination."""
+    ckpt, model = load_model(path, spec.classes, args.as_model, args.ema)
     model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
     if args.recalibrate:
-        recalibrate(model, spec, ckpt["args"]["img_size"], args.recalibrate, ctx, args.batch_size, args.workers,
+        recalibrate(model, spec, image_size(ckpt), args.recalibrate, ctx, args.batch_size, args.workers,
                     args.decode)
-    sizes = args.img_sizes or [ckpt["args"]["img_size"]]
     rows, predictions = [], {}
-    for size in sizes:
+    for size in args.img_sizes or [image_size(ckpt)]:
         size_rows, predictions[size] = evaluate_split(model, spec, args.split, size, combos, ctx,
                                                       args.batch_size, args.workers, args.limit,
                                                       decode=args.decode)
         rows += size_rows
-    if not ctx.main:
-        return 0
     for r in rows:
         r.update(model=ckpt["model"], checkpoint=ckpt["path"])
-    out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "eval")
-    df = write_results(rows, out, title=f"{ckpt['model']} on {spec.name}, {args.split} split")
-    summary = summary_rows(df)
+    return ckpt, model, rows, predictions
+
+
+def run_folder(ckpt):
+    return os.path.dirname(os.path.abspath(ckpt["path"]))
+
+
+def report_one(ckpt, model, rows, predictions, spec, args, out):
+    """One model: its table, the summary, per-class accuracy, the classes that lose most, confusions."""
+    combos = list(dict.fromkeys(r["combo"] for r in rows))
+    df = write_results(rows, out, title=f"{ckpt['model']} on {spec.name}, {args.split} split (fractions)")
     print(f"\n{ckpt['model']} ({ckpt['config']}) on {spec.name}, {args.split} split, {rows[0]['images']} images")
-    print(fmt_table(df[["combo", "img_size", *METRICS]], percent=METRICS, digits=2))
-    print(fmt_table(summary, percent=["mean_accuracy", "mean_f1", "worst_accuracy"], digits=2))
+    print(fmt_table(df[["combo", "img_size", *METRICS]]))
+    print(fmt_table(summary_rows(df)))
     bar_chart(df, "combo", "accuracy", "img_size", os.path.join(out, "accuracy_by_combo.png"),
               f"{ckpt['model']}: {args.split} accuracy per channel combination ({spec.name})")
     per_class = per_class_table(predictions, spec.classes)
@@ -138,14 +155,57 @@ def main(argv=None):
     if len(losers):
         print(f"\nclasses that lose most without every channel (accuracy on RGB minus the mean over "
               f"{', '.join(c for c in combos if set(c) != set('RGB'))}; {df.img_size.iloc[0]}px):")
-        print(fmt_table(losers, percent=["RGB", "reduced_mean", "loss", "worst"], digits=2))
+        print(fmt_table(losers))
     confusions = write_confusions(predictions, df, spec.classes, out, ckpt["model"])
     if args.complexity:
         row, costs = print_complexity(model, ckpt["model"])
         write_results([row], out, stem="complexity")
         write_results(costs, out, stem="stem_cost")
-    print(f"\nwrote {out}/results.json, .csv, .md, accuracy_by_combo.png, per_class.csv, "
-          f"{', '.join(os.path.basename(p) for p in confusions)}")
+    return ["results.json, .csv, .md", "accuracy_by_combo.png", "per_class.csv",
+            *[os.path.basename(p) for p in confusions]]
+
+
+def report_many(evaluated, spec, args, out):
+    """Several models in one table, each combination's gap to the first model's, and a heatmap."""
+    names = {}
+    rows = []
+    for ckpt, _, model_rows, _ in evaluated:
+        name = ckpt["model"]
+        if name in names.values():  # two runs of one model: told apart by their folders
+            name = f"{name} ({os.path.basename(run_folder(ckpt))})"
+        names[ckpt["path"]] = name
+        rows += [{**r, "model": name} for r in model_rows]
+    df = pd.DataFrame(rows)
+    first = df[df.model == names[evaluated[0][0]["path"]]].set_index(["combo", "img_size"])["accuracy"]
+    df["gap_to_first"] = [a - first.get((c, s), float("nan")) for a, c, s in zip(df.accuracy, df.combo, df.img_size)]
+    columns = ["model", "combo", "img_size", "accuracy", "precision", "recall", "f1", "gap_to_first"]
+    title = (f"{len(evaluated)} Task 1 models on {spec.name}, {args.split} split (fractions; gap: accuracy "
+             f"minus {df.model.iloc[0]}'s)")
+    write_results(df[[*columns, "top5", "f1_macro", "images", "checkpoint"]].to_dict("records"), out, title=title)
+    print(f"\n{title}, {rows[0]['images']} images")
+    print(fmt_table(df[columns]))
+    for size, part in df.groupby("img_size", sort=False):
+        grid = part.pivot_table(index="model", columns="combo", values="accuracy", sort=False)
+        heatmap(grid, os.path.join(out, f"accuracy_{size}px.png"), f"{args.split} accuracy at {size}px ({spec.name})")
+    return ["results.json, .csv, .md", *[f"accuracy_{s}px.png" for s in df.img_size.unique()]]
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    if args.as_model and len(args.checkpoints) > 1:
+        raise UserError("--as-model takes one checkpoint")
+    ctx = distributed.init(args.device)
+    first = load_checkpoint(args.checkpoints[0])
+    spec = describe_root(data_root(args.data_root, first))
+    evaluated = [evaluate_checkpoint(p, spec, args, ctx) for p in args.checkpoints]
+    if not ctx.main:
+        return 0
+    many = len(evaluated) > 1
+    out = args.out or os.path.join(run_folder(evaluated[0][0]), f"{'compare' if many else 'eval'}-{args.split}")
+    wrote = write_folder(out, lambda tmp: report_many(evaluated, spec, args, tmp) if many
+                         else report_one(*evaluated[0], spec, args, tmp))
+    print(f"\nwrote {out}/: {', '.join(wrote)}")
     return 0
 
 

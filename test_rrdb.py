@@ -1,4 +1,11 @@
-"""Compare Task 2 checkpoints against a ResNet34 baseline: complexity, layers, metrics, ratio."""
+"""Compare Task 2 checkpoints: complexity, weighted layers, metrics and, against a baseline, the ratio.
+
+    python test_rrdb.py --checkpoints runs/shallow runs/rrdb --baseline runs/resnet34
+
+Ratios (accuracy / the baseline's) and the 90% verdict are computed only with --baseline. The
+data is the first checkpoint's unless --data-root names other data; accuracies are fractions.
+The output folder (default <first run folder>/compare-<split>) is replaced whole.
+"""
 import argparse
 import os
 import sys
@@ -11,9 +18,11 @@ from models import deploy
 from models.registry import max_layers
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from utils import distributed
-from utils.checkpoint import load_model, save_atomic
+from models.loading import load_model
+from utils.checkpoint import data_root, image_size, load_checkpoint, save_atomic
 from utils.complexity import complexity_row
 from utils.errors import Parser, UserError, at_least, cli
+from utils.files import write_folder
 from utils.metrics import per_class_accuracy
 from utils.report import fmt_table, plt, save_figure, write_results
 
@@ -23,14 +32,16 @@ COLUMNS = ["model", "layers", "params", "macs", "flops", "accuracy", "top5", "pr
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", nargs="+", required=True)
     p.add_argument("--baseline", default=None,
-                   help="ResNet34 checkpoint (default: the first of --checkpoints whose model is resnet34)")
-    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."))
+                   help="checkpoint whose accuracy the others are divided by (e.g. the ResNet34)")
+    p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--img-size", type=at_least(8), default=None, help="default: each checkpoint's training size")
-    p.add_argument("--out", default="results/task2")
+    p.add_argument("--out", default=None, help="default: <first run folder>/compare-<split>")
     p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--workers", type=at_least(0), default=default_workers())
     p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
@@ -42,8 +53,13 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def add_ratios(rows, baseline_accuracy):
-    """Accuracy as a fraction of the baseline's, and whether it reaches the 90% target."""
+def add_ratios(rows, baseline_accuracy, classes):
+    """Accuracy as a fraction of the baseline's, and whether it reaches the 90% target; a baseline
+    hardly above chance makes every ratio large, and is said to."""
+    chance = 1 / classes
+    if baseline_accuracy < 2 * chance:
+        print(f"warning: the baseline's accuracy {baseline_accuracy:.4f} is under twice chance ({chance:.4f}); "
+              "ratios against it say little", file=sys.stderr)
     for r in rows:
         r["ratio_to_baseline"] = r["accuracy"] / baseline_accuracy if baseline_accuracy > 0 else float("nan")
         r["pass_90"] = bool(r["ratio_to_baseline"] >= TARGET)
@@ -51,7 +67,7 @@ def add_ratios(rows, baseline_accuracy):
 
 
 def evaluate_checkpoint(path, spec, args, ctx, saved):
-    ckpt, model = load_model(path, spec.classes)
+    ckpt, model = load_model(path, spec.classes, ema=args.ema)
     model = deploy(model).to(ctx.device)
     teacher = ckpt["args"].get("teacher")
     name = f"{ckpt['model']}+kd" if teacher else ckpt["model"]
@@ -62,7 +78,7 @@ def evaluate_checkpoint(path, spec, args, ctx, saved):
         file = f"{name}.pt" if saved[name] == 1 else f"{name}-{saved[name]}.pt"
         save_atomic({**kept, "state_dict": model.state_dict(), "deployed": True},
                     os.path.join(args.save_deployed, file))
-    size = args.img_size or ckpt["args"]["img_size"]
+    size = image_size(ckpt, args.img_size)
     [metrics], results = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size,
                                         args.workers, args.limit, decode=args.decode)
     targets, top = results["RGB"]
@@ -72,49 +88,54 @@ def evaluate_checkpoint(path, spec, args, ctx, saved):
         raise UserError(f"{path}: deployed {ckpt['model']} runs {cost['layers']} weighted layers, above its "
                         f"limit of {limit}")
     return {"model": name, "teacher": teacher, "checkpoint": ckpt["path"], "img_size": size,
-            "epochs": ckpt["args"]["epochs"], "seed": ckpt["args"]["seed"], **cost, **metrics,
+            "epochs": ckpt["args"].get("epochs"), "seed": ckpt["args"].get("seed"), **cost, **metrics,
             "per_class": per_class_accuracy(targets, top[:, 0], len(spec.classes))}
 
 
 def plot(df, base, path, title):
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(df["model"], df["accuracy"], color=["tab:gray" if m == base["model"] else "tab:blue" for m in df["model"]])
-    ax.axhline(TARGET * base["accuracy"], ls="--", c="tab:red", label=f"90% of {base['model']}")
+    ax.bar(df["model"], df["accuracy"], color=["tab:gray" if base and m == base["model"] else "tab:blue"
+                                               for m in df["model"]])
+    if base:
+        ax.axhline(TARGET * base["accuracy"], ls="--", c="tab:red", label=f"90% of {base['model']}")
+        ax.legend()
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
-    ax.legend()
     plt.xticks(rotation=20)
     save_figure(path)
+
+
+def report(rows, per_class, base, spec, args, out):
+    title = f"Task 2 on {spec.name}, {args.split} split (fractions)"
+    df = write_results(rows, out, title=title)
+    print(f"\n{title}, {rows[0]['images']} images; MACs/FLOPs/params at 3x224x224"
+          + (f"; ratio = accuracy / {base['model']}'s (the baseline)" if base else ""))
+    print(fmt_table(df[[c for c in COLUMNS if c in df]]))
+    plot(df, base, os.path.join(out, "accuracy.png"), f"Task 2 accuracy ({spec.name})")
+    per_class.to_csv(os.path.join(out, "per_class.csv"), index=False, float_format="%.4f")
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
     ctx = distributed.init(args.device)
-    spec = describe_root(args.data_root)
     paths = list(args.checkpoints)
     if args.baseline and args.baseline not in paths:
         paths.insert(0, args.baseline)
+    spec = describe_root(data_root(args.data_root, load_checkpoint(paths[0])))
     saved = {}
     rows = [evaluate_checkpoint(p, spec, args, ctx, saved) for p in paths]
     per_class = pd.DataFrame({"class": range(len(spec.classes)), "name": spec.classes})
     for i, r in enumerate(rows):  # one column per checkpoint, named by its model
         per_class[r["model"] if r["model"] not in per_class else f"{r['model']} ({i + 1})"] = r.pop("per_class")
-    base = rows[paths.index(args.baseline)] if args.baseline else \
-        next((r for r in rows if r["model"] == "resnet34"), None)
-    if base is None:
-        raise UserError("no ResNet34 baseline: pass --baseline or include a resnet34 checkpoint")
-    add_ratios(rows, base["accuracy"])
+    base = rows[paths.index(args.baseline)] if args.baseline else None
+    if base is not None:
+        add_ratios(rows, base["accuracy"], len(spec.classes))
     if not ctx.main:
         return 0
-    df = write_results(rows, args.out, title=f"Task 2 on {spec.name}, {args.split} split")
-    print(f"\nTask 2 on {spec.name}, {args.split} split ({rows[0]['images']} images); "
-          f"MACs/FLOPs/params at 3x224x224; ratio = accuracy / {base['model']} accuracy (the baseline)")
-    shown = ["accuracy", "top5", "precision", "recall", "f1", "ratio_to_baseline"]
-    print(fmt_table(df[COLUMNS], percent=shown, digits=2))
-    plot(df, base, os.path.join(args.out, "accuracy.png"), f"Task 2 accuracy ({spec.name})")
-    per_class.to_csv(os.path.join(args.out, "per_class.csv"), index=False, float_format="%.4f")
-    print(f"\nwrote {args.out}/results.json, .csv, .md, accuracy.png and per_class.csv")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(rows[0]["checkpoint"])), f"compare-{args.split}")
+    write_folder(out, lambda tmp: report(rows, per_class, base, spec, args, tmp))
+    print(f"\nwrote {out}/: results.json, .csv, .md, accuracy.png and per_class.csv")
     return 0
 
 

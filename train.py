@@ -3,6 +3,7 @@
 Single process: ``python train_dw.py ...``; several GPUs: ``torchrun --nproc_per_node N train_dw.py ...``.
 """
 import argparse
+import ast
 import copy
 import csv
 import datetime
@@ -20,6 +21,7 @@ import warnings
 
 import numpy as np
 import torch
+from torchvision.transforms import v2 as T
 
 import models
 from models import deploy
@@ -27,16 +29,17 @@ from models.norm import ComboBatchNorm2d
 from data import build_dataset, describe_root, parse_combo, parse_combo_list
 from data.channels import AUGMENTATIONS
 from data.loaders import DECODE, DECODE_HELP, default_workers, eval_loader, train_loader
-from engine import StopRequest, evaluate, train_one_epoch
+from engine import EMA, StopRequest, evaluate, train_one_epoch
 from utils import distributed
 from losses import DistillationLoss, LabelLoss, SandwichLoss
-from utils.checkpoint import check_classes, init_from, load_checkpoint, load_model, save_atomic
+from models.loading import init_from, load_model
+from utils.checkpoint import check_classes, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, between, non_empty
 from utils.metrics import classification_metrics
 from utils.progress import Progress
 from utils.files import write_atomic
 from utils.run_folder import (RunLock, check_out_dir, discard_previous_run, reconcile_best, remove_stray_temporaries,
-                              restore_previous_run, set_aside_run)
+                              remove_unfinished_run, restore_previous_run, set_aside_run)
 from utils.report import training_curves
 
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
@@ -44,54 +47,60 @@ SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "
                   "compile", "deterministic")
 # Recipe flags added after runs had begun, with the value those runs trained with; a checkpoint
 # without them resumes with these, not with today's defaults.
-BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every": 1}
+BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every": 1, "opt": "sgd", "sched": "cosine",
+               "model_opt": [], "ema": None, "mixup": 0.0, "cutmix": 0.0, "accum_steps": 1}
+
+
+TASK1_DEFAULTS = {"backbone": "densenet121", "pretrained": None, "init_from": None, "stem_base": None,
+                  "combo_bn": None, "combo_affine": None, "channel_aug": "none", "sandwich_subsets": 2,
+                  "sandwich_all_singles": False, "sandwich_fraction": 0.25, "sandwich_scale": 1.0,
+                  "sandwich_every": 3, "full_prob": 0.0, "train_channels": None}
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}  # the peak learning rate when --lr is not given
+SCHEDULES = {"cosine": "warm-up, then cosine decay to 0", "step": "warm-up, then x0.1 at 1/2 and 3/4 of the steps",
+             "constant": "warm-up, then the peak LR to the end"}
 
 
 def build_parser(description, default_model, val_combos):
-    p = Parser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The flags of one task's script: Task 2's command line has none of Task 1's channel flags
+    (they keep Task 1's inert defaults, so that both tasks share one run)."""
+    task = models.registry.model_task(default_model)
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=None,
-                   help=f"default {default_model}; one of: {', '.join(models.list_models())}")
-    p.add_argument("--backbone", default="densenet121", help="body for Task 1 models: densenet121|resnet18|small")
-    p.add_argument("--pretrained", default=None,
-                   help="'imagenet' (torchvision's weights, cached under $TORCH_HOME) or a local "
-                        "torchvision state dict, for the body and the stem")
-    p.add_argument("--init-from", default=None, help="start from the weights of one of our checkpoints "
-                                                     "(e.g. a plain_zero run for a dwg)")
-    p.add_argument("--stem-base", action=argparse.BooleanOptionalAction, default=None,
-                   help="dwg: a plain kernel per channel under the hypernetwork (default: the model's)")
-    p.add_argument("--combo-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="BatchNorm statistics per channel set (default: the model's)")
-    p.add_argument("--combo-affine", action=argparse.BooleanOptionalAction, default=None,
-                   help="BatchNorm scale and shift per channel set as well (implies --combo-bn)")
+                   help=f"default {default_model}; one of: {', '.join(models.list_models(task))}")
+    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", type=model_option,
+                   help="an argument of the model's constructor (repeatable), e.g. widths=64,128,256")
+    if task == 1:
+        add_task1_flags(p)
+    else:
+        p.set_defaults(**TASK1_DEFAULTS)
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
                    help="folder with train/val/test.txt and images/ ($DATA_ROOT), or 'synthetic'")
     p.add_argument("--limit", type=at_least(1), default=None, help="use this many images per split (evenly spaced)")
     p.add_argument("--epochs", type=at_least(1), default=30)
-    p.add_argument("--batch-size", type=at_least(1), default=64, help="per process")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="per process (per micro-batch with --accum-steps)")
+    p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
+                   help="one optimizer step per N micro-batches of --batch-size (their gradients added)")
     p.add_argument("--img-size", type=at_least(8), default=224)
-    p.add_argument("--lr", type=at_least(0.0, float), default=0.1, help="peak SGD learning rate")
-    p.add_argument("--momentum", type=between(0, 1, high_open=True), default=0.9)
-    p.add_argument("--weight-decay", type=at_least(0.0, float), default=5e-4)
+    p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"],
+                   help="sgd: Nesterov momentum; adamw: decoupled weight decay (torch.optim)")
+    p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default 0.1 for sgd, "
+                                                                        "1e-3 for adamw)")
+    p.add_argument("--sched", default="cosine", choices=list(SCHEDULES),
+                   help="; ".join(f"{k}: {v}" for k, v in SCHEDULES.items()) + " (torch.optim.lr_scheduler, per step)")
+    p.add_argument("--momentum", type=between(0, 1, high_open=True), default=0.9, help="sgd")
+    p.add_argument("--weight-decay", type=at_least(0.0, float), default=5e-4, help="weights only, not biases or norms")
     p.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0)
     p.add_argument("--label-smoothing", type=between(0, 1, high_open=True), default=0.1)
-    p.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout", "sandwich"],
-                   help="channel augmentation (default: the model's own); sandwich: every step trains "
-                        "the full set on labels and --sandwich-subsets reduced sets towards it")
-    p.add_argument("--sandwich-subsets", type=at_least(1), default=2,
-                   help="reduced combinations per sandwich step (the first a single channel)")
-    p.add_argument("--sandwich-all-singles", action="store_true",
-                   help="the sandwich's first reduced combination is every single channel, one pass each")
-    p.add_argument("--sandwich-fraction", type=between(0, 1, low_open=True), default=0.25,
-                   help="share of the batch each reduced combination trains on (a different slice each)")
-    p.add_argument("--sandwich-scale", type=between(0, 1, low_open=True), default=1.0,
-                   help="reduced combinations see the images at this share of their side")
-    p.add_argument("--sandwich-every", type=at_least(1), default=3,
-                   help="every N-th step is a sandwich; the others train one sampled combination on the labels")
-    p.add_argument("--full-prob", type=between(0, 1), default=0.0,
-                   help="subset augmentation: probability that a batch keeps every channel")
-    p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
-    p.add_argument("--val-combos", default=val_combos, type=non_empty, help="model selection uses their mean val accuracy")
+    p.add_argument("--mixup", type=at_least(0.0, float), default=0.0, metavar="ALPHA",
+                   help="MixUp with Beta(ALPHA, ALPHA) weights (torchvision.transforms.v2.MixUp; 0: off)")
+    p.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, metavar="ALPHA",
+                   help="CutMix (v2.CutMix; 0: off); with --mixup too, each batch gets one of the two")
+    p.add_argument("--ema", type=between(0, 1, low_open=True, high_open=True), default=None, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights (e.g. 0.999): validation, "
+                        "best.pt and the test scripts use it (--no-ema there for the raw weights)")
+    p.add_argument("--val-combos", default=val_combos, type=non_empty,
+                   help="model selection uses their mean val accuracy" +
+                        (" (default with --train-channels: that combination)" if task == 1 else ""))
     p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
     p.add_argument("--kd-alpha", type=between(0, 1), default=0.5, help="weight of the distillation loss")
     p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0)
@@ -113,6 +122,50 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--log-every", type=at_least(1), default=50, help="a progress line every N steps (and at epoch end)")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard scalars under <out>/tensorboard")
     return p
+
+
+def add_task1_flags(p):
+    p.add_argument("--backbone", default="densenet121", help="body: densenet121|resnet18|small")
+    p.add_argument("--pretrained", default=None,
+                   help="'imagenet' (torchvision's weights, cached under $TORCH_HOME) or a local "
+                        "torchvision state dict, for the body and the stem")
+    p.add_argument("--init-from", default=None, help="start from the weights of one of our checkpoints "
+                                                     "(e.g. a plain_zero run for a dwg)")
+    p.add_argument("--stem-base", action=argparse.BooleanOptionalAction, default=None,
+                   help="dwg: a plain kernel per channel under the hypernetwork (default: the model's)")
+    p.add_argument("--combo-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm statistics per channel set (default: the model's)")
+    p.add_argument("--combo-affine", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm scale and shift per channel set as well (implies --combo-bn)")
+    p.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout", "sandwich"],
+                   help="channel augmentation (default: the model's own); sandwich: every step trains "
+                        "the full set on labels and --sandwich-subsets reduced sets towards it")
+    p.add_argument("--sandwich-subsets", type=at_least(1), default=2,
+                   help="reduced combinations per sandwich step (the first a single channel)")
+    p.add_argument("--sandwich-all-singles", action="store_true",
+                   help="the sandwich's first reduced combination is every single channel, one pass each")
+    p.add_argument("--sandwich-fraction", type=between(0, 1, low_open=True), default=0.25,
+                   help="share of the batch each reduced combination trains on (a different slice each)")
+    p.add_argument("--sandwich-scale", type=between(0, 1, low_open=True), default=1.0,
+                   help="reduced combinations see the images at this share of their side")
+    p.add_argument("--sandwich-every", type=at_least(1), default=3,
+                   help="every N-th step is a sandwich; the others train one sampled combination on the labels")
+    p.add_argument("--full-prob", type=between(0, 1), default=0.0,
+                   help="subset augmentation: probability that a batch keeps every channel")
+    p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
+
+
+def model_option(text):
+    """``key=value`` -> (key, value); the value read as a Python literal (``64,128`` a tuple,
+    ``True``, ``0.5``) or else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        value = value.strip()
+    return key.strip(), value
 
 
 def seed_everything(seed):
@@ -151,19 +204,36 @@ def restore_rng(state, chan_gen):
 
 
 def model_config(args):
+    """The constructor's arguments: Task 1's flags, then every ``--model-opt``."""
+    config = {}
+    if models.registry.model_task(args.model) == 1:
+        options = {"base": args.stem_base, "combo_bn": args.combo_bn, "combo_affine": args.combo_affine}
+        config = {"backbone": args.backbone, "pretrained": args.pretrained,
+                  **{k: v for k, v in options.items() if v is not None}}
+    return {**config, **dict(args.model_opt)}
+
+
+def batch_mixing(args, num_classes):
+    """MixUp and/or CutMix from torchvision (one of the two per batch when both are asked), or None."""
+    mixes = [T.MixUp(alpha=args.mixup, num_classes=num_classes)] if args.mixup else []
+    mixes += [T.CutMix(alpha=args.cutmix, num_classes=num_classes)] if args.cutmix else []
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else T.RandomChoice(mixes)
+
+
+def distill_scalar(stats):
+    """The distillation loss for TensorBoard, when the epoch made sandwich passes."""
+    return {"train/epoch_distill": stats["distill"]} if math.isfinite(stats["distill"]) else {}
+
+
+def resolved(args, config):
+    """The run's flags with those left to the model (``None``) at the values the model took."""
     if models.registry.model_task(args.model) != 1:
-        return {}
-    options = {"base": args.stem_base, "combo_bn": args.combo_bn, "combo_affine": args.combo_affine}
-    return {"backbone": args.backbone, "pretrained": args.pretrained,
-            **{k: v for k, v in options.items() if v is not None}}
-
-
-def lr_lambda(total_steps, warmup_steps):
-    def f(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
-    return f
+        return vars(args)
+    took = models.registry.resolved_config(args.model, **config)
+    flags = {"stem_base": "base", "combo_bn": "combo_bn", "combo_affine": "combo_affine"}
+    return {**vars(args), **{f: took.get(k) for f, k in flags.items() if getattr(args, f) is None}}
 
 
 def start_log(path, header, epochs_done):
@@ -172,7 +242,8 @@ def start_log(path, header, epochs_done):
     rows = []
     if epochs_done and os.path.exists(path):
         with open(path, newline="") as f:
-            rows = [r for r in list(csv.reader(f))[1:] if int(r[0]) <= epochs_done]
+            # Blank or cut lines (a kill mid-line, an editor's trailing newline) are no epoch's.
+            rows = [r for r in list(csv.reader(f))[1:] if r and r[0].isdigit() and int(r[0]) <= epochs_done]
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
@@ -214,6 +285,7 @@ def run(argv, description, default_model, val_combos):
     args, resume = resolve_args(args, given_flags(parser, argv), parser, default_model)
     ctx = distributed.init(args.device)
     lock, replacing = None, False
+    new_folder = not os.path.exists(args.out or os.path.join("runs", args.model))
     if ctx.main:
         lock, replacing = claim_out_dir(args, resume)
     try:
@@ -221,6 +293,8 @@ def run(argv, description, default_model, val_combos):
     except BaseException:
         if replacing:  # failed before a checkpoint of its own: the run it was to replace comes back
             restore_previous_run(args.out)
+        elif new_folder and ctx.main:
+            remove_unfinished_run(args.out)
         raise
     finally:
         if lock is not None:
@@ -230,6 +304,7 @@ def run(argv, description, default_model, val_combos):
 def given_flags(parser, argv):
     """The destinations of the flags written on this command line (defaults left out)."""
     quiet = copy.deepcopy(parser)
+    quiet._defaults = {}  # the other task's inert flags (set_defaults) are written nowhere
     for action in quiet._actions:
         action.default = argparse.SUPPRESS
     return set(vars(quiet.parse_args(argv)))
@@ -250,6 +325,9 @@ def resolve_args(args, given, parser, default_model):
         raise UserError(f"model {args.model!r} is a Task {3 - task} model; train it with {script}")
     if not args.resume:
         args.model = args.model or default_model
+        args.lr = args.lr if args.lr is not None else DEFAULT_LR[args.opt]
+        if args.train_channels and "val_combos" not in given:  # a model that sees only R is judged on R
+            args.val_combos = args.train_channels
         return args, None
     resume = load_checkpoint(args.resume)
     if args.model and resume["model"] != args.model:
@@ -310,17 +388,38 @@ def list_fingerprint(*datasets):
     return prints
 
 
-def build_optimizer(model, args, steps_per_epoch):
-    """SGD with Nesterov momentum, no weight decay on biases and norms, warm-up then cosine."""
+def build_optimizer(model, args, steps_per_epoch, steps_done=0):
+    """SGD (Nesterov) or AdamW, no weight decay on biases and norms; a linear warm-up, then the
+    ``--sched`` schedule, stepped once per optimizer step and moved on to ``steps_done`` (a resumed
+    run: the schedule is a function of the step, so an extended run's is stretched from there)."""
     # Per-set BatchNorm scales and shifts are 2-D ([sets, C]) but are norms all the same.
     norms = {id(p) for m in model.modules() if isinstance(m, ComboBatchNorm2d) for p in m.parameters()}
     decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in norms]
     no_decay = [p for p in model.parameters() if p.ndim <= 1 or id(p) in norms]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=args.lr, momentum=args.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)))
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.opt]
+    try:
+        optimizer = (torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=True) if args.opt == "sgd"
+                     else torch.optim.AdamW(groups, lr=lr))
+    except ValueError as exc:  # e.g. Nesterov momentum with --momentum 0
+        raise UserError(f"the optimizer refuses --lr {args.lr} --momentum {args.momentum} "
+                        f"--weight-decay {args.weight_decay}: {exc}") from None
+    total, warmup = args.epochs * steps_per_epoch, min(round(args.warmup_epochs * steps_per_epoch),
+                                                       args.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler
+    main = {"cosine": lambda: sched.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1)),
+            "step": lambda: sched.MultiStepLR(optimizer, [total // 2 - warmup, 3 * total // 4 - warmup], 0.1),
+            "constant": lambda: sched.ConstantLR(optimizer, factor=1.0, total_iters=0)}[args.sched]
+    if warmup:
+        # Step i of the warm-up runs at (i + 1) / warmup of the peak.
+        ramp = sched.LinearLR(optimizer, 1 / warmup, 1.0, total_iters=max(warmup - 1, 1))
+        scheduler = sched.SequentialLR(optimizer, [ramp, main()], milestones=[warmup])
+    else:
+        scheduler = main()
+    with warnings.catch_warnings():  # moving on before any optimizer step is the point here
+        warnings.filterwarnings("ignore", "Detected call of")
+        for _ in range(steps_done):
+            scheduler.step()
     return optimizer, scheduler
 
 
@@ -382,23 +481,31 @@ def _run(args, resume, ctx, replacing=False):
         raise UserError(f"{resume['path']}: {os.path.join(spec.root, name)} changed since the run started "
                         f"({resume['lists'].get(name)} then, {lists[name]} now); the run's schedule and labels "
                         f"are the old list's: start a new run (e.g. --init-from {resume['path']})")
-    steps_per_epoch = len(train_set) // (args.batch_size * ctx.world)
+    steps_per_epoch = len(train_set) // (args.batch_size * ctx.world * args.accum_steps)  # optimizer steps
     if steps_per_epoch == 0:
-        raise UserError(f"--batch-size {args.batch_size} x {ctx.world} process(es) is larger than "
-                        f"the {len(train_set)} training images")
+        raise UserError(f"--batch-size {args.batch_size} x {ctx.world} process(es) x --accum-steps "
+                        f"{args.accum_steps} is larger than the {len(train_set)} training images")
+    micro_batches = steps_per_epoch * args.accum_steps
 
-    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch)
+    # A resumed run's schedule is rebuilt and moved to the step it reached (any older scheduler's
+    # state holds that count too), then the optimizer's state, LR included, is restored.
+    done = resume["scheduler"]["last_epoch"] if resume is not None else 0
+    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch, done)
     start_epoch, start_step, best_acc, best_epoch = 0, 0, -1.0, None
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         start_epoch, start_step, best_acc = resume["epoch"], resume["step"], resume["best_acc"]
         if isinstance(criterion, SandwichLoss):
-            criterion.steps = scheduler.last_epoch
+            criterion.steps = scheduler.last_epoch * args.accum_steps  # it is called once a micro-batch
         best_epoch = resume.get("best_epoch")
 
+    mix = batch_mixing(args, len(spec.classes))
+    # Made before compiling: the average is a plain copy of the model, evaluated as it is.
+    ema = EMA(model, args.ema) if args.ema else None
+    if ema is not None and resume is not None and resume.get("ema"):
+        ema.load_state_dict(resume["ema"])
     net = model
     if ctx.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -408,17 +515,19 @@ def _run(args, resume, ctx, replacing=False):
         (model.body if hasattr(model, "body") else model).compile(backend=args.compile_backend)
 
     def checkpoint(epoch, step):
-        return {"model": args.model, "config": config, "classes": spec.classes, "data": spec.root,
+        return {"model": args.model, "config": config, "classes": spec.classes,
+                "data": spec.root if spec.synthetic else os.path.abspath(spec.root),
                 "args": vars(args), "state_dict": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "epoch": epoch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch,
-                "rng": rng_state(), "chan_gen": chan_gen.get_state(), "lists": lists}
+                "rng": rng_state(), "chan_gen": chan_gen.get_state(), "lists": lists,
+                "ema": ema.state_dict() if ema is not None else None}
 
     if ctx.main:
         if replacing:  # only now: a refusal above leaves the old run where it was
             set_aside_run(args.out)
-        write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(vars(args), f, indent=2))
+        write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(resolved(args, config), f, indent=2))
         aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
         if args.channel_aug == "sandwich":
             aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
@@ -430,6 +539,9 @@ def _run(args, resume, ctx, replacing=False):
         aug += f"; initialised from {args.init_from}" if args.init_from else ""
         aug += f", trained on {train_combo}" if train_combo else ""
         aug += f"; distilled from {args.teacher}" if teacher is not None else ""
+        aug += "".join(f"; {name} {alpha:g}" for name, alpha in (("MixUp", args.mixup), ("CutMix", args.cutmix)) if alpha)
+        aug += f"; EMA of the weights, decay {args.ema:g}" if args.ema else ""
+        aug += f"; {args.accum_steps} micro-batches of {args.batch_size} a step" if args.accum_steps > 1 else ""
         print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
               f"{len(train_set)} train / {len(val_set)} val images at {args.img_size}px; "
               f"channel aug {aug}; device {ctx.device} x{ctx.world}; {args.workers} loader workers"
@@ -438,10 +550,11 @@ def _run(args, resume, ctx, replacing=False):
     log_path = os.path.join(args.out, "log.csv")
     if ctx.main:
         start_log(log_path, ["epoch", "lr", "train_loss", "train_acc", "val_acc",
-                             *[f"val_acc_{c}" for c in val_combos], "seconds", "train_seconds"], start_epoch)
+                             *[f"val_acc_{c}" for c in val_combos], "seconds", "train_seconds", "train_distill"],
+                  start_epoch)
     val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx, args.decode)
     loader = train_loader(train_set, args.batch_size, args.workers, args.seed, ctx, args.decode)
-    with Progress(args.epochs, steps_per_epoch, start_epoch, start_step, args.log_every,
+    with Progress(args.epochs, micro_batches, start_epoch, start_step, args.log_every,
                   os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main) as progress:
         for epoch in range(start_epoch, args.epochs):
             # Everything random in an epoch is seeded from (seed, epoch), each image's augmentation
@@ -457,7 +570,8 @@ def _run(args, resume, ctx, replacing=False):
             stats = train_one_epoch(
                 net, loader, optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
                 augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip,
-                progress=progress, total_steps=args.epochs * steps_per_epoch)
+                progress=progress, total_steps=args.epochs * steps_per_epoch, ema=ema, mix=mix,
+                accum_steps=args.accum_steps, micro_batches=micro_batches)
             if stats["interrupted"]:
                 if ctx.main:
                     save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
@@ -467,21 +581,22 @@ def _run(args, resume, ctx, replacing=False):
             throughput = progress.summary()
             t_eval = time.time()
             train_time = t_eval - t0  # loading and steps, without validation
-            results = evaluate(net, val_loader, ctx, val_combos, vocab, amp_dtype, desc="val")
+            results = evaluate(ema.module if ema is not None else net, val_loader, ctx, val_combos, vocab, amp_dtype,
+                               desc="val (EMA)" if ema is not None else "val")
             accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
             val_acc = float(np.mean(list(accs.values())))
             improved = val_acc > best_acc
             if improved:
                 best_acc, best_epoch = val_acc, epoch + 1
             progress.evaluated(epoch + 1, time.time() - t_eval, {
-                "train/epoch_loss": stats["loss"], "train/epoch_acc": stats["acc"], "val/acc": val_acc,
+                "train/epoch_loss": stats["loss"], **distill_scalar(stats), "train/epoch_acc": stats["acc"], "val/acc": val_acc,
                 **{f"val/acc_{c}": a for c, a in accs.items()}})
             if ctx.main:
                 with open(log_path, "a", newline="") as f:
                     csv.writer(f).writerow([epoch + 1, f"{scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
                                             f"{stats['acc']:.4f}", f"{val_acc:.4f}",
                                             *[f"{accs[c]:.4f}" for c in val_combos], f"{time.time() - t0:.1f}",
-                                            f"{train_time:.1f}"])
+                                            f"{train_time:.1f}", f"{stats['distill']:.4f}"])
                 ckpt = checkpoint(epoch + 1, 0)
                 save_atomic(ckpt, os.path.join(args.out, "last.pt"))
                 if improved:
@@ -489,7 +604,8 @@ def _run(args, resume, ctx, replacing=False):
                 if replacing:  # the new run has a checkpoint: the one it replaced can go
                     discard_previous_run(args.out)
                 training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
-                print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}  train acc {stats['acc']:.3f}  "
+                distill = f"  distill {stats['distill']:.3f}" if math.isfinite(stats["distill"]) else ""
+                print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}{distill}  train acc {stats['acc']:.3f}  "
                       f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "
                       f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")
             if StopRequest.requested:  # the signal came during evaluation: the epoch is saved whole

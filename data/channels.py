@@ -30,8 +30,12 @@ def parse_combo(combo, vocab=DEFAULT_VOCAB):
 def parse_combo_list(text, vocab=DEFAULT_VOCAB):
     """``"RGB,RG,B"`` -> ``["RGB", "RG", "B"]``, each validated."""
     combos = [c.strip() for c in text.split(",")]
+    seen = set()
     for c in combos:
-        parse_combo(c, vocab)
+        key = "".join(parse_combo(c, vocab))
+        if key in seen:  # it would be evaluated twice and weigh twice in a mean
+            raise UserError(f"combination {c!r} is listed twice in {text!r}")
+        seen.add(key)
     return combos
 
 

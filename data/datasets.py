@@ -29,7 +29,12 @@ def _geometry(transforms, img_size, train):
     if train:
         return [transforms.RandomResizedCrop(img_size, scale=(0.35, 1.0), antialias=True),
                 transforms.RandomHorizontalFlip()]
-    return [transforms.Resize(round(img_size / 0.875), antialias=True), transforms.CenterCrop(img_size)]
+    return [transforms.Resize(eval_resize(img_size), antialias=True), transforms.CenterCrop(img_size)]
+
+
+def eval_resize(img_size):
+    """The shorter side an evaluated image is resized to before its centre ``img_size`` crop."""
+    return round(img_size / 0.875)
 
 
 def build_transform(img_size, train):

@@ -12,13 +12,14 @@ SRC (the data may be read-only).
 import argparse
 import os
 import shutil
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
 from PIL import ExifTags, Image, ImageOps
 from tqdm import tqdm
 
-from data.datasets import SPLITS, read_list, to_rgb
+from data.datasets import SPLITS, UNREADABLE, read_list, to_rgb
 from data.loaders import default_workers
 from utils.errors import Parser, UserError, at_least, cli
 
@@ -38,6 +39,13 @@ def prepare_one(job):
     """Re-encode one image (or copy it when within the cap); -> bytes written."""
     src, dst, cap, side, quality = job
     os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        return _prepare_one(src, dst, cap, side, quality)
+    except UNREADABLE as exc:
+        raise UserError(f"cannot read image {src}: {exc}") from None
+
+
+def _prepare_one(src, dst, cap, side, quality):
     with Image.open(src) as img:
         # Sizes as the image is seen: an EXIF orientation of 5-8 turns it a quarter.
         turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
@@ -78,12 +86,24 @@ def main(argv=None):
             if not os.path.isfile(path):
                 raise UserError(f"missing image {path} (listed at {src}/{split}.txt:{lineno})")
             jobs[rel] = (path, os.path.join(dst, rel), args.max_side, args.side, args.quality)
+    existed = os.path.isdir(dst)
     os.makedirs(dst, exist_ok=True)
-    for name in [f"{s}.txt" for s in lists] + ["classes.txt"]:
-        if os.path.exists(os.path.join(src, name)):
-            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
-    with ProcessPoolExecutor(args.workers) as pool:
-        written = sum(tqdm(pool.map(prepare_one, jobs.values(), chunksize=16), total=len(jobs), desc="prepare"))
+    try:
+        for name in [f"{s}.txt" for s in lists] + ["classes.txt"]:
+            if os.path.exists(os.path.join(src, name)):
+                shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+        with ProcessPoolExecutor(args.workers, initializer=signal.signal,
+                                 initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:  # Ctrl-C is the parent's
+            written = sum(tqdm(pool.map(prepare_one, jobs.values(), chunksize=16), total=len(jobs),
+                               desc="prepare"))
+    except BaseException as exc:  # a copy cut short passes for a whole one: it goes
+        shutil.rmtree(dst, ignore_errors=True)
+        if existed:  # the empty folder the user gave stays
+            os.makedirs(dst, exist_ok=True)
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"interrupted; the unfinished copy {args.dst} was removed", file=sys.stderr)
+            sys.exit(130)
+        raise
     before = sum(os.path.getsize(j[0]) for j in jobs.values())
     print(f"prepared {len(jobs)} images into {args.dst} ({args.side} side at most {args.max_side} px): "
           f"{before / 2 ** 20:.1f} MB -> {written / 2 ** 20:.1f} MB")

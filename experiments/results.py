@@ -1,16 +1,19 @@
 """The result tables and figures of docs/: every row trained and evaluated by the entry scripts.
 
     python -m experiments.results [--part task1|task1-ablation|task1-sandwich|task1-resnet18|task2|task2-sweep|all]
-                                  [--seeds 0,1,2] [--epochs 6] [--budgets 6,12,24,48] [--jobs 2] [--no-train]
-                                  [--models ROW,...] [--update-docs]
+                                  [--data-root DIR] [--backbone small] [--pretrained imagenet] [--img-size 64]
+                                  [--epochs 6] [--batch-size 64] [--lr 0.1] [--amp bf16] [--seeds 0,1,2]
+                                  [--budgets 6,12,24,48] [--jobs 2] [--no-train] [--models ROW,...]
+                                  [--out runs/results] [--update-docs]
 
-Trains every row with the repository's own entry scripts (runs/results/<row>/, resumable: a
-finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each with
-cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py (an evaluation newer than its
-checkpoints is reused), and writes results/*.md|json and figs/task1_*.png, figs/task2_*.png;
-``--update-docs`` pastes the tables into docs/. ``--no-train`` makes the tables from the
-finished runs only (Task 1 rows; sweep budgets whose ResNet34 has finished). Never run by CI,
-except end-to-end tests at toy size.
+Trains every row with the repository's own entry scripts (<out>/task1/<row>-s<seed>/ and so on,
+resumable: a finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each
+with cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py (an evaluation newer than its
+checkpoints is reused), and writes the tables (.md, .json, .csv) to <out>/tables/ and the figures
+to <out>/figs/; titles state the data and the settings. ``--update-docs`` publishes instead: the
+tables to results/, the figures to figs/ and each table into its marked section of docs/.
+``--no-train`` makes the tables from the finished runs only (Task 1 rows; sweep budgets whose
+ResNet34 has finished). Never run by CI, except end-to-end tests at toy size.
 """
 import argparse
 import dataclasses
@@ -29,7 +32,7 @@ import torch
 from train import BEFORE_FLAG
 from utils.checkpoint import load_checkpoint
 from utils.errors import Parser, UserError, at_least, cli, int_list, non_empty
-from utils.report import markdown, plt, save_figure, update_doc, write_results
+from utils.report import heatmap, markdown, plt, save_figure, update_doc, write_results
 
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
@@ -53,7 +56,7 @@ class Row:
     eval_flags: list = field(default_factory=list)
     every_seed: bool = True
     channel: str = None
-    backbone: str = "small"
+    backbone: str = None  # None: --backbone
 
 
 def sandwich(fraction=1, scale=1, every=1):
@@ -152,9 +155,14 @@ def parse_args(argv):
     p.add_argument("--budgets", default="6,12,24,48", type=int_list(1), help="task2-sweep: epochs per run")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
     p.add_argument("--seeds", default="0", type=int_list(0))
+    p.add_argument("--backbone", default="small", help="body of the Task 1 rows: small|resnet18|densenet121")
+    p.add_argument("--pretrained", default=None, help="Task 1 rows start from these weights (e.g. imagenet); "
+                                                      "Task 2 trains from scratch")
     p.add_argument("--epochs", type=at_least(1), default=6)
     p.add_argument("--img-size", type=at_least(8), default=64)
     p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default: the scripts')")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA)")
     p.add_argument("--workers", type=at_least(0), default=1)
     p.add_argument("--models", default=None, type=non_empty,
                    help="only these rows (comma-separated names; default every row of the part)")
@@ -163,20 +171,29 @@ def parse_args(argv):
                         "a shallow run still training shown as a dash")
     p.add_argument("--jobs", type=at_least(1), default=1,
                    help="runs trained (and evaluated) at once, each with cores/jobs threads")
-    p.add_argument("--runs", default="runs/results", help="checkpoints and logs (not committed)")
-    p.add_argument("--results", default="results")
-    p.add_argument("--figs", default="figs")
+    p.add_argument("--out", "--runs", dest="runs", default="runs/results",
+                   help="runs (checkpoints, logs, evaluations) and, unless --update-docs, tables and figures")
+    p.add_argument("--results", default=None, help="tables (default: <out>/tables, or results/ with --update-docs)")
+    p.add_argument("--figs", default=None, help="figures (default: <out>/figs, or figs/ with --update-docs)")
+    p.add_argument("--bench", default="results/bench", help="the bench's tables (step and epoch cost ratios)")
     p.add_argument("--update-docs", action="store_true",
-                   help="also paste the tables into their marked sections of --docs (docs/*.md)")
+                   help="publish: tables to results/, figures to figs/, and each table into its marked section "
+                        "of --docs (docs/*.md)")
     p.add_argument("--docs", default="docs", help="the folder (or one file) whose marked sections are replaced")
     p.add_argument("--tag", default="", help="suffix of the Task 1 table's files and docs section (e.g. -32px)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.results = args.results or ("results" if args.update_docs else os.path.join(args.runs, "tables"))
+    args.figs = args.figs or ("figs" if args.update_docs else os.path.join(args.runs, "figs"))
+    return args
 
 
 def sh(*cmd, threads=None):
     print("+", " ".join(cmd), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    subprocess.run([sys.executable, *cmd], check=True, env=env)
+    code = subprocess.run([sys.executable, *cmd], env=env).returncode
+    if code:
+        raise UserError(f"{' '.join(cmd[:3])} ... exited with status {code} (its error is above); finished runs "
+                        "are kept and the same command resumes the rest")
 
 
 def train(script, out, common, *extra, threads=None):
@@ -195,16 +212,33 @@ def train(script, out, common, *extra, threads=None):
 def recipe(args, seed, **overrides):
     """The flags every row shares: one budget for all, unless a row overrides part of it."""
     values = {"data-root": args.data_root, "epochs": args.epochs, "img-size": args.img_size,
-              "batch-size": args.batch_size, "workers": args.workers, "seed": seed, **overrides}
+              "batch-size": args.batch_size, "workers": args.workers, "seed": seed,
+              **({"lr": args.lr} if args.lr is not None else {}), **({"amp": args.amp} if args.amp != "off" else {}),
+              **overrides}
     return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+
+
+def row_recipe(args, row, seed):
+    """A Task 1 row's shared flags, its body among them (a run of another body is not reused)."""
+    return recipe(args, seed, backbone=row.backbone or args.backbone, **row.recipe)
 
 
 def in_parallel(jobs, tasks):
     """Run ``tasks`` (callables taking a thread count) ``jobs`` at a time, in order; re-raise the
     first failure."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    failed = threading.Event()
+
+    def guarded(task):  # nothing new starts after a failure; jobs already running finish
+        if failed.is_set():
+            return
+        try:
+            task(threads=threads)
+        except BaseException:
+            failed.set()
+            raise
     with ThreadPoolExecutor(jobs) as pool:
-        for f in [pool.submit(task, threads=threads) for task in tasks]:
+        for f in [pool.submit(guarded, task) for task in tasks]:
             f.result()
 
 
@@ -236,12 +270,14 @@ def train_rows(args, wanted):
 
     def train_row(name, seed, threads):
         row = ROWS[name]
-        flags = ["--model", row.model, "--backbone", row.backbone, *row.flags]
+        flags = ["--model", row.model, *row.flags]
+        if args.pretrained and not row.init:
+            flags += ["--pretrained", args.pretrained]
         if row.init:
             done[(row.init, seed)].wait()
             flags += ["--init-from", os.path.join(run_dir(args, ROWS[row.init], seed), "best.pt")]
         try:
-            train("train_dw.py", run_dir(args, row, seed), recipe(args, seed, **row.recipe), *flags,
+            train("train_dw.py", run_dir(args, row, seed), row_recipe(args, row, seed), *flags,
                   threads=threads)
         finally:
             done[(name, seed)].set()
@@ -255,10 +291,13 @@ def task1_rows(args, rows, seeds):
     wanted = schedule(rows, seeds)
     if args.no_train:
         wanted = [(r, s) for r, s in wanted if finished(args, r, s)]
+        if not wanted:
+            raise UserError(f"--no-train: no finished run of these rows under {args.runs}/task1 "
+                            "(train them first: the same command without --no-train)")
         for row, seed in wanted:  # a finished run of another budget must not slip in either
             if not row.same_as:
                 check_same_recipe(load_checkpoint(os.path.join(run_dir(args, row, seed), "last.pt")),
-                                  recipe(args, seed, **row.recipe))
+                                  row_recipe(args, row, seed))
     else:
         train_rows(args, wanted)
     return evaluate_rows(args, wanted)
@@ -323,12 +362,12 @@ def evaluated(path, checkpoints, cells=None):
 
 
 def evaluate_side_by_side(args, ev, checkpoints):
-    """test_rrdb.py on ``checkpoints`` side by side into ``ev``, unless an evaluation of exactly
-    these is newer than all of them."""
+    """test_rrdb.py on ``checkpoints`` side by side into ``ev``, the first (a ResNet34) the
+    baseline, unless an evaluation of exactly these is newer than all of them."""
     path = os.path.join(ev, "results.json")
     if evaluated(path, checkpoints):
         return json.load(open(path))
-    sh("test_rrdb.py", "--checkpoints", *checkpoints, "--data-root", args.data_root,
+    sh("test_rrdb.py", "--checkpoints", *checkpoints, "--baseline", checkpoints[0], "--data-root", args.data_root,
        "--workers", str(args.workers), "--out", ev)
     return json.load(open(path))
 
@@ -340,13 +379,19 @@ def paste(args, section, text):
 
 
 def machine(args):
-    """Where the runs trained, as a title says it: 'CPU proxy' only where it is one."""
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU proxy, {os.cpu_count()}-core CPU"
+    """Where the runs trained, as a title says it: 'CPU proxy' only where it is one, with the threads
+    of each run (they change a CPU run's arithmetic, and so its numbers)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return (f"CPU proxy, {os.cpu_count()}-core CPU, {max(1, (os.cpu_count() or 1) // args.jobs)} thread(s) "
+            f"per run")
 
 
 def budget(args):
+    extra = [f"from {args.pretrained} weights" if args.pretrained else "", f"lr {args.lr:g}" if args.lr else "",
+             f"amp {args.amp}" if args.amp != "off" else ""]
     return (f"{machine(args)}: {args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, "
-            f"seed(s) {', '.join(map(str, args.seeds))}")
+            f"{''.join(e + ', ' for e in extra if e)}seed(s) {', '.join(map(str, args.seeds))}")
 
 
 def data_name(args):
@@ -394,7 +439,7 @@ def time_ratio(args, seeds):
 def bench_epoch_ratio(args, dwg_run):
     """The bench's row for dwg in results/bench/epoch.json if it timed this data, size, batch and
     dwg's sandwich recipe as ``dwg_run`` (a checkpoint) trained it; else None."""
-    path = os.path.join(args.results, "bench", "epoch.json")
+    path = os.path.join(args.bench, "epoch.json")
     if not os.path.exists(path):
         return None
     for row in json.load(open(path)):
@@ -423,7 +468,7 @@ def task1(args, seeds):
     metrics = ["accuracy", "precision", "recall", "f1", "f1_macro"]
     agg = mean_std(df, ["model", "img_size", "combo"], metrics)
     main = agg[agg.img_size == args.img_size].assign(row=lambda d: d.model.map(expert_row))
-    title = (f"Task 1 on {data_name(args)} test split, small backbone ({budget(args)}); "
+    title = (f"Task 1 on {data_name(args)} test split, {args.backbone} backbone ({budget(args)}); "
              "RGB-only rows selected on RGB validation accuracy, the others on the mean over seven combinations")
     if cost is not None:
         title += (f"; equal time: a dwg epoch trains {cost['train']:.2f}x as long as a plain_zero epoch "
@@ -442,9 +487,9 @@ def task1(args, seeds):
     write_results(sizes.to_dict("records"), args.results, "task1_sizes" + args.tag,
                   f"Task 1 spatial-size invariance: accuracy of the {args.img_size}px checkpoints at "
                   f"{', '.join(map(str, sorted({*SIZES, args.img_size})))}px ({budget(args)})")
-    heatmap(means[[c for c in TASK1_COMBOS if c in means.columns]], shown,
+    heatmap(means[[c for c in TASK1_COMBOS if c in means.columns]],
             os.path.join(args.figs, f"task1_accuracy{args.tag}.png"),
-            f"Task 1 test accuracy ({data_name(args)}, {budget(args)})")
+            f"Task 1 test accuracy ({data_name(args)}, {budget(args)})", text=shown)
     text = markdown(shown.reset_index(names="model"))
     paste(args, "task1" + args.tag, f"{title}; test accuracy as a fraction, mean ± sample standard deviation "
                   f"over the seeds where a row has several\n\n{text}\n\nTargets (1 point; means over the seeds):\n\n"
@@ -501,22 +546,6 @@ def task1_targets(main, candidates=("dwg",)):
     return pd.DataFrame(out)
 
 
-def heatmap(means, shown, path, title):
-    """Model x combination accuracies, the value (± std) printed in each cell."""
-    fig, ax = plt.subplots(figsize=(1.0 * len(means.columns) + 3, 0.45 * len(means) + 1.2))
-    ax.imshow(means.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(means.columns)), means.columns)
-    ax.set_yticks(range(len(means)), means.index, fontsize=8)
-    for i, row in enumerate(means.index):
-        for j, combo in enumerate(means.columns):
-            value = means.loc[row, combo]
-            if not pd.isna(value):
-                ax.text(j, i, shown.loc[row, combo].replace(" ± ", "\n±"), ha="center", va="center", fontsize=6,
-                        color="white" if value < 0.5 else "black")
-    ax.set_title(title, fontsize=8)
-    save_figure(path)
-
-
 def accuracy_table(df, order):
     """Accuracy per combination (mean over seeds); mean, worst and worst/RGB over the seven
     distinct combinations; rows in ``order``."""
@@ -528,14 +557,14 @@ def accuracy_table(df, order):
 
 
 def task1_ablation(args, seeds):
-    """Each mechanism alone and together (first seed, small backbone)."""
+    """Each mechanism alone and together (first seed)."""
     rows = [ROWS[n] for n in ABLATION_NAMES]
     df = task1_rows(args, [dataclasses.replace(r, every_seed=False) for r in rows], seeds[:1])
     table = accuracy_table(df[df.img_size == args.img_size], list(ABLATION_NAMES))
     for name in table.index:
         table.loc[name, "train min"] = train_seconds(args, ROWS[name], seeds[0]) / 60
     table.index = [f"{ABLATION_NAMES[n]} [{n}]" for n in table.index]
-    title = (f"Task 1 ablation on {data_name(args)} test split, small backbone ({budget(args)}, "
+    title = (f"Task 1 ablation on {data_name(args)} test split, {args.backbone} backbone ({budget(args)}, "
              f"first seed; init rows: {FINETUNE['epochs']} epochs at LR {FINETUNE['lr']} after plain_zero's 6, "
              "whose time 'train min' includes; wall minutes from the runs' logs)")
     text = table.reset_index(names="mechanisms [row]").to_markdown(index=False, floatfmt=".4f")
@@ -554,7 +583,8 @@ def task1_sandwich(args, seeds):
     for backbone in ("small", "densenet121"):
         table[f"step/plain_zero, {backbone}"] = [bench_step_ratio(args, ROWS[n], seeds[0], backbone)
                                                  for n in table.index]
-    title = (f"Task 1 sandwich cost options on {data_name(args)} test split, small backbone ({budget(args)}, "
+    title = (f"Task 1 sandwich cost options on {data_name(args)} test split, {args.backbone} backbone "
+             f"({budget(args)}, "
              "first seed); step/plain_zero: one optimizer step against plain_zero's, python -m bench --parts "
              "sandwich")
     write_results(table.reset_index(names="row").to_dict("records"), args.results, "task1_sandwich", title)
@@ -566,7 +596,7 @@ def task1_sandwich(args, seeds):
 def bench_step_ratio(args, row, seed, backbone):
     """The bench's step cost, on ``backbone``, of the sandwich options ``row``'s run trained
     with; NaN for a row without the sandwich or an option the bench has not measured."""
-    path = os.path.join(args.results, "bench", "sandwich.json")
+    path = os.path.join(args.bench, "sandwich.json")
     run = ROWS[row.same_as] if row.same_as else row
     trained = load_checkpoint(os.path.join(run_dir(args, run, seed), "last.pt"))["args"]
     if trained["channel_aug"] != "sandwich" or not os.path.exists(path):
@@ -599,14 +629,16 @@ def train_seconds(args, row, seed):
 def task2(args, seeds):
     rows = []
     for seed in seeds:
-        paths = []
-        for model in TASK2_MODELS:
-            out = os.path.join(args.runs, "task2", f"{model}-s{seed}")
-            train("train_rrdb.py", out, ["--model", model, *recipe(args, seed)])
-            paths.append(os.path.join(out, "best.pt"))
+        outs = [os.path.join(args.runs, "task2", f"{model}-s{seed}") for model in TASK2_MODELS]
+        # --jobs at a time, as the sweep trains: on a CPU the thread count changes the arithmetic's
+        # order, so the same recipe gives the same numbers in both tables only with the same --jobs.
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", out, ["--model", model, *recipe(args, seed)])
+                                for model, out in zip(TASK2_MODELS, outs)])
+        paths = [os.path.join(out, "best.pt") for out in outs]
         # The same recipe plus distillation from our own from-scratch ResNet34 (no pretrained weights).
         out = os.path.join(args.runs, "task2", f"shallow_kd-s{seed}")
-        train("train_rrdb.py", out, ["--model", "shallow", "--teacher", paths[0], *recipe(args, seed)])
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", out,
+                                                  ["--model", "shallow", "--teacher", paths[0], *recipe(args, seed)])])
         paths.append(os.path.join(out, "best.pt"))
         ev = os.path.join(args.runs, "task2", f"eval-s{seed}")
         rows += [{**r, "seed": seed} for r in evaluate_side_by_side(args, ev, paths)]
@@ -690,7 +722,7 @@ def task2_sweep(args, seeds):
         teacher = os.path.join(planned[("resnet34", kd_epochs)][1], "best.pt")
         task, out = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")
         if not args.no_train:
-            task(threads=None)
+            in_parallel(args.jobs, [task])  # the threads of every other run
     kd_done = kd_epochs is not None and run_finished(out)
     if kd_done:
         ev = os.path.join(sweep_dir, f"eval-kd-e{kd_epochs}-s{seed}")

@@ -32,6 +32,13 @@ def max_layers(name):
     return _MODELS[name][2]
 
 
+def resolved_config(name, **config):
+    """``config`` with every option it leaves out at the value the factory gives it."""
+    model_task(name)
+    params = inspect.signature(_MODELS[name][0]).parameters
+    return {**{k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}, **config}
+
+
 def create_model(name, num_classes, **config):
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; choose from {', '.join(list_models())}")

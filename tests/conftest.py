@@ -54,3 +54,38 @@ def file_hashes(folder):
     """SHA-256 of every file under ``folder``, by name: to show a refusal changed nothing."""
     return {p: hashlib.sha256(open(os.path.join(d, p), "rb").read()).hexdigest()
             for d, _, files in os.walk(folder) for p in files}
+
+
+REPO_STATE = pytest.StashKey()
+
+
+def _repository_state():
+    """``git status`` and the bytes of every file it lists; None outside a git checkout."""
+    r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode:
+        return None
+    listed = [line[3:].split(" -> ")[-1] for line in r.stdout.splitlines()]
+    return {p: _digest(os.path.join(ROOT, p)) for p in listed}
+
+
+def _digest(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[REPO_STATE] = _repository_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test, nor any script a test runs, writes into the repository (outputs go under runs/,
+    which git ignores, or under pytest's temporary folders)."""
+    before, after = session.config.stash.get(REPO_STATE, None), _repository_state()
+    if before is None or after is None or before == after:
+        return
+    changed = sorted(p for p in {*before, *after} if before.get(p) != after.get(p))
+    print(f"\nthe test suite changed files of the repository: {', '.join(changed)}", file=sys.stderr)
+    session.exitstatus = 1

@@ -1,9 +1,11 @@
 """One sandwich step under torchrun (gloo): counts gradient all-reduces and saves the weights.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_sandwich_step.py OUT [--sync-every-pass]
+                                                                                               [--accumulate]
 
 Each rank trains on its half of a fixed batch; ``--sync-every-pass`` ignores the passes' ``sync``
-(every backward all-reduces), to show that the count can fail. Rank 0 writes OUT.
+(every backward all-reduces), to show that the count can fail; ``--accumulate`` makes the two
+batches micro-batches of one optimizer step. Rank 0 writes OUT.
 """
 import os
 import sys
@@ -38,7 +40,7 @@ def criterion():
     return SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), fraction=0.5)
 
 
-def main(out, sync_every_pass=False):
+def main(out, sync_every_pass=False, accumulate=False):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     ddp = torch.nn.parallel.DistributedDataParallel(tiny_model(), bucket_cap_mb=1000)
@@ -55,11 +57,11 @@ def main(out, sync_every_pass=False):
     opt = torch.optim.SGD(ddp.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     shards = [(x.chunk(world)[rank], y.chunk(world)[rank]) for x, y in batch()]
-    train_one_epoch(ddp, shards, opt, sched, Context(rank, world), 1, criterion())
+    train_one_epoch(ddp, shards, opt, sched, Context(rank, world), 1, criterion(), accum_steps=2 if accumulate else 1)
     if rank == 0:
         torch.save({"rounds": len(rounds), "state_dict": ddp.module.state_dict()}, out)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--sync-every-pass" in sys.argv)
+    main(sys.argv[1], "--sync-every-pass" in sys.argv, "--accumulate" in sys.argv)

@@ -70,6 +70,13 @@ def world(tmp_path_factory):
     ckpt["state_dict"] = {**{k: v for k, v in ckpt["state_dict"].items() if k.endswith("num_batches_tracked")},
                           "head.weight": torch.zeros(7, 7)}
     save_atomic(ckpt, base / "counters.pt")
+    # hand-made checkpoints: a field missing, of the wrong type, a config that builds nothing
+    good = torch.load(run / "best.pt", weights_only=False)
+    save_atomic({k: v for k, v in good.items() if k != "args"}, base / "no_args.pt")
+    save_atomic({**good, "classes": {"a": 1}}, base / "classes_dict.pt")
+    save_atomic({**good, "config": {"backbone": 5}}, base / "config_bad.pt")
+    (base / "locked").mkdir()
+    (base / "locked" / "lock").mkdir()  # a folder where the lock file goes
     images = base / "images"
     images.mkdir()
     Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(images / "float.tiff")
@@ -123,9 +130,25 @@ def cases(w):
         (["--data-root", r["classes_blank"]], "classes.txt: no classes in it"),
         (["--data-root", r["classes_latin1"]], "classes.txt:1: not UTF-8 text (byte 0xe9)"),
         (["--data-root", r["classes_huge"]], "classes.txt:2: label 99999999999 with only 2 distinct labels"),
+        (["--momentum", "0"], "the optimizer refuses --lr 0.1 --momentum 0.0"),
+        (["--val-combos", "RGB,R,RGB"], "combination 'RGB' is listed twice in 'RGB,R,RGB'"),
     ]
     listed = [("train_dw", [*TINY, *out, *flags], msg) for flags, msg in train]
+    made = {k: str(w["base"] / f"{k}.pt") for k in ("no_args", "classes_dict", "config_bad")}
+    for entry in ("predict", "test_dw", "export"):  # hand-made checkpoints
+        image = [str(w["images"] / "float.tiff")] if entry == "predict" else []
+        listed += [
+            (entry, ["--checkpoint", made["no_args"], *image], "records no training image size; pass --img-size"),
+            (entry, ["--checkpoint", made["classes_dict"], *image], "field 'classes' is a dict, not a list"),
+            (entry, ["--checkpoint", made["config_bad"], *image], "unknown backbone 5; choose from"),
+        ]
     listed += [
+        ("train_dw", [*TINY, "--out", str(w["base"] / "locked")], "is a folder where the run's lock file goes"),
+        ("test_dw", ["--checkpoint", ck, "--combos", "RGB,BGR,RGB"], "combination 'RGB' is listed twice"),
+        ("export", ["--checkpoint", ck, "--out", str(w["file"])], "cannot write into --out"),
+        ("export", ["--checkpoint", ck, "--out", str(w["file"] / "sub")], "cannot write into --out"),
+        ("results", ["--part", "task1", "--no-train", "--out", str(w["base"] / "no_runs"), "--data-root", "synthetic"],
+         "--no-train: no finished run of these rows"),
         ("train_dw", [*TINY, "--out", run], "already holds a run"),
         ("train_dw", [*TINY, "--out", str(w["file"])], "is a file, not a folder"),
         ("train_dw", ["--resume", run, "--lr", "0.5"], "--lr cannot change"),
@@ -189,5 +212,5 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 81
+    assert checked == 97
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run

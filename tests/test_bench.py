@@ -1,6 +1,8 @@
 """The benchmark's smoke run: it writes its tables (no timing is asserted; speed is not a test)."""
 import json
 
+import pytest
+
 import bench
 
 
@@ -14,11 +16,12 @@ def test_quick_stem_and_profile_parts(tmp_path):
     assert set(json.loads((tmp_path / "bench.json").read_text())) == {"environment", "stem", "profile"}
 
 
-def test_quick_sandwich_part(tmp_path):
-    assert bench.main(["--quick", "--parts", "sandwich", "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "sandwich.json").read_text())
-    assert [r["recipe"] for r in rows] == ["plain_zero, RGB", "dwg, subset sampling", *bench.SANDWICH_RECIPES]
-    # each sandwich row names the options it ran, so that tables can find a run's step cost
-    assert [(r["fraction"], r["scale"], r["every"]) for r in rows[2:]] == [
-        (o.get("fraction", 1), o.get("scale", 1), o.get("every", 1)) for o in bench.SANDWICH_RECIPES.values()]
-    assert all(r["ms_per_step"] > 0 for r in rows)
+def test_a_cut_bench_json_is_replaced_and_missing_pages_are_one_line(tmp_path, capsys):
+    (tmp_path / "bench.json").write_text("")  # a run killed while writing it, before writes were atomic
+    assert bench.main(["--quick", "--parts", "stem", "--out", str(tmp_path)]) == 0
+    assert "bench.json could not be read" in capsys.readouterr().err
+    assert set(json.loads((tmp_path / "bench.json").read_text())) == {"environment", "stem"}
+    from utils.errors import UserError
+    from utils.report import update_doc
+    with pytest.raises(UserError, match="cannot read .*no-docs.* to update its complexity section"):
+        update_doc("complexity", "a table", str(tmp_path / "no-docs"))  # --update-docs without the pages

@@ -24,22 +24,22 @@ def test_task1_train_then_test(tmp_path, capsys):
                          "--img-sizes", "24,32", "--workers", "0", "--combos", "RGB,RG,B,BGR"]) == 0
     printed = capsys.readouterr().out
     assert "synthetic" in printed and "worst" in printed
-    rows = json.loads((out / "eval" / "results.json").read_text())
+    rows = json.loads((out / "eval-test" / "results.json").read_text())
     assert [(r["combo"], r["img_size"]) for r in rows] == [(c, s) for s in (24, 32) for c in ("RGB", "RG", "B", "BGR")]
     for r in rows:
         assert {"combo", "img_size", "accuracy", "top5", "precision", "recall", "f1", "f1_macro"} <= set(r)
         assert all(0 <= r[k] <= 1 for k in ("accuracy", "top5", "precision", "recall", "f1", "f1_macro"))
         assert r["top5"] >= r["accuracy"]
-    assert (out / "eval" / "accuracy_by_combo.png").stat().st_size > 1000
-    assert (out / "eval" / "results.md").read_text().count("\n") >= 9
-    per_class = pd.read_csv(out / "eval" / "per_class.csv")
+    assert (out / "eval-test" / "accuracy_by_combo.png").stat().st_size > 1000
+    assert (out / "eval-test" / "results.md").read_text().count("\n") >= 9
+    per_class = pd.read_csv(out / "eval-test" / "per_class.csv")
     assert list(per_class.columns) == ["img_size", "class", "name", "images", "RGB", "RG", "B", "BGR"]
     assert len(per_class) == 2 * 6 and per_class.groupby("img_size").images.sum().tolist() == [60, 60]
     for r in rows:  # per-class accuracies weighted by their images give back the overall accuracy
         part = per_class[per_class.img_size == r["img_size"]]
         assert (part[r["combo"]] * part.images).sum() / 60 == pytest.approx(r["accuracy"], abs=1e-3)  # CSV: 4 digits
     worst = min((r for r in rows if r["img_size"] == 24), key=lambda r: r["accuracy"])["combo"]
-    assert {f"confusion_{c}.png" for c in ("RGB", worst)} <= set(os.listdir(out / "eval"))
+    assert {f"confusion_{c}.png" for c in ("RGB", worst)} <= set(os.listdir(out / "eval-test"))
     assert "classes that lose most" in printed
 
 
@@ -100,7 +100,7 @@ def test_on_a_slice_of_real_data(tmp_path):
     assert train_dw.main(["--out", str(tmp_path / "r"), *args]) == 0
     assert test_dw.main(["--checkpoint", str(tmp_path / "r"), "--data-root", root, "--limit", "40",
                          "--workers", "0"]) == 0
-    rows = json.loads((tmp_path / "r" / "eval" / "results.json").read_text())
+    rows = json.loads((tmp_path / "r" / "eval-test" / "results.json").read_text())
     assert len(rows) == 7 and rows[0]["images"] == 40
 
 
@@ -113,7 +113,7 @@ def test_training_learns_every_combination(tmp_path):
                           "--out", str(out)]) == 0
     assert test_dw.main(["--checkpoint", str(out / "best.pt"), "--data-root", "synthetic", "--limit", "384",
                          "--workers", "0"]) == 0
-    accuracy = {r["combo"]: r["accuracy"] for r in json.loads((out / "eval" / "results.json").read_text())}
+    accuracy = {r["combo"]: r["accuracy"] for r in json.loads((out / "eval-test" / "results.json").read_text())}
     assert len(accuracy) == 7 and accuracy["RGB"] >= 0.6 and min(accuracy.values()) >= 0.25, accuracy
 
 
@@ -151,5 +151,5 @@ def test_evaluation_is_on_the_test_split(tmp_path):
                           "--batch-size", "4", "--workers", "0", "--epochs", "1", "--out", str(out)]) == 0
     assert test_dw.main(["--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--workers", "0",
                          "--combos", "RGB"]) == 0
-    [row] = json.loads((out / "eval" / "results.json").read_text())
+    [row] = json.loads((out / "eval-test" / "results.json").read_text())
     assert row["images"] == 2 != len((root / "val.txt").read_text().splitlines())

@@ -15,7 +15,7 @@ from data import build_dataset, describe_root
 from data.channels import select
 from data.datasets import normalize
 from models.norm import ComboBatchNorm2d
-from utils.checkpoint import load_model
+from models.loading import load_model
 
 
 @pytest.mark.parametrize("name, options", [("dwg", {}), ("dwg", {"combo_affine": True}), ("plain_zero", {}),

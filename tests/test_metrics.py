@@ -51,7 +51,7 @@ def test_per_class_accuracy_agrees_with_sklearn():
 
 
 def test_ratio_to_baseline():
-    rows = add_ratios([{"accuracy": 0.60}, {"accuracy": 0.54}, {"accuracy": 0.50}, {"accuracy": 0.66}], 0.60)
+    rows = add_ratios([{"accuracy": 0.60}, {"accuracy": 0.54}, {"accuracy": 0.50}, {"accuracy": 0.66}], 0.60, 50)
     assert [r["ratio_to_baseline"] for r in rows] == pytest.approx([1.0, 0.9, 0.8333333, 1.1])
     assert [r["pass_90"] for r in rows] == [True, True, False, True]
 

@@ -136,6 +136,28 @@ def test_a_prepared_copy_loads_with_the_same_loader(tmp_path):
     assert not (src / "copy").exists()
 
 
+def test_a_prepared_copy_that_fails_or_is_interrupted_leaves_nothing(tmp_path, monkeypatch, capsys):
+    src = make_list_root(tmp_path / "src", classes=3, per_class=4, size=48)
+    path = build_dataset(describe_root(str(src)), "train", 16).samples[2][0]
+    good = open(path, "rb").read()
+    open(path, "wb").write(b"not a jpeg")
+    with pytest.raises(SystemExit) as exc:
+        prepare.main([str(src), str(tmp_path / "dst"), "--max-side", "20", "--workers", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err[-1].startswith(f"error: cannot read image {path}")
+    assert not (tmp_path / "dst").exists()  # a cut copy would pass for a whole one
+    open(path, "wb").write(good)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare, "tqdm", interrupted)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        prepare.main([str(src), str(tmp_path / "empty"), "--max-side", "20", "--workers", "1"])
+    assert exc.value.code == 130 and "the unfinished copy" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "empty") == []  # the folder the user made stays, empty
+
+
 def test_a_prepared_copy_keeps_the_exif_orientation(tmp_path):
     """A photo stored sideways with an EXIF orientation tag: the loader shows it upright, and so
     must the prepared copy (pixels turned, tag gone)."""

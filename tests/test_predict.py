@@ -8,7 +8,7 @@ from conftest import make_list_root
 from data import build_dataset, describe_root
 from data.channels import select
 from data.datasets import normalize
-from utils.checkpoint import load_model
+from models.loading import load_model
 
 
 @pytest.fixture(scope="module")

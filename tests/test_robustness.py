@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -29,7 +30,10 @@ def _wait_for_epochs(out, n, proc, timeout=120):
 
 
 def _log_without_times(path):
-    return [line.rsplit(",", 2)[0] for line in path.read_text().splitlines()]  # seconds, train_seconds
+    """The log's rows without its wall times (seconds, train_seconds)."""
+    lines = [line.split(",") for line in path.read_text().splitlines()]
+    keep = [i for i, name in enumerate(lines[0]) if name not in ("seconds", "train_seconds")]
+    return [[row[i] for i in keep] for row in lines]
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +133,14 @@ def test_bad_input_errors(tmp_path, reference_run, list_root):
          "empty channel combination"),
         (["test_dw.py", "--checkpoint", str(ckpt), "--data-root", str(list_root)], "trained on 6 classes"),
         (["test_dw.py", "--checkpoint", str(tmp_path / "no.pt"), "--data-root", "synthetic"], "checkpoint not found"),
-        (["test_rrdb.py", "--checkpoints", str(ckpt), "--data-root", "synthetic"], "no ResNet34 baseline"),
     ]
-    for args, pattern in cases:
-        _expect_error(run_script(*args), pattern)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(ckpt.read_bytes()[:5000])
-    _expect_error(run_script("test_dw.py", "--checkpoint", str(truncated), "--data-root", "synthetic"),
-                  "truncated or corrupt")
+    cases.append((["test_dw.py", "--checkpoint", str(truncated), "--data-root", "synthetic"], "truncated or corrupt"))
+    # Separate processes, as a user runs them; a few at once, since each spends its time importing.
+    with ThreadPoolExecutor(4) as pool:
+        for (args, pattern), r in zip(cases, pool.map(lambda c: run_script(*c[0]), cases)):
+            _expect_error(r, pattern)
     assert (reference_run / "last.pt").stat().st_size > 5000  # refusals left the run untouched
 
 
@@ -184,6 +188,9 @@ def test_resumed_log_drops_rows_past_the_checkpoint(tmp_path):
     assert log.read_text().splitlines() == ["epoch,val_acc", "1,0.1", "2,0.2"]
     start_log(str(log), ["epoch", "val_acc"], 0)
     assert log.read_text().splitlines() == ["epoch,val_acc"]
+    log.write_text("epoch,val_acc\n1,0.1\n\n2,0.2\n3,0.3\n\n")  # blank lines: an editor, a kill mid-line
+    start_log(str(log), ["epoch", "val_acc"], 3)
+    assert log.read_text().splitlines() == ["epoch,val_acc", "1,0.1", "2,0.2", "3,0.3"]
 
 
 def test_results_refuse_a_run_folder_of_another_recipe():
@@ -229,3 +236,18 @@ def test_saturation_is_the_first_budget_whose_doubling_gains_under_a_point():
     assert saturation({6: 0.50, 12: 0.505}) == 6
     assert saturation({6: 0.50, 12: 0.60, 24: 0.70}) is None
     assert saturation({6: 0.50, 10: 0.50}) is None  # not a doubling
+
+
+def test_results_stop_launching_runs_after_a_failed_one():
+    from experiments.results import in_parallel, sh
+    with pytest.raises(UserError, match="exited with status 3"):
+        sh("-c", "import sys; sys.exit(3)")
+    started = []
+
+    def task(name, threads=None):
+        started.append(name)
+        if name == "fails":
+            sh("-c", "import sys; sys.exit(3)")
+    with pytest.raises(UserError, match="the same command resumes the rest"):
+        in_parallel(1, [lambda threads, n=n: task(n, threads) for n in ("first", "fails", "never", "nor")])
+    assert started == ["first", "fails"]

@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT, file_hashes, run_script, trained_run
 from test_robustness import RUN, _wait_for_epochs
 from utils.checkpoint import save_atomic
+from utils.errors import UserError
 from utils.run_folder import reconcile_best
 
 
@@ -210,3 +211,38 @@ def test_best_and_last_agree_after_a_kill_between_the_two_writes(tmp_path, finis
     save_atomic(stale, run / "best.pt")
     reconcile_best(str(run))
     assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
+
+
+def test_a_lock_that_names_no_process_is_taken_over_once_old(tmp_path):
+    from utils.run_folder import RunLock
+    lock = tmp_path / "lock"
+    lock.write_text("")  # what a full disk left when the lock was made
+    with pytest.raises(UserError):  # fresh: perhaps a writer between creating and writing it
+        RunLock(str(tmp_path)).acquire()
+    os.utime(lock, (0, 0))
+    held = RunLock(str(tmp_path)).acquire()
+    assert lock.read_text().split()[0] == str(os.getpid())
+    held.release()
+    assert not lock.exists()
+
+
+def test_a_full_disk_while_locking_leaves_no_lock(tmp_path, monkeypatch):
+    import errno
+    from utils import run_folder
+
+    class Full:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(run_folder.os, "fdopen", Full)
+    with pytest.raises(UserError, match="cannot write the lock .*No space left on device"):
+        run_folder.RunLock(str(tmp_path)).acquire()
+    assert not (tmp_path / "lock").exists()

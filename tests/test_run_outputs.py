@@ -30,7 +30,7 @@ def test_tensorboard_scalars_and_curves(tmp_path):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert tags == {"train/loss", "train/lr", "train/images_per_s", "train/data_wait", "train/epoch_loss",
-                    "train/epoch_acc", "val/acc", "val/acc_RGB", "val/acc_G"}
+                    "train/epoch_distill", "train/epoch_acc", "val/acc", "val/acc_RGB", "val/acc_G"}  # a sandwich
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
     assert [e.step for e in events.Scalars("val/acc_G")] == [4, 8]
     assert (out / "curves.png").stat().st_size > 5000

@@ -95,7 +95,7 @@ def test_deploy_twice_is_a_no_op_and_a_model_can_be_built_deployed():
 def test_deployed_checkpoint_from_test_rrdb_loads_back(tmp_path):
     import test_rrdb
     import train_rrdb
-    from utils.checkpoint import load_model
+    from models.loading import load_model
     tiny = ["--data-root", "synthetic", "--limit", "32", "--img-size", "16", "--batch-size", "16",
             "--workers", "0", "--epochs", "1"]
     assert train_rrdb.main(["--model", "shallow", "--out", str(tmp_path / "s"), *tiny]) == 0
@@ -158,7 +158,7 @@ def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
                       "<!-- task2-headline:start -->\n<!-- task2-headline:end -->\nafter\n")
     out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
     args = ["--part", "task2-sweep", "--budgets", "1,2", "--img-size", "16", "--batch-size", "4", "--workers", "0",
-            "--data-root", str(root), "--runs", out["runs"], "--results", out["results"], "--figs", out["figs"],
+            "--data-root", str(root), "--out", out["runs"], "--results", out["results"], "--figs", out["figs"],
             "--update-docs", "--docs", str(readme)]
     assert results.main(args) == 0
     rows = json.loads((tmp_path / "results" / "task2_sweep.json").read_text())

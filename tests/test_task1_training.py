@@ -17,7 +17,8 @@ from data.datasets import normalize
 from engine import train_one_epoch
 from losses import LabelLoss, SandwichLoss, soft_cross_entropy
 from models.norm import ComboBatchNorm2d, combo_index
-from utils.checkpoint import init_from, save_atomic
+from models.loading import init_from
+from utils.checkpoint import save_atomic
 from utils.distributed import Context
 from utils.errors import UserError
 
@@ -64,10 +65,9 @@ def test_sandwich_step_equals_the_hand_written_loss():
     reference = _tiny_dwg().train()
     full = reference(x, tuple("RGB"))
     target = F.softmax(full.detach(), 1)
-    loss = F.cross_entropy(full, y, label_smoothing=0.1)
-    for keep in draws:
-        loss = loss + soft_cross_entropy(reference(x[:, keep], tuple("RGB"[i] for i in keep)), target)
-    loss.backward()
+    label = F.cross_entropy(full, y, label_smoothing=0.1)
+    distill = sum(soft_cross_entropy(reference(x[:, keep], tuple("RGB"[i] for i in keep)), target) for keep in draws)
+    (label + distill).backward()
     expected = {n: p.detach() - p.grad for n, p in reference.named_parameters() if p.grad is not None}
 
     crit = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5))
@@ -75,7 +75,7 @@ def test_sandwich_step_equals_the_hand_written_loss():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     stats = train_one_epoch(model, [(images, y)], opt, sched, Context(), 1, crit)
     assert stats["step"] == 1
-    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert (stats["loss"], stats["distill"]) == pytest.approx((label.item(), distill.item()), rel=1e-5)
     for name, p in model.named_parameters():
         if name in expected:
             torch.testing.assert_close(p.detach(), expected[name], atol=1e-5, rtol=1e-4, msg=name)
@@ -102,7 +102,7 @@ def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
 
     reference, gen = _tiny_dwg().train(), torch.Generator().manual_seed(5)
     opt = torch.optim.SGD(reference.parameters(), lr=1.0)
-    losses = []
+    losses, distills = [], []
     for step, (u8, y) in enumerate(zip(images, labels)):
         x = normalize(u8)
         opt.zero_grad()
@@ -110,6 +110,7 @@ def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
             full = reference(x, tuple("RGB"))
             target = F.softmax(full.detach(), 1)
             loss = F.cross_entropy(full, y, label_smoothing=0.1)
+            losses.append(loss.item())
             m = round(fraction * 8)
             for i, keep in enumerate(_hand_drawn(gen)):
                 rows = [(i * m + j) % 8 for j in range(m)]
@@ -117,13 +118,14 @@ def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
                 if scale < 1:
                     xr = F.interpolate(xr, size=(round(16 * scale),) * 2, mode="bilinear", antialias=True)
                 loss = loss + soft_cross_entropy(reference(xr, tuple("RGB"[c] for c in keep)), target[rows])
+            distills.append(loss.item() - losses[-1])
         else:
             k = int(torch.randint(1, 4, (1,), generator=gen))
             keep = sorted(torch.randperm(3, generator=gen)[:k].tolist())
             loss = F.cross_entropy(reference(x[:, keep], tuple("RGB"[c] for c in keep)), y, label_smoothing=0.1)
+            losses.append(loss.item())
         loss.backward()
         opt.step()
-        losses.append(loss.item())
 
     model = _tiny_dwg().train()
     crit = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), **options)
@@ -131,7 +133,8 @@ def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     stats = train_one_epoch(model, list(zip(images, labels)), opt, sched, Context(), 1, crit)
     assert stats["step"] == 2 and crit.steps == 2
-    assert stats["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    assert stats["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)  # the label passes
+    assert stats["distill"] == pytest.approx(sum(distills) / len(distills), rel=1e-4)  # the sandwich steps' rest
     expected = dict(reference.named_parameters())
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name].detach(), atol=1e-5, rtol=1e-4, msg=name)
@@ -166,6 +169,16 @@ def test_ddp_sandwich_all_reduces_once_a_step_and_equals_one_process(tmp_path, s
         opt.step()
     for name, p in model.named_parameters():
         torch.testing.assert_close(result["state_dict"][name], p.detach(), atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_ddp_accumulation_all_reduces_on_the_last_micro_batch_only(tmp_path):
+    """Two sandwich micro-batches, one optimizer step: one all-reduce round in all."""
+    from tests.conftest import run_script
+    out = tmp_path / "ddp.pt"
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "tests/ddp_sandwich_step.py", str(out), "--accumulate")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(out, weights_only=True)["rounds"] == 1
 
 
 def test_each_channel_set_uses_its_own_batchnorm_statistics():
@@ -408,8 +421,9 @@ def test_task1_table_end_to_end_at_toy_size(tmp_path, capsys):
         (tmp_path / "results" / "bench" / "epoch.json").write_text(json.dumps([{**bench_row, "ratio_to_plain": ratio}]))
         return results.main(["--part", "task1", "--models", "dwg,plain_zero,plain_mean,plain_zero-Ronly", "--epochs",
                              "1", "--img-size", "16", "--batch-size", "4", "--workers", "0", "--data-root", str(root),
-                             "--runs", out["runs"], "--results", out["results"], "--figs", out["figs"],
-                             "--update-docs", "--docs", str(readme), *extra])
+                             "--out", out["runs"], "--results", out["results"], "--figs", out["figs"],
+                             "--bench", str(tmp_path / "results" / "bench"), "--update-docs", "--docs", str(readme),
+                             *extra])
 
     assert table(1.6) == 0  # round(1 x 1.6) = 2 epochs for the equal-time rows
     title = (tmp_path / "results" / "task1.md").read_text().splitlines()[0]
@@ -439,3 +453,16 @@ def test_task1_table_end_to_end_at_toy_size(tmp_path, capsys):
     acc = {r["model"]: r for r in json.loads((tmp_path / "results" / "task1_accuracy.json").read_text())}
     assert acc["plain_zero-equal-time"]["RGB"] == acc["plain_zero"]["RGB"]
     assert acc["single-channel expert-equal-time"]["R"] == acc["single-channel expert"]["R"]
+    # Without --update-docs nothing is published: tables and figures stay under --out, and the
+    # title states the data and the settings used.
+    page = readme.read_text()
+    assert results.main(["--part", "task1", "--models", "dwg,plain_zero", "--epochs", "1", "--img-size", "16",
+                         "--batch-size", "4", "--workers", "0", "--data-root", str(root), "--backbone", "small",
+                         "--out", out["runs"], "--bench", str(tmp_path / "results" / "bench"), "--no-train"]) == 0
+    assert readme.read_text() == page
+    title = (tmp_path / "runs" / "tables" / "task1.md").read_text().splitlines()[0]
+    assert title.startswith("Task 1 on data test split, small backbone (CPU proxy, ") and \
+        "1 epochs, 16px, batch 4, seed(s) 0" in title
+    rows = json.loads((tmp_path / "runs" / "tables" / "task1_accuracy.json").read_text())
+    assert [r["model"] for r in rows] == ["dwg", "plain_zero", "plain_zero-equal-time"]
+    assert (tmp_path / "runs" / "figs" / "task1_accuracy.png").exists()

@@ -1,4 +1,5 @@
-"""Checkpoints that survive being killed, and that say what they hold.
+"""Checkpoints that survive being killed, and that say what they hold (``models/loading.py``
+builds models from them).
 
 A checkpoint is a dict: ``model`` (registry name), ``config`` (its constructor arguments),
 ``classes``, ``state_dict`` and, for resuming, optimizer/scheduler/scaler states, ``epoch``
@@ -13,11 +14,12 @@ import numpy as np
 import torch
 from numpy._core import multiarray as np_multiarray
 
-from models import create_model
 from .errors import UserError
 from .files import write_atomic
 
 REQUIRED = ("model", "config", "classes", "state_dict")
+FIELD_TYPES = {"model": str, "config": dict, "classes": (list, tuple), "state_dict": dict, "args": dict,
+               "ema": (dict, type(None))}
 # Checkpoints written before RNG states were stored as lists hold a numpy array (data, no code).
 NUMPY_ARRAYS = [np_multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
@@ -43,35 +45,40 @@ def load_checkpoint(path):
         raise UserError(f"cannot read checkpoint {path}: truncated or corrupt ({exc})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         raise UserError(f"{path} is not a checkpoint of this project (needs {', '.join(REQUIRED)})")
+    ckpt.setdefault("args", {})
+    for key, kind in FIELD_TYPES.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise UserError(f"{path}: field {key!r} is a {type(ckpt[key]).__name__}, not a "
+                            f"{kind.__name__ if isinstance(kind, type) else kind[0].__name__}; not a checkpoint of "
+                            "this project, or a damaged one")
+    if not all(isinstance(c, str) for c in ckpt["classes"]) or \
+            not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
+        raise UserError(f"{path}: 'classes' must be names and 'state_dict' tensors; not a checkpoint of this project")
     ckpt["path"] = path
     return ckpt
 
 
-def model_from_checkpoint(ckpt):
-    model = create_model(ckpt["model"], len(ckpt["classes"]), **ckpt["config"])
-    if ckpt.get("deployed"):
-        model.deploy()
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"{ckpt['path']}: weights do not fit model {ckpt['model']!r} ({_first_reason(exc)})") from None
-    bad = [k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UserError(f"{ckpt['path']}: {len(bad)} weight tensor(s) hold NaN or inf ({bad[0]}, ...); "
-                        "a model with them predicts nothing")
-    return model
+def image_size(ckpt, given=None):
+    """``given`` (a flag), else the size the checkpoint trained at."""
+    size = given or ckpt["args"].get("img_size")
+    if not isinstance(size, int) or size < 1:
+        raise UserError(f"{ckpt['path']} records no training image size; pass --img-size")
+    return size
 
 
-def load_model(path, classes, as_model=None):
-    """-> (checkpoint, model) for evaluation on data with these classes.
-
-    ``as_model`` rebuilds the weights as another registered model with the same parameters.
-    """
-    ckpt = load_checkpoint(path)
-    check_classes(ckpt, classes)
-    if as_model:
-        ckpt["model"] = as_model
-    return ckpt, model_from_checkpoint(ckpt)
+def data_root(given, ckpt):
+    """``--data-root`` when given; else the data the checkpoint was trained on, when it is here;
+    else ``$DATA_ROOT``. The choice is printed, since it decides what the numbers are of."""
+    if given:
+        return given
+    stored = ckpt.get("data")
+    if stored == "synthetic" or (isinstance(stored, str) and os.path.isdir(stored)):
+        print(f"data: {stored} (the checkpoint's; --data-root to use other data)")
+        return stored
+    if os.environ.get("DATA_ROOT"):
+        print(f"data: {os.environ['DATA_ROOT']} ($DATA_ROOT; the checkpoint's data {stored} is not here)")
+        return os.environ["DATA_ROOT"]
+    raise UserError(f"{ckpt['path']} was trained on data at {stored}, which is not here; pass --data-root")
 
 
 def check_classes(ckpt, classes):
@@ -88,38 +95,3 @@ def check_classes(ckpt, classes):
                             f"is {classes[i]!r}: the same classes under other labels")
         print(f"warning: {ckpt['path']} names label {i} {trained[i]!r}, the data {classes[i]!r}; "
               "assuming the labels mean the same classes", file=sys.stderr)
-
-
-def init_from(model, path, classes):
-    """Start ``model`` from the weights of one of our checkpoints, of this or another Task 1 model.
-
-    Tensors whose names match load (a plain stem's kernel becomes the ``dwg`` stem's ``base``;
-    plain BatchNorm statistics fill every channel set's row); the rest keep their initialisation
-    and are listed.
-    """
-    ckpt = load_checkpoint(path)
-    check_classes(ckpt, classes)
-    if ckpt.get("deployed"):
-        raise UserError(f"{path} holds a deployed model; start from a training checkpoint")
-    try:
-        result = model.load_state_dict(ckpt["state_dict"], strict=False)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights of {ckpt['model']!r} do not fit this model ({_first_reason(exc)})") from None
-    state = model.state_dict()
-    total = len(state)
-    loaded = total - len(result.missing_keys)
-    # BatchNorm's step counters share names across architectures: they alone are no start.
-    learned = [k for k in state if k not in result.missing_keys and state[k].is_floating_point()]
-    if not learned:
-        raise UserError(f"{path}: no learned tensor of {ckpt['model']!r} fits this model "
-                        f"({loaded} of {total} loaded, all step counters); --init-from takes a related model")
-    new = sorted({k.rsplit(".", 1)[0] for k in result.missing_keys})
-    print(f"initialised from {path} ({ckpt['model']}): {loaded} of {total} tensors loaded"
-          + (f"; new: {', '.join(new)}" if new else ""))
-    return model
-
-
-def _first_reason(exc):
-    """The first mismatch that ``load_state_dict`` reports (its message starts with a header line)."""
-    text = str(exc)
-    return text.splitlines()[1].strip() if "\n" in text else text

@@ -1,5 +1,6 @@
 """Files replaced whole or not at all."""
 import os
+import shutil
 import tempfile
 
 from .errors import UserError
@@ -24,3 +25,39 @@ def write_atomic(path, write, binary=False):
         if isinstance(exc, OSError):
             raise UserError(f"cannot write {path}: {exc.strerror or exc}; the previous file is kept") from None
         raise
+
+
+def write_folder(path, write):
+    """``write(tmp)`` fills a new folder beside ``path``, which then takes ``path``'s place whole:
+    no file of an earlier evaluation stays beside the new ones, and a failure leaves the old folder
+    as it was. Only a folder that is empty or holds an earlier result (``results.json``) is replaced."""
+    path = os.path.realpath(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UserError(f"--out {path} is a file, not a folder")
+        if os.listdir(path) and not os.path.exists(os.path.join(path, "results.json")):
+            raise UserError(f"--out {path} holds other files (no results.json of an earlier evaluation); "
+                            "it is replaced whole, so name a new or an evaluation folder")
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    except OSError as exc:
+        raise UserError(f"cannot write into {parent}: {exc.strerror or exc}") from None
+    old = None
+    try:
+        os.chmod(tmp, 0o755)
+        result = write(tmp)
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+            os.replace(path, os.path.join(old, "x"))
+        os.replace(tmp, path)
+    except BaseException:
+        if old and not os.path.exists(path):  # the old folder goes back where it was
+            os.replace(os.path.join(old, "x"), path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    return result

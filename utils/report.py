@@ -50,17 +50,39 @@ def bar_chart(df, x, y, group, path, title, ylabel="accuracy"):
 
 
 def confusion_figure(targets, preds, classes, path, title):
-    """Row-normalised confusion matrix (scikit-learn's display); class numbers on the axes when
-    there are too many names to read."""
+    """Row-normalised confusion matrix (scikit-learn's display) with every class named (long
+    names cut), the figure growing with the classes so that 50 stay legible."""
     from sklearn.metrics import ConfusionMatrixDisplay
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.25 * n, 16), min(3.5 + 0.25 * n, 15)))
+    names = [c if len(c) <= 18 else c[:17] + "…" for c in map(str, classes)]
+    side = min(max(5.0, 2.5 + 0.28 * n), 20)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
     ConfusionMatrixDisplay.from_predictions(
-        targets, preds, labels=list(range(n)), display_labels=classes if n <= 20 else None,
+        targets, preds, labels=list(range(n)), display_labels=names,
         normalize="true", include_values=n <= 12, values_format=".2f", cmap="Blues", ax=ax, colorbar=True)
     ax.set_title(title, fontsize=10)
-    plt.setp(ax.get_xticklabels(), rotation=90, fontsize=7)
-    plt.setp(ax.get_yticklabels(), fontsize=7)
+    plt.setp(ax.get_xticklabels(), rotation=90, fontsize=7 if n <= 30 else 6)
+    plt.setp(ax.get_yticklabels(), fontsize=7 if n <= 30 else 6)
+    save_figure(path)
+
+
+def heatmap(values, path, title, text=None, label="accuracy"):
+    """A rows x columns DataFrame of fractions as a coloured grid (0 to 1) with each value printed,
+    or ``text``'s cell (e.g. "0.731 ± 0.005") where given, at a width that fits a page."""
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(min(3.0 + 0.95 * cols, 11), 1.2 + 0.45 * rows))
+    image = ax.imshow(values.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(rows):
+        for j in range(cols):
+            v = values.iat[i, j]
+            if pd.notna(v):
+                cell = f"{v:.3f}" if text is None else str(text.loc[values.index[i], values.columns[j]])
+                ax.text(j, i, cell.replace(" ± ", "\n±"), ha="center", va="center", fontsize=6,
+                        color="white" if v < 0.5 else "black")
+    ax.set_xticks(range(cols), [str(c) for c in values.columns], fontsize=8)
+    ax.set_yticks(range(rows), [str(r) for r in values.index], fontsize=8)
+    fig.colorbar(image, ax=ax, label=label, fraction=0.04)
+    ax.set_title(title, fontsize=8)
     save_figure(path)
 
 
@@ -87,18 +109,18 @@ def training_curves(log_csv, path, title):
 
 
 def save_figure(path):
+    """The current figure, written whole or not at all (``write_atomic``), then closed."""
     plt.tight_layout()
-    plt.savefig(path, dpi=120)
-    plt.close()
+    try:
+        write_atomic(path, lambda f: plt.savefig(f, dpi=120, format=os.path.splitext(path)[1][1:] or "png"),
+                     binary=True)
+    finally:
+        plt.close()
 
 
-def fmt_table(df, percent=(), digits=4):
-    """A printable table: fractions listed in ``percent`` shown as percentages."""
-    shown = df.copy()
-    for col in percent:
-        if col in shown:
-            shown[col] = (100 * shown[col]).map(lambda v: f"{v:.2f}")
-    return shown.to_markdown(index=False, floatfmt=f".{digits}f")
+def fmt_table(df, digits=4):
+    """A printable table; accuracies and the like stay fractions, as in every file written."""
+    return _nulls(df).to_markdown(index=False, floatfmt=f".{digits}f", missingval="–")
 
 
 # Which page of docs/ holds each generated section (a Task 1 section with a tag, e.g. task1-32px, too);
@@ -113,8 +135,12 @@ def update_doc(section, text, docs="docs"):
     page = DOC_PAGES.get(section) or DOC_PAGES[section.split("-")[0]]
     path = docs if os.path.isfile(docs) else os.path.normpath(os.path.join(docs, page))
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    with open(path) as f:
-        page = f.read()
+    try:
+        with open(path) as f:
+            page = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path} to update its {section} section "
+                        f"({getattr(exc, 'strerror', None) or exc}); --docs names the pages' folder") from None
     if start not in page or end not in page:
         raise UserError(f"{path} has no {start} ... {end} markers")
     head, rest = page.split(start, 1)

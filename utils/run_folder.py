@@ -4,6 +4,7 @@ import glob
 import os
 import shutil
 import socket
+import time
 
 from .checkpoint import load_checkpoint
 from .errors import UserError
@@ -11,6 +12,7 @@ from .errors import UserError
 RUN_FILES = ("last.pt", "best.pt", "log.csv")
 REPLACED = (*RUN_FILES, "config.json", "curves.png", "tensorboard")  # what --overwrite replaces
 LOCK = "lock"
+STALE_SECONDS = 10  # an unreadable lock older than this is no live writer's
 
 
 def _alive(pid):
@@ -35,14 +37,20 @@ class RunLock:
 
     def acquire(self):
         me = f"{os.getpid()} {socket.gethostname()}"
+        if os.path.isdir(self.path):
+            raise UserError(f"{self.path} is a folder where the run's lock file goes; move it away")
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(me)
+            except OSError as exc:  # a full disk: an empty lock left behind would block every later run
+                os.remove(self.path)
+                raise UserError(f"cannot write the lock {self.path}: {exc.strerror or exc}") from None
             self.held = True
             return self
         raise UserError(f"cannot lock {self.path}: another process took it first")
@@ -54,6 +62,11 @@ class RunLock:
         except FileNotFoundError:
             return
         folder = os.path.dirname(self.path)
+        if not pid.isdigit() and time.time() - os.path.getmtime(self.path) > STALE_SECONDS:
+            # A lock is written whole the moment it is made: an empty or garbled one is a leftover.
+            print(f"taking over a lock that names no process ({self.path})")
+            os.remove(self.path)
+            return
         if host != socket.gethostname():
             raise UserError(f"{folder} is locked by process {pid} on {host} ({self.path}); "
                             "delete the lock file if that run is over")
@@ -149,6 +162,17 @@ def restore_previous_run(folder):
     for name in os.listdir(previous):
         os.replace(os.path.join(previous, name), os.path.join(folder, name))
     os.rmdir(previous)
+
+
+def remove_unfinished_run(folder):
+    """A run that made ``folder`` and failed before its first checkpoint leaves nothing behind."""
+    if os.path.exists(os.path.join(folder, "last.pt")):
+        return
+    _remove(folder, (*REPLACED, LOCK))
+    try:
+        os.rmdir(folder)
+    except OSError:  # something else was put there meanwhile: it stays
+        pass
 
 
 def _remove(folder, names):

@@ -1,0 +1,78 @@
+"""Models from checkpoints: rebuilt from the registry, weights loaded and checked, or started from
+the weights of another run (``--init-from``)."""
+
+import torch
+
+from utils.checkpoint import check_classes, load_checkpoint
+from utils.errors import UserError
+from .registry import create_model
+
+
+def model_from_checkpoint(ckpt, ema=True):
+    """The checkpoint's model with its weights: their moving average when the run kept one
+    (``--ema``), unless ``ema`` is False."""
+    weights = ckpt["ema"]["state_dict"] if ema and ckpt.get("ema") else ckpt["state_dict"]
+    try:
+        model = create_model(ckpt["model"], len(ckpt["classes"]), **ckpt["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise UserError(f"{ckpt['path']}: its config {ckpt['config']} does not build model {ckpt['model']!r} "
+                        f"({exc})") from None
+    if ckpt.get("deployed"):
+        model.deploy()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(f"{ckpt['path']}: weights do not fit model {ckpt['model']!r} ({_first_reason(exc)})") from None
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{ckpt['path']}: {len(bad)} weight tensor(s) hold NaN or inf ({bad[0]}, ...); "
+                        "a model with them predicts nothing")
+    return model
+
+
+def load_model(path, classes, as_model=None, ema=True):
+    """-> (checkpoint, model) for evaluation on data with these classes.
+
+    ``as_model`` rebuilds the weights as another registered model with the same parameters;
+    ``ema`` False takes the raw weights of a run that kept a moving average.
+    """
+    ckpt = load_checkpoint(path)
+    check_classes(ckpt, classes)
+    if as_model:
+        ckpt["model"] = as_model
+    return ckpt, model_from_checkpoint(ckpt, ema)
+
+
+def init_from(model, path, classes):
+    """Start ``model`` from the weights of one of our checkpoints, of this or another Task 1 model.
+
+    Tensors whose names match load (a plain stem's kernel becomes the ``dwg`` stem's ``base``;
+    plain BatchNorm statistics fill every channel set's row); the rest keep their initialisation
+    and are listed.
+    """
+    ckpt = load_checkpoint(path)
+    check_classes(ckpt, classes)
+    if ckpt.get("deployed"):
+        raise UserError(f"{path} holds a deployed model; start from a training checkpoint")
+    try:
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights of {ckpt['model']!r} do not fit this model ({_first_reason(exc)})") from None
+    state = model.state_dict()
+    total = len(state)
+    loaded = total - len(result.missing_keys)
+    # BatchNorm's step counters share names across architectures: they alone are no start.
+    learned = [k for k in state if k not in result.missing_keys and state[k].is_floating_point()]
+    if not learned:
+        raise UserError(f"{path}: no learned tensor of {ckpt['model']!r} fits this model "
+                        f"({loaded} of {total} loaded, all step counters); --init-from takes a related model")
+    new = sorted({k.rsplit(".", 1)[0] for k in result.missing_keys})
+    print(f"initialised from {path} ({ckpt['model']}): {loaded} of {total} tensors loaded"
+          + (f"; new: {', '.join(new)}" if new else ""))
+    return model
+
+
+def _first_reason(exc):
+    """The first mismatch that ``load_state_dict`` reports (its message starts with a header line)."""
+    text = str(exc)
+    return text.splitlines()[1].strip() if "\n" in text else text

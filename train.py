@@ -51,10 +51,6 @@ BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every"
                "model_opt": [], "ema": None, "mixup": 0.0, "cutmix": 0.0, "accum_steps": 1}
 
 
-TASK1_DEFAULTS = {"backbone": "densenet121", "pretrained": None, "init_from": None, "stem_base": None,
-                  "combo_bn": None, "combo_affine": None, "channel_aug": "none", "sandwich_subsets": 2,
-                  "sandwich_all_singles": False, "sandwich_fraction": 0.25, "sandwich_scale": 1.0,
-                  "sandwich_every": 3, "full_prob": 0.0, "train_channels": None}
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}  # the peak learning rate when --lr is not given
 SCHEDULES = {"cosine": "warm-up, then cosine decay to 0", "step": "warm-up, then x0.1 at 1/2 and 3/4 of the steps",
              "constant": "warm-up, then the peak LR to the end"}
@@ -71,8 +67,10 @@ def build_parser(description, default_model, val_combos):
                    help="an argument of the model's constructor (repeatable), e.g. widths=64,128,256")
     if task == 1:
         add_task1_flags(p)
-    else:
-        p.set_defaults(**TASK1_DEFAULTS)
+    else:  # Task 1's flags at their defaults, read from the flags themselves
+        task1 = argparse.ArgumentParser(add_help=False)
+        add_task1_flags(task1)
+        p.set_defaults(**vars(task1.parse_args([])))
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
                    help="folder with train/val/test.txt and images/ ($DATA_ROOT), or 'synthetic'")
     p.add_argument("--limit", type=at_least(1), default=None, help="use this many images per split (evenly spaced)")

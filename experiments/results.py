@@ -223,10 +223,14 @@ def row_recipe(args, row, seed):
     return recipe(args, seed, backbone=row.backbone or args.backbone, **row.recipe)
 
 
+def threads_per_run(jobs):
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def in_parallel(jobs, tasks):
     """Run ``tasks`` (callables taking a thread count) ``jobs`` at a time, in order; re-raise the
     first failure."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_run(jobs)
     failed = threading.Event()
 
     def guarded(task):  # nothing new starts after a failure; jobs already running finish
@@ -383,7 +387,7 @@ def machine(args):
     of each run (they change a CPU run's arithmetic, and so its numbers)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return (f"CPU proxy, {os.cpu_count()}-core CPU, {max(1, (os.cpu_count() or 1) // args.jobs)} thread(s) "
+    return (f"CPU proxy, {os.cpu_count()}-core CPU, {threads_per_run(args.jobs)} thread(s) "
             f"per run")
 
 

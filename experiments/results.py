@@ -149,7 +149,7 @@ def parse_args(argv):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="all",
                    choices=["task1", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2", "task2-sweep",
-                            "task2-headline", "all"],
+                            "task2-headline", "task2-recipe", "all"],
                    help="which table(s); task2-headline pastes the front page's Task 2 rows from the sweep's "
                         "written table (with --update-docs)")
     p.add_argument("--budgets", default="6,12,24,48", type=int_list(1), help="task2-sweep: epochs per run")
@@ -782,6 +782,44 @@ def task2_headline(args):
           f"\n\n{markdown(table[cols].astype({'epochs': str}))}")
 
 
+# The recipe options on the shallow net, each against the plain recipe. EMA decay 0.998 averages
+# about 500 steps: a quarter of a 12-epoch run at batch 64 on imagenette-mini (148 steps an epoch),
+# long enough to smooth the noise, short enough not to lag behind the end of the cosine schedule.
+RECIPES = {"plain": [], "ema": ["--ema", "0.998"], "mixup+cutmix": ["--mixup", "0.2", "--cutmix", "1.0"]}
+
+
+def task2_recipe(args, seeds):
+    """``shallow`` trained with each of ``RECIPES`` at the budget of ``--epochs`` (first seed), all
+    at once (``--jobs``), so that their minutes are measured under the same load."""
+    seed = seeds[0]
+    outs = {name: os.path.join(args.runs, "task2-recipe", f"shallow-{name}-e{args.epochs}-s{seed}")
+            for name in RECIPES}
+    if not args.no_train:
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", outs[name],
+                                                  ["--model", "shallow", *recipe(args, seed), *flags])
+                                for name, flags in RECIPES.items()])
+    done = [name for name in RECIPES if run_finished(outs[name])]
+    if "plain" not in done:
+        raise UserError(f"{outs['plain']}: the plain recipe has not finished; run without --no-train")
+    checkpoints = [os.path.join(outs[name], "best.pt") for name in done]
+    evaluation = evaluate_side_by_side(args, os.path.join(args.runs, "task2-recipe", f"eval-e{args.epochs}-s{seed}"),
+                                       checkpoints)
+    rows = []
+    for name, r in zip(done, evaluation):  # test_rrdb.py keeps the order of its checkpoints
+        log = pd.read_csv(os.path.join(outs[name], "log.csv"))
+        rows.append({"recipe": name, "flags": " ".join(RECIPES[name]) or "-", "accuracy": r["accuracy"],
+                     "f1": r["f1"], "best val": log["val_acc"].max(), "minutes": log["seconds"].sum() / 60})
+    table = pd.DataFrame(rows)
+    table["minutes / plain"] = table["minutes"] / table.loc[table["recipe"] == "plain", "minutes"].iloc[0]
+    one_seed = argparse.Namespace(**{**vars(args), "seeds": [seed]})
+    title = (f"Task 2 recipe options: shallow on {data_name(args)} test split ({budget(one_seed)}; one run each, "
+             f"{min(args.jobs, len(RECIPES))} at a time; 'minutes': training wall minutes from each run's log)")
+    write_results(table.to_dict("records"), args.results, "task2_recipe", title)
+    text = markdown(table)
+    paste(args, "task2-recipe", f"{title}\n\n{text}")
+    print(f"{title}\n\n{text}")
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
@@ -802,6 +840,8 @@ def main(argv=None):
         task2_sweep(args, seeds)
     if args.part == "task2-headline":
         task2_headline(args)
+    if args.part == "task2-recipe":
+        task2_recipe(args, seeds)
     return 0
 
 

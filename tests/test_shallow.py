@@ -198,3 +198,25 @@ def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
     assert rows[2]["resnet34"] is not None and rows[2]["shallow"] is None and rows[2]["shallow / resnet34"] is None
     assert re.search(r"\|\s+–\s+\|", readme.read_text())
     assert sorted(p.name for p in sweep.glob("*-e[48]-*")) == ["eval-e4-s0", "resnet34-e4-s0"]
+
+
+def test_recipe_part_trains_each_option_and_writes_the_table(tmp_path):
+    """The recipe options (plain, EMA, MixUp+CutMix) on shallow: one run each with its own flags,
+    evaluated side by side, the table in the order of the options with minutes against plain."""
+    root = make_list_root(tmp_path / "data", classes=3, per_class=4, size=24)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- task2-recipe:start -->\n<!-- task2-recipe:end -->\n")
+    out = str(tmp_path / "runs")
+    args = ["--part", "task2-recipe", "--epochs", "1", "--img-size", "16", "--batch-size", "4", "--workers", "0",
+            "--data-root", str(root), "--out", out, "--update-docs", "--docs", str(readme),
+            "--results", str(tmp_path / "tables")]
+    assert results.main(args) == 0
+    rows = json.loads((tmp_path / "tables" / "task2_recipe.json").read_text())
+    assert [r["recipe"] for r in rows] == list(results.RECIPES)
+    assert rows[0]["minutes / plain"] == 1.0 and all(r["minutes"] > 0 for r in rows)
+    for name, flags in results.RECIPES.items():
+        config = json.loads((tmp_path / "runs" / "task2-recipe" / f"shallow-{name}-e1-s0" / "config.json").read_text())
+        assert config["ema"] == (0.998 if name == "ema" else None)
+        assert config["cutmix"] == (1.0 if name == "mixup+cutmix" else 0.0)
+    section = readme.read_text()
+    assert "minutes / plain" in section and section.count("\n|") == 2 + len(results.RECIPES)

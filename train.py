@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from torchvision.transforms import v2 as T
 import models
 from models import deploy
 from models.norm import ComboBatchNorm2d
-from data import build_dataset, describe_root, parse_combo, parse_combo_list
+from data import DataSpec, build_dataset, describe_root, parse_combo, parse_combo_list
 from data.channels import AUGMENTATIONS
 from data.loaders import DECODE, DECODE_HELP, default_workers, eval_loader, train_loader
 from engine import EMA, StopRequest, evaluate, train_one_epoch
@@ -74,28 +75,7 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
                    help="folder with train/val/test.txt and images/ ($DATA_ROOT), or 'synthetic'")
     p.add_argument("--limit", type=at_least(1), default=None, help="use this many images per split (evenly spaced)")
-    p.add_argument("--epochs", type=at_least(1), default=30)
-    p.add_argument("--batch-size", type=at_least(1), default=64, help="per process (per micro-batch with --accum-steps)")
-    p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
-                   help="one optimizer step per N micro-batches of --batch-size (their gradients added)")
-    p.add_argument("--img-size", type=at_least(8), default=224)
-    p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"],
-                   help="sgd: Nesterov momentum; adamw: decoupled weight decay (torch.optim)")
-    p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default 0.1 for sgd, "
-                                                                        "1e-3 for adamw)")
-    p.add_argument("--sched", default="cosine", choices=list(SCHEDULES),
-                   help="; ".join(f"{k}: {v}" for k, v in SCHEDULES.items()) + " (torch.optim.lr_scheduler, per step)")
-    p.add_argument("--momentum", type=between(0, 1, high_open=True), default=0.9, help="sgd")
-    p.add_argument("--weight-decay", type=at_least(0.0, float), default=5e-4, help="weights only, not biases or norms")
-    p.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0)
-    p.add_argument("--label-smoothing", type=between(0, 1, high_open=True), default=0.1)
-    p.add_argument("--mixup", type=at_least(0.0, float), default=0.0, metavar="ALPHA",
-                   help="MixUp with Beta(ALPHA, ALPHA) weights (torchvision.transforms.v2.MixUp; 0: off)")
-    p.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, metavar="ALPHA",
-                   help="CutMix (v2.CutMix; 0: off); with --mixup too, each batch gets one of the two")
-    p.add_argument("--ema", type=between(0, 1, low_open=True, high_open=True), default=None, metavar="DECAY",
-                   help="also keep an exponential moving average of the weights (e.g. 0.999): validation, "
-                        "best.pt and the test scripts use it (--no-ema there for the raw weights)")
+    add_recipe_flags(p)
     p.add_argument("--val-combos", default=val_combos, type=non_empty,
                    help="model selection uses their mean val accuracy" +
                         (" (default with --train-channels: that combination)" if task == 1 else ""))
@@ -120,6 +100,32 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--log-every", type=at_least(1), default=50, help="a progress line every N steps (and at epoch end)")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard scalars under <out>/tensorboard")
     return p
+
+
+def add_recipe_flags(p):
+    """Budget, optimizer, schedule and regularisation: the same for both tasks."""
+    p.add_argument("--epochs", type=at_least(1), default=30)
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="per process (per micro-batch with --accum-steps)")
+    p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
+                   help="one optimizer step per N micro-batches of --batch-size (their gradients added)")
+    p.add_argument("--img-size", type=at_least(8), default=224)
+    p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"],
+                   help="sgd: Nesterov momentum; adamw: decoupled weight decay (torch.optim)")
+    p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default 0.1 for sgd, "
+                                                                        "1e-3 for adamw)")
+    p.add_argument("--sched", default="cosine", choices=list(SCHEDULES),
+                   help="; ".join(f"{k}: {v}" for k, v in SCHEDULES.items()) + " (torch.optim.lr_scheduler, per step)")
+    p.add_argument("--momentum", type=between(0, 1, high_open=True), default=0.9, help="sgd")
+    p.add_argument("--weight-decay", type=at_least(0.0, float), default=5e-4, help="weights only, not biases or norms")
+    p.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0)
+    p.add_argument("--label-smoothing", type=between(0, 1, high_open=True), default=0.1)
+    p.add_argument("--mixup", type=at_least(0.0, float), default=0.0, metavar="ALPHA",
+                   help="MixUp with Beta(ALPHA, ALPHA) weights (torchvision.transforms.v2.MixUp; 0: off)")
+    p.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, metavar="ALPHA",
+                   help="CutMix (v2.CutMix; 0: off); with --mixup too, each batch gets one of the two")
+    p.add_argument("--ema", type=between(0, 1, low_open=True, high_open=True), default=None, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights (e.g. 0.999): validation, "
+                        "best.pt and the test scripts use it (--no-ema there for the raw weights)")
 
 
 def add_task1_flags(p):
@@ -421,7 +427,65 @@ def build_optimizer(model, args, steps_per_epoch, steps_done=0):
     return optimizer, scheduler
 
 
+VOCAB = "RGB"  # the channels every image comes with, in this order
+
+
+@dataclass
+class Run:
+    """What the epochs of a run work with, built by the steps of ``_run``."""
+    args: argparse.Namespace
+    ctx: distributed.Context
+    spec: DataSpec
+    config: dict  # the model constructor's arguments, as the checkpoints store them
+    model: torch.nn.Module  # the weights that are saved
+    val_combos: list
+    train_combo: str = None  # --train-channels, canonical
+    net: torch.nn.Module = None  # what trains: the model, wrapped for several processes and compiled
+    criterion: torch.nn.Module = None
+    augment: object = None  # the channel augmentation
+    chan_gen: torch.Generator = field(default_factory=torch.Generator)  # re-seeded every epoch
+    train_set: torch.utils.data.Dataset = None
+    val_set: torch.utils.data.Dataset = None
+    lists: dict = None  # list_fingerprint of the splits
+    steps_per_epoch: int = 0  # optimizer steps
+    amp_dtype: torch.dtype = None
+
+
+@dataclass
+class State:
+    """What changes as a run trains, and what a checkpoint saves besides the weights."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object = None
+    ema: EMA = None
+    epoch: int = 0  # epochs done
+    step: int = 0  # micro-batches of the next epoch done (a stop inside it)
+    best_acc: float = -1.0
+    best_epoch: int = None
+
+
 def _run(args, resume, ctx, replacing=False):
+    """The run in steps, each a function below in this order; the run it replaces is set aside,
+    and its config written, only once every step that can refuse the run has passed."""
+    prepare(args)
+    spec, val_combos, train_combo = describe_data(args, ctx)
+    model, config = build_model(args, spec, resume, ctx)
+    run = Run(args, ctx, spec, config, model, val_combos, train_combo)
+    build_criterion(run)
+    build_datasets(run, resume)
+    state = training_state(run, resume)
+    # After the EMA's copy (training_state), which is then evaluated as it is, uncompiled.
+    run.net = distribute_and_compile(model, args, ctx)
+    if ctx.main:
+        if replacing:  # only now: a refusal above leaves the old run where it was
+            set_aside_run(args.out)
+        write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(resolved(args, config), f, indent=2))
+        print(banner(run))
+    install_stop_handlers()
+    return train_epochs(run, state, resume, replacing)
+
+
+def prepare(args):
     args.out = args.out or os.path.join("runs", args.model)
     if args.workers is None:
         args.workers = default_workers()
@@ -429,129 +493,162 @@ def _run(args, resume, ctx, replacing=False):
     torch.backends.cudnn.benchmark = not args.deterministic
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
+
+
+def describe_data(args, ctx):
+    """-> (the data's description, the combinations validated, the one trained on or None)."""
     spec = describe_root(args.data_root)
-    vocab = "RGB"
-    val_combos = parse_combo_list(args.val_combos, vocab)
-    train_combo = "".join(parse_combo(args.train_channels, vocab)) if args.train_channels else None
+    val_combos = parse_combo_list(args.val_combos, VOCAB)
+    train_combo = "".join(parse_combo(args.train_channels, VOCAB)) if args.train_channels else None
     if ctx.main and spec.synthetic:
         print("data: built-in synthetic shapes (no DATA_ROOT configured)")
     distributed.barrier(ctx)
+    return spec, val_combos, train_combo
 
+
+def build_model(args, spec, resume, ctx):
+    """-> (the model, its constructor's arguments), with the weights it starts from."""
     config = model_config(args)
     seed_everything(args.seed)
     model = models.create_model(args.model, len(spec.classes), **config).to(ctx.device)
     config.pop("pretrained", None)  # the checkpoint carries the weights themselves
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
-    if args.channel_aug == "sandwich" and train_combo:
-        raise UserError(f"--train-channels {train_combo} trains one fixed combination; "
-                        "pass --channel-aug none instead of the sandwich")
     check_input_size(model, args.img_size, ctx.device)
     if args.init_from:
         init_from(model, args.init_from, spec.classes)
     if resume is not None:
         check_classes(resume, spec.classes)
         model.load_state_dict(resume["state_dict"])
-    amp_dtype, scaler = amp_settings(args, ctx)
-    criterion = LabelLoss(args.label_smoothing)
-    teacher = None
-    if args.teacher:
-        _, teacher = load_model(args.teacher, spec.classes)
-        teacher = deploy(teacher).to(ctx.device).eval().requires_grad_(False)
-        criterion = DistillationLoss(criterion, teacher, args.kd_alpha, args.kd_temperature)
-    # Channels are drawn from a generator re-seeded every epoch (see the loop).
-    chan_gen = torch.Generator()
-    augment = AUGMENTATIONS.get(args.channel_aug)
-    if args.channel_aug == "subset":
-        augment = functools.partial(augment, full_prob=args.full_prob)
-    elif args.channel_aug == "sandwich":
-        criterion = SandwichLoss(criterion, args.sandwich_subsets, chan_gen, args.sandwich_all_singles,
-                                 args.sandwich_fraction, args.sandwich_scale, args.sandwich_every)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model, config
 
-    train_set = build_dataset(spec, "train", args.img_size, train=True, limit=args.limit, seed=args.seed)
-    val_set = build_dataset(spec, "val", args.img_size, limit=args.limit, seed=args.seed)
-    lists = list_fingerprint(train_set, val_set)
-    changed = [k for k, v in lists.items() if resume is not None and resume.get("lists", lists).get(k) != v]
+
+def build_criterion(run):
+    """The loss (labels, then distillation, then the sandwich around them) and the channel
+    augmentation, which draws from ``run.chan_gen`` as the sandwich does."""
+    args = run.args
+    if args.channel_aug == "sandwich" and run.train_combo:
+        raise UserError(f"--train-channels {run.train_combo} trains one fixed combination; "
+                        "pass --channel-aug none instead of the sandwich")
+    run.criterion = LabelLoss(args.label_smoothing)
+    if args.teacher:
+        _, teacher = load_model(args.teacher, run.spec.classes)
+        teacher = deploy(teacher).to(run.ctx.device).eval().requires_grad_(False)
+        run.criterion = DistillationLoss(run.criterion, teacher, args.kd_alpha, args.kd_temperature)
+    run.augment = AUGMENTATIONS.get(args.channel_aug)
+    if args.channel_aug == "subset":
+        run.augment = functools.partial(run.augment, full_prob=args.full_prob)
+    elif args.channel_aug == "sandwich":
+        run.criterion = SandwichLoss(run.criterion, args.sandwich_subsets, run.chan_gen, args.sandwich_all_singles,
+                                     args.sandwich_fraction, args.sandwich_scale, args.sandwich_every)
+
+
+def build_datasets(run, resume):
+    """The two splits, refused when a resumed run's lists changed; the optimizer steps an epoch."""
+    args, spec, world = run.args, run.spec, run.ctx.world
+    run.train_set = build_dataset(spec, "train", args.img_size, train=True, limit=args.limit, seed=args.seed)
+    run.val_set = build_dataset(spec, "val", args.img_size, limit=args.limit, seed=args.seed)
+    run.lists = list_fingerprint(run.train_set, run.val_set)
+    changed = [k for k, v in run.lists.items() if resume is not None and resume.get("lists", run.lists).get(k) != v]
     if changed:
         name = changed[0]
         raise UserError(f"{resume['path']}: {os.path.join(spec.root, name)} changed since the run started "
-                        f"({resume['lists'].get(name)} then, {lists[name]} now); the run's schedule and labels "
+                        f"({resume['lists'].get(name)} then, {run.lists[name]} now); the run's schedule and labels "
                         f"are the old list's: start a new run (e.g. --init-from {resume['path']})")
-    steps_per_epoch = len(train_set) // (args.batch_size * ctx.world * args.accum_steps)  # optimizer steps
-    if steps_per_epoch == 0:
-        raise UserError(f"--batch-size {args.batch_size} x {ctx.world} process(es) x --accum-steps "
-                        f"{args.accum_steps} is larger than the {len(train_set)} training images")
-    micro_batches = steps_per_epoch * args.accum_steps
+    run.steps_per_epoch = len(run.train_set) // (args.batch_size * world * args.accum_steps)
+    if run.steps_per_epoch == 0:
+        raise UserError(f"--batch-size {args.batch_size} x {world} process(es) x --accum-steps "
+                        f"{args.accum_steps} is larger than the {len(run.train_set)} training images")
 
-    # A resumed run's schedule is rebuilt and moved to the step it reached (any older scheduler's
-    # state holds that count too), then the optimizer's state, LR included, is restored.
+
+def training_state(run, resume):
+    """Optimizer, schedule, loss scaler and EMA, fresh or as ``resume`` left them. A resumed run's
+    schedule is rebuilt and moved to the step it reached (any older scheduler's state holds that
+    count too), then the optimizer's state, LR included, is restored."""
+    args = run.args
+    run.amp_dtype, scaler = amp_settings(args, run.ctx)
     done = resume["scheduler"]["last_epoch"] if resume is not None else 0
-    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch, done)
-    start_epoch, start_step, best_acc, best_epoch = 0, 0, -1.0, None
+    optimizer, scheduler = build_optimizer(run.model, args, run.steps_per_epoch, done)
+    state = State(optimizer, scheduler, scaler)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
-        start_epoch, start_step, best_acc = resume["epoch"], resume["step"], resume["best_acc"]
-        if isinstance(criterion, SandwichLoss):
-            criterion.steps = scheduler.last_epoch * args.accum_steps  # it is called once a micro-batch
-        best_epoch = resume.get("best_epoch")
+        state.epoch, state.step, state.best_acc = resume["epoch"], resume["step"], resume["best_acc"]
+        state.best_epoch = resume.get("best_epoch")
+        if isinstance(run.criterion, SandwichLoss):
+            run.criterion.steps = scheduler.last_epoch * args.accum_steps  # it is called once a micro-batch
+    state.ema = EMA(run.model, args.ema) if args.ema else None
+    if state.ema is not None and resume is not None and resume.get("ema"):
+        state.ema.load_state_dict(resume["ema"])
+    return state
 
-    mix = batch_mixing(args, len(spec.classes))
-    # Made before compiling: the average is a plain copy of the model, evaluated as it is.
-    ema = EMA(model, args.ema) if args.ema else None
-    if ema is not None and resume is not None and resume.get("ema"):
-        ema.load_state_dict(resume["ema"])
+
+def distribute_and_compile(model, args, ctx):
+    """What trains: DDP around the model with several processes; the model compiled in place
+    (``nn.Module.compile``), so that the state dict keeps its keys and checkpoints stay plain."""
     net = model
     if ctx.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if args.compile:
-        # In place (nn.Module.compile): the state dict keeps its keys, checkpoints stay plain.
         (model.body if hasattr(model, "body") else model).compile(backend=args.compile_backend)
+    return net
 
-    def checkpoint(epoch, step):
-        return {"model": args.model, "config": config, "classes": spec.classes,
-                "data": spec.root if spec.synthetic else os.path.abspath(spec.root),
-                "args": vars(args), "state_dict": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch, "step": step, "best_acc": best_acc, "best_epoch": best_epoch,
-                "rng": rng_state(), "chan_gen": chan_gen.get_state(), "lists": lists,
-                "ema": ema.state_dict() if ema is not None else None}
 
-    if ctx.main:
-        if replacing:  # only now: a refusal above leaves the old run where it was
-            set_aside_run(args.out)
-        write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(resolved(args, config), f, indent=2))
-        aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
-        if args.channel_aug == "sandwich":
-            aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
-                    if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")
-            cheaper = [f"{args.sandwich_fraction:g} of the batch" if args.sandwich_fraction < 1 else "",
-                       f"{args.sandwich_scale:g} of the side" if args.sandwich_scale < 1 else "",
-                       f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else ""]
-            aug += "".join(f", {c}" for c in cheaper if c)
-        aug += f"; initialised from {args.init_from}" if args.init_from else ""
-        aug += f", trained on {train_combo}" if train_combo else ""
-        aug += f"; distilled from {args.teacher}" if teacher is not None else ""
-        aug += "".join(f"; {name} {alpha:g}" for name, alpha in (("MixUp", args.mixup), ("CutMix", args.cutmix)) if alpha)
-        aug += f"; EMA of the weights, decay {args.ema:g}" if args.ema else ""
-        aug += f"; {args.accum_steps} micro-batches of {args.batch_size} a step" if args.accum_steps > 1 else ""
-        print(f"model {args.model} {config or ''}: {sum(p.numel() for p in model.parameters()):,} params; "
-              f"{len(train_set)} train / {len(val_set)} val images at {args.img_size}px; "
-              f"channel aug {aug}; device {ctx.device} x{ctx.world}; {args.workers} loader workers"
-              f"{', JPEGs decoded on the device' if args.decode == 'device' else ''}; out {args.out}")
-    install_stop_handlers()
+def banner(run):
+    """The run in one line: model, data, augmentation and recipe options, device, folder."""
+    args = run.args
+    aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
+    if args.channel_aug == "sandwich":
+        aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
+                if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")
+        cheaper = [f"{args.sandwich_fraction:g} of the batch" if args.sandwich_fraction < 1 else "",
+                   f"{args.sandwich_scale:g} of the side" if args.sandwich_scale < 1 else "",
+                   f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else ""]
+        aug += "".join(f", {c}" for c in cheaper if c)
+    aug += f"; initialised from {args.init_from}" if args.init_from else ""
+    aug += f", trained on {run.train_combo}" if run.train_combo else ""
+    aug += f"; distilled from {args.teacher}" if args.teacher else ""
+    aug += "".join(f"; {name} {alpha:g}" for name, alpha in (("MixUp", args.mixup), ("CutMix", args.cutmix)) if alpha)
+    aug += f"; EMA of the weights, decay {args.ema:g}" if args.ema else ""
+    aug += f"; {args.accum_steps} micro-batches of {args.batch_size} a step" if args.accum_steps > 1 else ""
+    return (f"model {args.model} {run.config or ''}: {sum(p.numel() for p in run.model.parameters()):,} params; "
+            f"{len(run.train_set)} train / {len(run.val_set)} val images at {args.img_size}px; "
+            f"channel aug {aug}; device {run.ctx.device} x{run.ctx.world}; {args.workers} loader workers"
+            f"{', JPEGs decoded on the device' if args.decode == 'device' else ''}; out {args.out}")
+
+
+def checkpoint(run, state):
+    """Everything a resume needs (``--resume``) and the test scripts read."""
+    args = run.args
+    return {"model": args.model, "config": run.config, "classes": run.spec.classes,
+            "data": run.spec.root if run.spec.synthetic else os.path.abspath(run.spec.root),
+            "args": vars(args), "state_dict": run.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "epoch": state.epoch, "step": state.step, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
+            "rng": rng_state(), "chan_gen": run.chan_gen.get_state(), "lists": run.lists,
+            "ema": state.ema.state_dict() if state.ema is not None else None}
+
+
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "seconds", "train_seconds", "train_distill"]
+
+
+def train_epochs(run, state, resume, replacing):
+    """The epochs left; a stop request (Ctrl-C, SIGTERM) saves last.pt and returns 128 + signal."""
+    args, ctx = run.args, run.ctx
     log_path = os.path.join(args.out, "log.csv")
     if ctx.main:
-        start_log(log_path, ["epoch", "lr", "train_loss", "train_acc", "val_acc",
-                             *[f"val_acc_{c}" for c in val_combos], "seconds", "train_seconds", "train_distill"],
-                  start_epoch)
-    val_loader = eval_loader(val_set, args.batch_size, args.workers, ctx, args.decode)
-    loader = train_loader(train_set, args.batch_size, args.workers, args.seed, ctx, args.decode)
+        start_log(log_path, [*LOG_COLUMNS[:5], *[f"val_acc_{c}" for c in run.val_combos], *LOG_COLUMNS[5:]],
+                  state.epoch)
+    val_loader = eval_loader(run.val_set, args.batch_size, args.workers, ctx, args.decode)
+    loader = train_loader(run.train_set, args.batch_size, args.workers, args.seed, ctx, args.decode)
+    mix = batch_mixing(args, len(run.spec.classes))
+    micro_batches = run.steps_per_epoch * args.accum_steps
+    start_epoch, start_step = state.epoch, state.step
     with Progress(args.epochs, micro_batches, start_epoch, start_step, args.log_every,
                   os.path.join(args.out, "tensorboard") if args.tensorboard else None, ctx.main) as progress:
         for epoch in range(start_epoch, args.epochs):
@@ -559,56 +656,67 @@ def _run(args, resume, ctx, replacing=False):
             # from its position (data/loaders.py): resuming from the end of any epoch replays exactly
             # what an uninterrupted run does, and inside an epoch so do the RNG states saved there.
             seed_everything(args.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-            chan_gen.manual_seed(args.seed * 7919 + epoch)
+            run.chan_gen.manual_seed(args.seed * 7919 + epoch)
             skip = start_step if epoch == start_epoch else 0
             if skip and "chan_gen" in resume:
-                restore_rng(resume, chan_gen)
+                restore_rng(resume, run.chan_gen)
             loader.sampler.set_epoch(epoch, skip)
             t0 = time.time()
             stats = train_one_epoch(
-                net, loader, optimizer, scheduler, ctx, epoch + 1, criterion, vocab=vocab, train_combo=train_combo,
-                augment=augment, generator=chan_gen, amp_dtype=amp_dtype, scaler=scaler, start_step=skip,
-                progress=progress, total_steps=args.epochs * steps_per_epoch, ema=ema, mix=mix,
-                accum_steps=args.accum_steps, micro_batches=micro_batches)
+                run.net, loader, state.optimizer, state.scheduler, ctx, epoch + 1, run.criterion, vocab=VOCAB,
+                train_combo=run.train_combo, augment=run.augment, generator=run.chan_gen, amp_dtype=run.amp_dtype,
+                scaler=state.scaler, start_step=skip, progress=progress, ema=state.ema, mix=mix,
+                total_steps=args.epochs * run.steps_per_epoch, accum_steps=args.accum_steps,
+                micro_batches=micro_batches)
             if stats["interrupted"]:
+                state.epoch, state.step = epoch, stats["step"]
                 if ctx.main:
-                    save_atomic(checkpoint(epoch, stats["step"]), os.path.join(args.out, "last.pt"))
+                    save_atomic(checkpoint(run, state), os.path.join(args.out, "last.pt"))
                     if replacing:
                         discard_previous_run(args.out)
                 return stopped(args, ctx, f"in epoch {epoch + 1} after step {stats['step']}")
-            throughput = progress.summary()
-            t_eval = time.time()
-            train_time = t_eval - t0  # loading and steps, without validation
-            results = evaluate(ema.module if ema is not None else net, val_loader, ctx, val_combos, vocab, amp_dtype,
-                               desc="val (EMA)" if ema is not None else "val")
-            accs = {c: classification_metrics(t, p, len(spec.classes))["accuracy"] for c, (t, p) in results.items()}
-            val_acc = float(np.mean(list(accs.values())))
-            improved = val_acc > best_acc
-            if improved:
-                best_acc, best_epoch = val_acc, epoch + 1
-            progress.evaluated(epoch + 1, time.time() - t_eval, {
-                "train/epoch_loss": stats["loss"], **distill_scalar(stats), "train/epoch_acc": stats["acc"], "val/acc": val_acc,
-                **{f"val/acc_{c}": a for c, a in accs.items()}})
-            if ctx.main:
-                with open(log_path, "a", newline="") as f:
-                    csv.writer(f).writerow([epoch + 1, f"{scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
-                                            f"{stats['acc']:.4f}", f"{val_acc:.4f}",
-                                            *[f"{accs[c]:.4f}" for c in val_combos], f"{time.time() - t0:.1f}",
-                                            f"{train_time:.1f}", f"{stats['distill']:.4f}"])
-                ckpt = checkpoint(epoch + 1, 0)
-                save_atomic(ckpt, os.path.join(args.out, "last.pt"))
-                if improved:
-                    save_atomic(ckpt, os.path.join(args.out, "best.pt"))
-                if replacing:  # the new run has a checkpoint: the one it replaced can go
-                    discard_previous_run(args.out)
-                training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
-                distill = f"  distill {stats['distill']:.3f}" if math.isfinite(stats["distill"]) else ""
-                print(f"epoch {epoch + 1}/{args.epochs}  loss {stats['loss']:.3f}{distill}  train acc {stats['acc']:.3f}  "
-                      f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "
-                      f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")
+            end_epoch(run, state, epoch + 1, stats, val_loader, progress, t0, replacing)
             if StopRequest.requested:  # the signal came during evaluation: the epoch is saved whole
                 return stopped(args, ctx, f"after epoch {epoch + 1}")
     if ctx.main:
-        print(f"best val acc {best_acc:.4f} (mean over {', '.join(val_combos)}); checkpoint {args.out}/best.pt; "
-              f"curves {args.out}/curves.png")
+        print(f"best val acc {state.best_acc:.4f} (mean over {', '.join(run.val_combos)}); checkpoint "
+              f"{args.out}/best.pt; curves {args.out}/curves.png")
     return 0
+
+
+def end_epoch(run, state, epoch, stats, val_loader, progress, t0, replacing):
+    """Validate (the EMA when there is one), then log, save last.pt (and best.pt when better),
+    draw the curves and print the epoch's line."""
+    args, ctx = run.args, run.ctx
+    throughput = progress.summary()
+    t_eval = time.time()
+    train_time = t_eval - t0  # loading and steps, without validation
+    results = evaluate(state.ema.module if state.ema is not None else run.net, val_loader, ctx, run.val_combos,
+                       VOCAB, run.amp_dtype, desc="val (EMA)" if state.ema is not None else "val")
+    accs = {c: classification_metrics(t, p, len(run.spec.classes))["accuracy"] for c, (t, p) in results.items()}
+    val_acc = float(np.mean(list(accs.values())))
+    improved = val_acc > state.best_acc
+    if improved:
+        state.best_acc, state.best_epoch = val_acc, epoch
+    state.epoch, state.step = epoch, 0
+    progress.evaluated(epoch, time.time() - t_eval, {
+        "train/epoch_loss": stats["loss"], **distill_scalar(stats), "train/epoch_acc": stats["acc"], "val/acc": val_acc,
+        **{f"val/acc_{c}": a for c, a in accs.items()}})
+    if not ctx.main:
+        return
+    log_path = os.path.join(args.out, "log.csv")
+    with open(log_path, "a", newline="") as f:
+        csv.writer(f).writerow([epoch, f"{state.scheduler.get_last_lr()[0]:.5f}", f"{stats['loss']:.4f}",
+                                f"{stats['acc']:.4f}", f"{val_acc:.4f}", *[f"{accs[c]:.4f}" for c in run.val_combos],
+                                f"{time.time() - t0:.1f}", f"{train_time:.1f}", f"{stats['distill']:.4f}"])
+    ckpt = checkpoint(run, state)
+    save_atomic(ckpt, os.path.join(args.out, "last.pt"))
+    if improved:
+        save_atomic(ckpt, os.path.join(args.out, "best.pt"))
+    if replacing:  # the new run has a checkpoint: the one it replaced can go
+        discard_previous_run(args.out)
+    training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
+    distill = f"  distill {stats['distill']:.3f}" if math.isfinite(stats["distill"]) else ""
+    print(f"epoch {epoch}/{args.epochs}  loss {stats['loss']:.3f}{distill}  train acc {stats['acc']:.3f}  "
+          f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "
+          f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")

@@ -27,3 +27,15 @@ def test_every_import_points_down():
                 path = os.path.join(ROOT, package, name)
                 wrong += [f"{package}/{name} imports {m}" for m in _imports(path) if m in PROJECT - allowed]
     assert not wrong, wrong
+
+
+def test_the_run_and_the_experiments_read_in_short_functions():
+    """The training run and the experiment runner stay a sequence of named steps: no function of
+    train.py or experiments/ over 60 lines."""
+    paths = [os.path.join(ROOT, "train.py")] + [os.path.join(folder, name)
+                                                for folder, _, names in os.walk(os.path.join(ROOT, "experiments"))
+                                                for name in names if name.endswith(".py")]
+    long = [f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in paths for node in ast.walk(ast.parse(open(path).read()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    assert len(paths) > 2 and not long, long

@@ -194,7 +194,7 @@ def test_resumed_log_drops_rows_past_the_checkpoint(tmp_path):
 
 
 def test_results_refuse_a_run_folder_of_another_recipe():
-    from experiments.results import check_same_recipe
+    from experiments.results.jobs import check_same_recipe
     ckpt = {"path": "runs/results/task1/dwg-s0/last.pt", "args": {"model": "dwg", "epochs": 8, "seed": 0}}
     check_same_recipe(ckpt, ["--model", "dwg", "--epochs", "8", "--seed", "0"])
     with pytest.raises(UserError, match=r"dwg-s0/last.pt was trained with --epochs 8, not 6"):
@@ -231,7 +231,7 @@ def test_a_checkpoint_that_carries_code_is_refused_and_never_runs(tmp_path):
 
 
 def test_saturation_is_the_first_budget_whose_doubling_gains_under_a_point():
-    from experiments.results import saturation
+    from experiments.results.task2 import saturation
     assert saturation({6: 0.50, 12: 0.60, 24: 0.655, 48: 0.66}) == 24
     assert saturation({6: 0.50, 12: 0.505}) == 6
     assert saturation({6: 0.50, 12: 0.60, 24: 0.70}) is None
@@ -239,7 +239,7 @@ def test_saturation_is_the_first_budget_whose_doubling_gains_under_a_point():
 
 
 def test_results_stop_launching_runs_after_a_failed_one():
-    from experiments.results import in_parallel, sh
+    from experiments.results.jobs import in_parallel, sh
     with pytest.raises(UserError, match="exited with status 3"):
         sh("-c", "import sys; sys.exit(3)")
     started = []

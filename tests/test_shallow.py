@@ -8,6 +8,7 @@ import torch
 import models
 from conftest import make_list_root
 from experiments import results
+from experiments.results.rows import RECIPES
 from models.shallow import RepConv
 from utils.complexity import complexity_row, count_weighted_layers
 
@@ -212,11 +213,11 @@ def test_recipe_part_trains_each_option_and_writes_the_table(tmp_path):
             "--results", str(tmp_path / "tables")]
     assert results.main(args) == 0
     rows = json.loads((tmp_path / "tables" / "task2_recipe.json").read_text())
-    assert [r["recipe"] for r in rows] == list(results.RECIPES)
+    assert [r["recipe"] for r in rows] == list(RECIPES)
     assert rows[0]["minutes / plain"] == 1.0 and all(r["minutes"] > 0 for r in rows)
-    for name, flags in results.RECIPES.items():
+    for name, flags in RECIPES.items():
         config = json.loads((tmp_path / "runs" / "task2-recipe" / f"shallow-{name}-e1-s0" / "config.json").read_text())
         assert config["ema"] == (0.998 if name == "ema" else None)
         assert config["cutmix"] == (1.0 if name == "mixup+cutmix" else 0.0)
     section = readme.read_text()
-    assert "minutes / plain" in section and section.count("\n|") == 2 + len(results.RECIPES)
+    assert "minutes / plain" in section and section.count("\n|") == 2 + len(RECIPES)

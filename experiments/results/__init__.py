@@ -1,0 +1,96 @@
+"""The result tables and figures of docs/: every row trained and evaluated by the entry scripts.
+
+    python -m experiments.results [--part task1|task1-ablation|task1-sandwich|task1-resnet18|task2|task2-sweep|
+                                          task2-headline|task2-recipe|all]
+                                  [--data-root DIR] [--backbone small] [--pretrained imagenet] [--img-size 64]
+                                  [--epochs 6] [--batch-size 64] [--lr 0.1] [--amp bf16] [--seeds 0,1,2]
+                                  [--budgets 6,12,24,48] [--jobs 2] [--no-train] [--models ROW,...]
+                                  [--out runs/results] [--update-docs]
+
+Trains every row with the repository's own entry scripts (<out>/task1/<row>-s<seed>/ and so on,
+resumable: a finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each
+with cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py (an evaluation newer than its
+checkpoints is reused), and writes the tables (.md, .json, .csv) to <out>/tables/ and the figures
+to <out>/figs/; titles state the data and the settings. ``--update-docs`` publishes instead: the
+tables to results/, the figures to figs/ and each table into its marked section of docs/.
+``--no-train`` makes the tables from the finished runs only (Task 1 rows; sweep budgets whose
+ResNet34 has finished). Never run by CI, except end-to-end tests at toy size.
+
+What to train is in rows.py, running the jobs in jobs.py, the tables and figures in task1.py and
+task2.py (what they share in tables.py); this module reads the command line.
+"""
+import argparse
+import os
+
+from utils.errors import Parser, at_least, cli, int_list, non_empty
+
+from .task1 import task1, task1_ablation, task1_resnet18, task1_sandwich
+from .task2 import task2, task2_headline, task2_recipe, task2_sweep
+
+
+def parse_args(argv):
+    p = Parser(prog="python -m experiments.results", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", default="all",
+                   choices=["task1", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2", "task2-sweep",
+                            "task2-headline", "task2-recipe", "all"],
+                   help="which table(s); task2-headline pastes the front page's Task 2 rows from the sweep's "
+                        "written table (with --update-docs)")
+    p.add_argument("--budgets", default="6,12,24,48", type=int_list(1), help="task2-sweep: epochs per run")
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
+    p.add_argument("--seeds", default="0", type=int_list(0))
+    p.add_argument("--backbone", default="small", help="body of the Task 1 rows: small|resnet18|densenet121")
+    p.add_argument("--pretrained", default=None, help="Task 1 rows start from these weights (e.g. imagenet); "
+                                                      "Task 2 trains from scratch")
+    p.add_argument("--epochs", type=at_least(1), default=6)
+    p.add_argument("--img-size", type=at_least(8), default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default: the scripts')")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA)")
+    p.add_argument("--workers", type=at_least(0), default=1)
+    p.add_argument("--models", default=None, type=non_empty,
+                   help="only these rows (comma-separated names; default every row of the part)")
+    p.add_argument("--no-train", action="store_true",
+                   help="tables from the finished runs only: Task 1 rows; sweep budgets whose ResNet34 has finished, "
+                        "a shallow run still training shown as a dash")
+    p.add_argument("--jobs", type=at_least(1), default=1,
+                   help="runs trained (and evaluated) at once, each with cores/jobs threads")
+    p.add_argument("--out", "--runs", dest="runs", default="runs/results",
+                   help="runs (checkpoints, logs, evaluations) and, unless --update-docs, tables and figures")
+    p.add_argument("--results", default=None, help="tables (default: <out>/tables, or results/ with --update-docs)")
+    p.add_argument("--figs", default=None, help="figures (default: <out>/figs, or figs/ with --update-docs)")
+    p.add_argument("--bench", default="results/bench", help="the bench's tables (step and epoch cost ratios)")
+    p.add_argument("--update-docs", action="store_true",
+                   help="publish: tables to results/, figures to figs/, and each table into its marked section "
+                        "of --docs (docs/*.md)")
+    p.add_argument("--docs", default="docs", help="the folder (or one file) whose marked sections are replaced")
+    p.add_argument("--tag", default="", help="suffix of the Task 1 table's files and docs section (e.g. -32px)")
+    args = p.parse_args(argv)
+    args.results = args.results or ("results" if args.update_docs else os.path.join(args.runs, "tables"))
+    args.figs = args.figs or ("figs" if args.update_docs else os.path.join(args.runs, "figs"))
+    return args
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    seeds = args.seeds
+    os.makedirs(args.results, exist_ok=True)
+    os.makedirs(args.figs, exist_ok=True)
+    if args.part in ("task1", "all"):
+        task1(args, seeds)
+    if args.part in ("task1-ablation", "all"):
+        task1_ablation(args, seeds)
+    if args.part in ("task1-sandwich", "all"):
+        task1_sandwich(args, seeds)
+    if args.part in ("task1-resnet18", "all"):
+        task1_resnet18(args, seeds)
+    if args.part in ("task2", "all"):
+        task2(args, seeds)
+    if args.part == "task2-sweep":
+        task2_sweep(args, seeds)
+    if args.part == "task2-headline":
+        task2_headline(args)
+    if args.part == "task2-recipe":
+        task2_recipe(args, seeds)
+    return 0
+

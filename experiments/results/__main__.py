@@ -1,0 +1,5 @@
+import sys
+
+from experiments.results import main
+
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""Running the jobs: training runs (resumed or reused when finished) and evaluations (reused when
+newer than their checkpoints), several at once."""
+import functools
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+from .rows import EQUAL_TIME, ROWS, SIZES, SIZE_ROWS, TASK1_COMBOS, row_recipe, run_dir, schedule
+
+
+def sh(*cmd, threads=None):
+    print("+", " ".join(cmd), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    code = subprocess.run([sys.executable, *cmd], env=env).returncode
+    if code:
+        raise UserError(f"{' '.join(cmd[:3])} ... exited with status {code} (its error is above); finished runs "
+                        "are kept and the same command resumes the rest")
+
+
+def train(script, out, common, *extra, threads=None):
+    """Train unless a finished run is already there; resume an unfinished one."""
+    last = os.path.join(out, "last.pt")
+    if os.path.exists(last):
+        done = load_checkpoint(last)
+        check_same_recipe(done, common)
+        if done["epoch"] >= done["args"]["epochs"] and done["step"] == 0:
+            return
+        sh(script, "--resume", out, threads=threads)
+    else:
+        sh(script, *common, *extra, "--out", out, "--overwrite", threads=threads)
+
+
+def threads_per_run(jobs):
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def in_parallel(jobs, tasks):
+    """Run ``tasks`` (callables taking a thread count) ``jobs`` at a time, in order; re-raise the
+    first failure."""
+    threads = threads_per_run(jobs)
+    failed = threading.Event()
+
+    def guarded(task):  # nothing new starts after a failure; jobs already running finish
+        if failed.is_set():
+            return
+        try:
+            task(threads=threads)
+        except BaseException:
+            failed.set()
+            raise
+    with ThreadPoolExecutor(jobs) as pool:
+        for f in [pool.submit(guarded, task) for task in tasks]:
+            f.result()
+
+
+def train_rows(args, wanted):
+    """Train the runs behind ``wanted`` (row, seed) pairs, ``--jobs`` at a time in that order; a
+    row that starts from another row's checkpoint waits for it."""
+    order = []  # runs to train, each after the runs it needs
+
+    def need(row, seed):
+        for name in (row.init, row.same_as):
+            if name:
+                need(ROWS[name], seed)
+        if not row.same_as and (row.name, seed) not in order:
+            order.append((row.name, seed))
+    for row, seed in wanted:
+        need(row, seed)
+    done = {key: threading.Event() for key in order}
+
+    def train_row(name, seed, threads):
+        row = ROWS[name]
+        flags = ["--model", row.model, *row.flags]
+        if args.pretrained and not row.init:
+            flags += ["--pretrained", args.pretrained]
+        if row.init:
+            done[(row.init, seed)].wait()
+            flags += ["--init-from", os.path.join(run_dir(args, ROWS[row.init], seed), "best.pt")]
+        try:
+            train("train_dw.py", run_dir(args, row, seed), row_recipe(args, row, seed), *flags,
+                  threads=threads)
+        finally:
+            done[(name, seed)].set()
+    in_parallel(args.jobs, [functools.partial(train_row, *key) for key in order])
+
+
+def task1_rows(args, rows, seeds):
+    """Train (``train_rows``) and evaluate ``rows``; -> DataFrame of evaluation rows."""
+    if args.models:  # a row's equal-time twin comes with it
+        rows = [r for r in rows if r.name.removesuffix(EQUAL_TIME) in args.models.split(",")]
+    wanted = schedule(rows, seeds)
+    if args.no_train:
+        wanted = [(r, s) for r, s in wanted if finished(args, r, s)]
+        if not wanted:
+            raise UserError(f"--no-train: no finished run of these rows under {args.runs}/task1 "
+                            "(train them first: the same command without --no-train)")
+        for row, seed in wanted:  # a finished run of another budget must not slip in either
+            if not row.same_as:
+                check_same_recipe(load_checkpoint(os.path.join(run_dir(args, row, seed), "last.pt")),
+                                  row_recipe(args, row, seed))
+    else:
+        train_rows(args, wanted)
+    return evaluate_rows(args, wanted)
+
+
+def finished(args, row, seed):
+    """Whether the run behind ``row`` has trained all its epochs."""
+    return run_finished(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed))
+
+
+def run_finished(out):
+    last = os.path.join(out, "last.pt")
+    if not os.path.exists(last):
+        return False
+    ckpt = load_checkpoint(last)
+    return ckpt["epoch"] >= ckpt["args"]["epochs"] and ckpt["step"] == 0
+
+
+def evaluate_rows(args, wanted):
+    """test_dw.py on the checkpoint behind each (row, seed), unless its evaluation is newer."""
+    tasks, results = [], []
+    for row, seed in wanted:
+        ev = os.path.join(run_dir(args, row, seed), "eval")
+        best = os.path.join(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed), "best.pt")
+        results.append((row, seed, ev))
+        sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
+        combos = [row.channel] if row.channel else TASK1_COMBOS
+        if not evaluated(os.path.join(ev, "results.json"), [best], {(c, s) for c in combos for s in sizes}):
+            tasks.append(functools.partial(
+                sh, "test_dw.py", "--checkpoint", best, "--as-model", row.model, "--data-root", args.data_root,
+                "--combos", ",".join(combos), "--img-sizes", ",".join(map(str, sizes)),
+                "--workers", str(args.workers), "--out", ev, *row.eval_flags))
+    in_parallel(args.jobs, tasks)
+    return pd.DataFrame([{**r, "model": row.name, "seed": seed}
+                         for row, seed, ev in results for r in json.load(open(os.path.join(ev, "results.json")))])
+
+
+def check_same_recipe(ckpt, flags):
+    """A run folder left by another budget must not slip into the tables."""
+    for flag, value in zip(flags[::2], flags[1::2]):
+        key = flag.lstrip("-").replace("-", "_")
+        if str(ckpt["args"].get(key)) != value:
+            raise UserError(f"{ckpt['path']} was trained with {flag} {ckpt['args'].get(key)}, "
+                            f"not {value}; remove that folder or pass another --runs")
+
+
+def is_newer(path, than):
+    """An evaluation is reused only if it was written after the checkpoint it evaluates."""
+    return os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(than)
+
+
+def evaluated(path, checkpoints, cells=None):
+    """Whether ``path`` holds an evaluation of exactly ``checkpoints`` (and of exactly the
+    (combination, size) ``cells`` when given), written after all of them."""
+    if not all(is_newer(path, c) for c in checkpoints):
+        return False
+    rows = json.load(open(path))
+    # Paths as the evaluation wrote them (relative to where it ran) and as asked now: the same files?
+    done = [os.path.realpath(p) for p in dict.fromkeys(r["checkpoint"] for r in rows)]
+    return done == [os.path.realpath(c) for c in checkpoints] and \
+        (cells is None or {(r["combo"], r["img_size"]) for r in rows} == cells)
+
+
+def evaluate_side_by_side(args, ev, checkpoints):
+    """test_rrdb.py on ``checkpoints`` side by side into ``ev``, the first (a ResNet34) the
+    baseline, unless an evaluation of exactly these is newer than all of them."""
+    path = os.path.join(ev, "results.json")
+    if evaluated(path, checkpoints):
+        return json.load(open(path))
+    sh("test_rrdb.py", "--checkpoints", *checkpoints, "--baseline", checkpoints[0], "--data-root", args.data_root,
+       "--workers", str(args.workers), "--out", ev)
+    return json.load(open(path))
+

@@ -1,0 +1,150 @@
+"""What the tables train: the rows of each table, their flags, where their runs live."""
+import os
+from dataclasses import dataclass, field
+
+
+
+TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
+SINGLE = ["R", "G", "B"]
+
+
+@dataclass
+class Row:
+    """One row of a Task 1 table: how its checkpoint is trained and how it is evaluated.
+
+    ``recipe`` overrides the shared budget (a fine-tuning row trains fewer epochs at a lower LR);
+    ``init`` names the row (same seed) whose checkpoint it starts from; ``same_as`` names the
+    row whose checkpoint it evaluates instead of training its own; ``every_seed`` False means
+    the first seed only (rivals and ablations).
+    """
+    name: str
+    model: str
+    flags: list = field(default_factory=list)
+    recipe: dict = field(default_factory=dict)
+    init: str = None
+    same_as: str = None
+    eval_flags: list = field(default_factory=list)
+    every_seed: bool = True
+    channel: str = None
+    backbone: str = None  # None: --backbone
+
+
+def sandwich(fraction=1, scale=1, every=1):
+    """The sandwich's cost options spelled out (by default the full sandwich: every step, whole
+    batch, full size), so that a row keeps its recipe whatever dwg's defaults become."""
+    return ["--sandwich-fraction", str(fraction), "--sandwich-scale", str(scale), "--sandwich-every", str(every)]
+
+
+# Starting from a trained RGB model: plain_zero's 6 epochs, then 3 epochs from its weights.
+FINETUNE = {"epochs": 3, "lr": 0.03, "warmup-epochs": 0.3}
+EARLIER = ["--no-stem-base", "--no-combo-bn"]  # the stem and shared BatchNorm of the earlier dwg
+TASK1_ROWS = [  # in training order
+    Row("dwg", "dwg"),
+    # An RGB-only model is selected on RGB: its mean over seven combinations would pick the epoch
+    # whose zero-filled subsets happen to score best.
+    Row("plain_zero", "plain_zero", ["--val-combos", "RGB"]),
+    # plain_mean trains exactly as plain_zero does (RGB only; its fill acts only when a channel is
+    # missing), so its row evaluates plain_zero's checkpoint instead of training a copy.
+    Row("plain_mean", "plain_mean", same_as="plain_zero"),
+    *[Row(f"plain_zero-{c}only", "plain_zero", ["--train-channels", c, "--val-combos", c], channel=c)
+      for c in SINGLE],
+    Row("dwg_finetune", "dwg", recipe=FINETUNE, init="plain_zero", every_seed=False),
+    Row("dwg_earlier", "dwg", EARLIER + ["--channel-aug", "subset"], every_seed=False),
+    Row("plain_dropout", "plain_dropout", every_seed=False),
+    Row("seed_dwg", "seed_dwg", every_seed=False),
+]
+EQUAL_TIME = "-equal-time"  # suffix of the rows trained for as long as dwg, not as many epochs
+
+
+def equal_time_rows(epochs, same_epochs):
+    """plain_zero (and plain_mean, its checkpoint) and the experts, given ``epochs``; when that is
+    ``same_epochs``, the equal-epoch rows' own checkpoints (equal time is then equal epochs)."""
+    rows = [Row(r.name + EQUAL_TIME, r.model, r.flags, recipe={"epochs": epochs}, channel=r.channel,
+                same_as=(r.same_as or r.name) if epochs == same_epochs else r.same_as and r.same_as + EQUAL_TIME)
+            for r in TASK1_ROWS if r.model in ("plain_zero", "plain_mean") and not r.recipe]
+    ROWS.update({r.name: r for r in rows})
+    return rows
+
+
+SIZE_ROWS = {"dwg", "plain_zero", "plain_mean"}  # the spatial-size table's rows
+TABLE_ORDER = ["dwg", "plain_zero", "plain_zero" + EQUAL_TIME, "plain_mean", "plain_mean" + EQUAL_TIME,
+               "single-channel expert", "single-channel expert" + EQUAL_TIME,
+               "dwg_finetune", "dwg_earlier", "plain_dropout", "seed_dwg"]
+DISTINCT = TASK1_COMBOS[:7]  # BGR is RGB permuted: shown as a check, never counted in aggregates
+HEADLINE = ["dwg", "plain_zero", "plain_zero" + EQUAL_TIME, "plain_mean", "single-channel expert",
+            "single-channel expert" + EQUAL_TIME]  # the front page's rows
+# Each mechanism alone and together, first seed only, with the full sandwich (a sandwich on every
+# step, full batch); rows of TASK1_ROWS and SANDWICH_ROWS complete the table.
+ABLATION_ROWS = [
+    Row("earlier+bn", "dwg", same_as="dwg_earlier", eval_flags=["--recalibrate", "640"]),
+    Row("base", "dwg", ["--no-combo-bn", "--channel-aug", "subset"]),
+    Row("base+bn", "dwg", same_as="base", eval_flags=["--recalibrate", "640"]),
+    Row("base+init", "dwg", ["--no-combo-bn", "--channel-aug", "subset"], recipe=FINETUNE, init="plain_zero"),
+    Row("base+init+bn", "dwg", same_as="base+init", eval_flags=["--recalibrate", "640"]),
+    Row("base+init+sandwich", "dwg", ["--no-combo-bn", *sandwich()], recipe=FINETUNE, init="plain_zero"),
+    Row("finetune-full", "dwg", sandwich(), recipe=FINETUNE, init="plain_zero", every_seed=False),
+    Row("dwg+affine", "dwg", ["--combo-affine", *sandwich()], every_seed=False),
+]
+ABLATION_NAMES = {
+    "dwg_earlier": "earlier dwg: template stem, subset sampling, shared BN",
+    "earlier+bn": "earlier dwg + BN statistics per set (recalibrated)",
+    "base": "base kernels (subset sampling, shared BN)",
+    "base+bn": "base + BN per set (recalibrated)",
+    "base+init": "base, initialised from plain_zero (subset sampling)",
+    "base+init+bn": "base, init + BN per set (recalibrated)",
+    "base+init+sandwich": "base, init + sandwich",
+    "finetune-full": "base, init + sandwich + BN per set",
+    "sandwich-full": "base + sandwich + BN per set, from scratch",
+    "dwg+affine": "base + sandwich + BN per set + BN scale and shift per set",
+}
+# The sandwich's cost options (SandwichLoss), one at a time and together, first seed only.
+SANDWICH_ROWS = [
+    Row("sandwich-quarter", "dwg", sandwich(fraction=0.25), every_seed=False),
+    Row("sandwich-quarter-side0.75", "dwg", sandwich(fraction=0.25, scale=0.75), every_seed=False),
+    Row("sandwich-side0.75", "dwg", sandwich(scale=0.75), every_seed=False),
+    Row("sandwich-every3", "dwg", sandwich(every=3), every_seed=False),
+    # dwg's defaults: its own seed-0 run
+    Row("sandwich-every3-quarter", "dwg", same_as="dwg", every_seed=False),
+    Row("sandwich-full", "dwg", sandwich(), every_seed=False),
+]
+# A body other than the small CNN, first seed only.
+RESNET18_ROWS = [Row("plain_zero-resnet18", "plain_zero", backbone="resnet18"),
+                 Row("dwg-resnet18", "dwg", sandwich(), backbone="resnet18")]  # the full sandwich
+ROWS = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + SANDWICH_ROWS + RESNET18_ROWS}
+TASK2_MODELS = ["resnet34", "rrdb", "rrdb_rnn", "shallow"]
+SIZES = [48, 64, 96]
+
+
+SWEEP_MODELS = ["resnet34", "shallow", "shallow_deep"]
+
+
+# The recipe options on the shallow net, each against the plain recipe. EMA decay 0.998 averages
+# about 500 steps: a quarter of a 12-epoch run at batch 64 on imagenette-mini (148 steps an epoch),
+# long enough to smooth the noise, short enough not to lag behind the end of the cosine schedule.
+RECIPES = {"plain": [], "ema": ["--ema", "0.998"], "mixup+cutmix": ["--mixup", "0.2", "--cutmix", "1.0"]}
+
+
+def recipe(args, seed, **overrides):
+    """The flags every row shares: one budget for all, unless a row overrides part of it."""
+    values = {"data-root": args.data_root, "epochs": args.epochs, "img-size": args.img_size,
+              "batch-size": args.batch_size, "workers": args.workers, "seed": seed,
+              **({"lr": args.lr} if args.lr is not None else {}), **({"amp": args.amp} if args.amp != "off" else {}),
+              **overrides}
+    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+
+
+def row_recipe(args, row, seed):
+    """A Task 1 row's shared flags, its body among them (a run of another body is not reused)."""
+    return recipe(args, seed, backbone=row.backbone or args.backbone, **row.recipe)
+
+
+def run_dir(args, row, seed):
+    return os.path.join(args.runs, "task1", f"{row.name}-s{seed}")
+
+
+def schedule(rows, seeds):
+    """(row, seed) pairs to evaluate: the rows of every seed first (seed by seed), then the
+    first-seed-only rows, so that an interrupted command has whole seeds."""
+    return ([(r, s) for s in seeds for r in rows if r.every_seed]
+            + [(r, seeds[0]) for r in rows if not r.every_seed])
+

@@ -1,0 +1,59 @@
+"""What every table needs: titles that state the budget and the machine, means over seeds,
+minutes from the runs' logs, the docs' marked sections."""
+import os
+
+import pandas as pd
+import torch
+
+from utils.report import update_doc
+
+from .jobs import finished, threads_per_run
+from .rows import ROWS, run_dir
+
+
+def paste(args, section, text):
+    """The table also goes into its marked section of the docs, when asked (``--update-docs``)."""
+    if args.update_docs:
+        update_doc(section, text, args.docs)
+
+
+def machine(args):
+    """Where the runs trained, as a title says it: 'CPU proxy' only where it is one, with the threads
+    of each run (they change a CPU run's arithmetic, and so its numbers)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return (f"CPU proxy, {os.cpu_count()}-core CPU, {threads_per_run(args.jobs)} thread(s) "
+            f"per run")
+
+
+def budget(args):
+    extra = [f"from {args.pretrained} weights" if args.pretrained else "", f"lr {args.lr:g}" if args.lr else "",
+             f"amp {args.amp}" if args.amp != "off" else ""]
+    return (f"{machine(args)}: {args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, "
+            f"{''.join(e + ', ' for e in extra if e)}seed(s) {', '.join(map(str, args.seeds))}")
+
+
+def data_name(args):
+    return "synthetic shapes" if args.data_root == "synthetic" else os.path.basename(os.path.normpath(args.data_root))
+
+
+def mean_std(df, keys, values):
+    """Mean and sample standard deviation (ddof=1, NaN for one seed) over the seeds."""
+    g = df.groupby(keys, sort=False)[values]
+    out = g.mean()
+    std = g.std(ddof=1).add_suffix("_std")
+    return pd.concat([out, std], axis=1).reset_index().assign(seeds=g.size().values)
+
+
+def run_logs(args, name, seeds):
+    """The log.csv of each finished run behind row ``name``, over ``seeds``."""
+    row = ROWS[ROWS[name].same_as] if ROWS[name].same_as else ROWS[name]
+    return [pd.read_csv(os.path.join(run_dir(args, row, s), "log.csv")) for s in seeds if finished(args, row, s)]
+
+
+def train_seconds(args, row, seed):
+    """Training time of a row's checkpoint from its log, plus that of the row it started from."""
+    row = ROWS[row.same_as] if row.same_as else row
+    log = pd.read_csv(os.path.join(run_dir(args, row, seed), "log.csv"))
+    return log["seconds"].sum() + (train_seconds(args, ROWS[row.init], seed) if row.init else 0)
+

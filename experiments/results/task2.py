@@ -1,0 +1,202 @@
+"""Task 2's tables and figures: the main table, the budget sweep and its front-page rows, the
+recipe options."""
+import argparse
+import functools
+import json
+import os
+
+import pandas as pd
+
+from utils.errors import UserError
+from utils.report import markdown, plt, save_figure, write_results
+
+from .jobs import evaluate_side_by_side, in_parallel, run_finished, train
+from .rows import RECIPES, SWEEP_MODELS, TASK2_MODELS, recipe
+from .tables import budget, data_name, machine, mean_std, paste
+
+
+def task2(args, seeds):
+    rows = []
+    for seed in seeds:
+        outs = [os.path.join(args.runs, "task2", f"{model}-s{seed}") for model in TASK2_MODELS]
+        # --jobs at a time, as the sweep trains: on a CPU the thread count changes the arithmetic's
+        # order, so the same recipe gives the same numbers in both tables only with the same --jobs.
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", out, ["--model", model, *recipe(args, seed)])
+                                for model, out in zip(TASK2_MODELS, outs)])
+        paths = [os.path.join(out, "best.pt") for out in outs]
+        # The same recipe plus distillation from our own from-scratch ResNet34 (no pretrained weights).
+        out = os.path.join(args.runs, "task2", f"shallow_kd-s{seed}")
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", out,
+                                                  ["--model", "shallow", "--teacher", paths[0], *recipe(args, seed)])])
+        paths.append(os.path.join(out, "best.pt"))
+        ev = os.path.join(args.runs, "task2", f"eval-s{seed}")
+        rows += [{**r, "seed": seed} for r in evaluate_side_by_side(args, ev, paths)]
+    df = pd.DataFrame(rows)
+    agg = mean_std(df, ["model", "layers", "params", "macs"],
+                   ["accuracy", "precision", "recall", "f1", "ratio_to_baseline"])
+    title = (f"Task 2 on {data_name(args)} test split ({budget(args)}); "
+             "params/MACs at 3x224x224, layers of the deployed model")
+    write_results(agg.to_dict("records"), args.results, "task2", title)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, r in agg.iterrows():
+        ax.errorbar(r["macs"] / 1e9, r["accuracy"], yerr=r["accuracy_std"], fmt="o")
+        ax.annotate(f"{r['model']} ({r['layers']} layers)", (r["macs"] / 1e9, r["accuracy"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("GMACs at 3x224x224")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"Task 2: accuracy against MACs ({budget(args)})", fontsize=9)
+    ax.grid(alpha=0.3)
+    save_figure(os.path.join(args.figs, "task2_acc_vs_macs.png"))
+    cols = ["model", "layers", "params", "macs", "accuracy", "accuracy_std", "precision", "recall", "f1",
+            "ratio_to_baseline", "seeds"]
+    text = agg[cols].to_markdown(index=False, floatfmt=".4f")
+    paste(args, "task2", f"{title}\n\n{text}")
+    print(text)
+
+
+def saturation(accuracy_by_budget, gain=0.01):
+    """The first budget after which doubling the epochs gains less than ``gain``; None if none does."""
+    budgets = sorted(accuracy_by_budget)
+    for low, high in zip(budgets, budgets[1:]):
+        if high == 2 * low and accuracy_by_budget[high] - accuracy_by_budget[low] < gain:
+            return low
+    return None
+
+
+def task2_sweep(args, seeds):
+    """ResNet34 and the shallow nets at every budget of ``--budgets`` (first seed), side by side;
+    then ``shallow`` distilled from the ResNet34 of the budget where it saturates (the longest
+    budget when none does)."""
+    seed = seeds[0]
+    sweep_dir = os.path.join(args.runs, "task2-sweep")
+
+    def run(model, epochs, *extra, name=None):
+        out = os.path.join(sweep_dir, f"{name or model}-e{epochs}-s{seed}")
+        return functools.partial(train, "train_rrdb.py", out,
+                                 ["--model", model, *recipe(args, seed, epochs=epochs), *extra]), out
+
+    planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
+    if not args.no_train:
+        in_parallel(args.jobs, [task for task, _ in planned.values()])
+    # A sweep runs across sessions: a budget is reported once its ResNet34 has finished, and a
+    # shallow model still training there is left blank rather than holding the row back.
+    outs = {key: out for key, (_, out) in planned.items() if run_finished(out)}
+    budgets = [e for e in args.budgets if ("resnet34", e) in outs]
+    if not budgets:
+        raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
+    rows = []
+    for epochs in budgets:
+        done = [m for m in SWEEP_MODELS if (m, epochs) in outs]
+        ev = os.path.join(sweep_dir, f"eval-e{epochs}-s{seed}")
+        rows += [{**r, "epochs": epochs, "minutes": log_minutes(outs[(m, epochs)])}
+                 for m, r in zip(done, evaluate_side_by_side(args, ev, [checkpoint(outs[(m, epochs)]) for m in done]))]
+    # Saturation, and so the teacher, is judged on validation: the best val accuracy in each
+    # ResNet34 run's log is that of the checkpoint it kept; the test split only reports.
+    resnet_val = {e: pd.read_csv(os.path.join(outs[("resnet34", e)], "log.csv"))["val_acc"].max() for e in budgets}
+    saturated = saturation(resnet_val)
+    # Without a saturated budget the longest ResNet34 is the best teacher the sweep has, and
+    # distilling from it still says what distillation adds there.
+    kd_epochs = saturated or (max(args.budgets) if ("resnet34", max(args.budgets)) in outs else None)
+    kd_done = False
+    if kd_epochs is not None:
+        teacher = checkpoint(outs[("resnet34", kd_epochs)])
+        task, out = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")
+        if not args.no_train:
+            in_parallel(args.jobs, [task])  # the threads of every other run
+        kd_done = run_finished(out)
+        if kd_done:
+            ev = os.path.join(sweep_dir, f"eval-kd-e{kd_epochs}-s{seed}")
+            rows += [{**r, "epochs": kd_epochs, "minutes": log_minutes(out)}
+                     for r in evaluate_side_by_side(args, ev, [teacher, checkpoint(out)]) if r["model"] != "resnet34"]
+    verdict = (f"ResNet34 saturates at {saturated} epochs (doubling them gains under 1 point of validation "
+               "accuracy)" if saturated else f"ResNet34 is not saturated within {budgets} epochs (no doubling "
+               "gains under 1 point of validation accuracy)")
+    if kd_epochs is not None:
+        verdict += (f"; shallow+kd is distilled from the {kd_epochs}-epoch ResNet34" if kd_done
+                    else f"; shallow+kd, distilled from the {kd_epochs}-epoch ResNet34, has not finished")
+    sweep_table(args, seed, pd.DataFrame(rows), resnet_val, verdict)
+    task2_headline(args)
+
+
+def checkpoint(out):
+    return os.path.join(out, "best.pt")
+
+
+def log_minutes(out):
+    """A run's training wall time, from its log."""
+    return pd.read_csv(os.path.join(out, "log.csv"))["seconds"].sum() / 60
+
+
+def sweep_table(args, seed, df, resnet_val, verdict):
+    """Accuracy per budget and model, each model against ResNet34, minutes; the figure beside."""
+    table = df.pivot_table(index="epochs", columns="model", values="accuracy")
+    models_run = list(table.columns)
+    for m in table.columns.drop("resnet34"):
+        table[f"{m} / resnet34"] = table[m] / table["resnet34"]
+    table["resnet34 val"] = pd.Series(resnet_val)
+    table = table.join(df.pivot_table(index="epochs", columns="model", values="minutes").add_suffix(" min"))
+    title = (f"Task 2 budget sweep on {data_name(args)} test split "
+             f"({machine(args)}: {args.img_size}px, batch {args.batch_size}, seed {seed}; "
+             f"'min': training wall minutes from each run's log, under whatever else shared the cores); {verdict}")
+    write_results(table.reset_index().to_dict("records"), args.results, "task2_sweep", title)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models_run:
+        ax.plot(table.index, table[m], marker="o", label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(table.index, [str(e) for e in table.index])
+    ax.minorticks_off()
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Task 2: accuracy against training budget", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(os.path.join(args.figs, "task2_sweep.png"))
+    text = markdown(table.reset_index().astype({"epochs": str}))
+    paste(args, "task2-sweep", f"{title}\n\n{text}")
+    print(f"{title}\n\n{text}")
+
+
+def task2_headline(args):
+    """The front page's Task 2 rows (ResNet34 and shallow at each budget), read from the sweep's
+    table as written, so that they can be pasted again without its runs."""
+    path = os.path.join(args.results, "task2_sweep")
+    if not os.path.exists(path + ".json"):
+        raise UserError(f"{path}.json: no Task 2 sweep table yet; run --part task2-sweep first")
+    title = open(path + ".md").readline().strip()
+    table = pd.DataFrame(json.load(open(path + ".json")))
+    cols = [c for c in ["epochs", "resnet34", "shallow", "shallow+kd", "shallow / resnet34",
+                        "shallow+kd / resnet34"] if c in table]
+    paste(args, "task2-headline", f"{title}; test accuracy ([every model and the Task 2 table](docs/task2.md))"
+          f"\n\n{markdown(table[cols].astype({'epochs': str}))}")
+
+
+def task2_recipe(args, seeds):
+    """``shallow`` trained with each of ``RECIPES`` at the budget of ``--epochs`` (first seed), all
+    at once (``--jobs``), so that their minutes are measured under the same load."""
+    seed = seeds[0]
+    outs = {name: os.path.join(args.runs, "task2-recipe", f"shallow-{name}-e{args.epochs}-s{seed}")
+            for name in RECIPES}
+    if not args.no_train:
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", outs[name],
+                                                  ["--model", "shallow", *recipe(args, seed), *flags])
+                                for name, flags in RECIPES.items()])
+    done = [name for name in RECIPES if run_finished(outs[name])]
+    if "plain" not in done:
+        raise UserError(f"{outs['plain']}: the plain recipe has not finished; run without --no-train")
+    evaluation = evaluate_side_by_side(args, os.path.join(args.runs, "task2-recipe", f"eval-e{args.epochs}-s{seed}"),
+                                       [checkpoint(outs[name]) for name in done])
+    rows = []
+    for name, r in zip(done, evaluation):  # test_rrdb.py keeps the order of its checkpoints
+        log = pd.read_csv(os.path.join(outs[name], "log.csv"))
+        rows.append({"recipe": name, "flags": " ".join(RECIPES[name]) or "-", "accuracy": r["accuracy"],
+                     "f1": r["f1"], "best val": log["val_acc"].max(), "minutes": log_minutes(outs[name])})
+    table = pd.DataFrame(rows)
+    table["minutes / plain"] = table["minutes"] / table.loc[table["recipe"] == "plain", "minutes"].iloc[0]
+    one_seed = argparse.Namespace(**{**vars(args), "seeds": [seed]})
+    title = (f"Task 2 recipe options: shallow on {data_name(args)} test split ({budget(one_seed)}; one run each, "
+             f"{min(args.jobs, len(RECIPES))} at a time; 'minutes': training wall minutes from each run's log)")
+    write_results(table.to_dict("records"), args.results, "task2_recipe", title)
+    text = markdown(table)
+    paste(args, "task2-recipe", f"{title}\n\n{text}")
+    print(f"{title}\n\n{text}")
+

@@ -24,7 +24,8 @@ def test_cpu_smoke_runs_every_check(tmp_path):
     skipped = [r["check"] for r in rows if r["passed"] is None]
     assert skipped == ["bf16 autocast and channels-last", "fp16 with the gradient scaler", "NCCL", "nvjpeg decoding"]
     assert names[4:8] == ["train dwg bf16 channels-last (flags accepted, ignored on CPU)",
-                          "train dwg fp16 (grad scaler) (flags accepted, ignored on CPU)", "train dwg compile",
+                          "train dwg fp16 (grad scaler) (flags accepted, ignored on CPU)",
+                          "train dwg compile (aot_eager backend on CPU)",
                           "train dwg decode-on-device"]
     assert "decode on the device against the workers" in names
     assert "resume dwg fp16 for one more epoch" in names and any(n.startswith("torchrun") for n in names)

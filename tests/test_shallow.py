@@ -214,7 +214,9 @@ def test_recipe_part_trains_each_option_and_writes_the_table(tmp_path):
     assert results.main(args) == 0
     rows = json.loads((tmp_path / "tables" / "task2_recipe.json").read_text())
     assert [r["recipe"] for r in rows] == list(RECIPES)
-    assert rows[0]["minutes / plain"] == 1.0 and all(r["minutes"] > 0 for r in rows)
+    plain = rows[0]["minutes"]  # a toy run may log 0.0 seconds, and then no ratio can be had
+    assert [r["minutes / plain"] for r in rows] == ([pytest.approx(r["minutes"] / plain) for r in rows] if plain
+                                                    else [None] * len(rows))
     for name, flags in RECIPES.items():
         config = json.loads((tmp_path / "runs" / "task2-recipe" / f"shallow-{name}-e1-s0" / "config.json").read_text())
         assert config["ema"] == (0.998 if name == "ema" else None)

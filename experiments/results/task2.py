@@ -191,7 +191,8 @@ def task2_recipe(args, seeds):
         rows.append({"recipe": name, "flags": " ".join(RECIPES[name]) or "-", "accuracy": r["accuracy"],
                      "f1": r["f1"], "best val": log["val_acc"].max(), "minutes": log_minutes(outs[name])})
     table = pd.DataFrame(rows)
-    table["minutes / plain"] = table["minutes"] / table.loc[table["recipe"] == "plain", "minutes"].iloc[0]
+    plain = table.loc[table["recipe"] == "plain", "minutes"].iloc[0]
+    table["minutes / plain"] = table["minutes"] / plain if plain > 0 else float("nan")  # a toy run logs 0.0 s
     one_seed = argparse.Namespace(**{**vars(args), "seeds": [seed]})
     title = (f"Task 2 recipe options: shallow on {data_name(args)} test split ({budget(one_seed)}; one run each, "
              f"{min(args.jobs, len(RECIPES))} at a time; 'minutes': training wall minutes from each run's log)")

@@ -159,6 +159,7 @@ def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
                       "<!-- task2-headline:start -->\n<!-- task2-headline:end -->\nafter\n")
     out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
     args = ["--part", "task2-sweep", "--budgets", "1,2", "--img-size", "16", "--batch-size", "4", "--workers", "0",
+            "--jobs", "2",
             "--data-root", str(root), "--out", out["runs"], "--results", out["results"], "--figs", out["figs"],
             "--update-docs", "--docs", str(readme)]
     assert results.main(args) == 0
@@ -209,6 +210,7 @@ def test_recipe_part_trains_each_option_and_writes_the_table(tmp_path):
     readme.write_text("<!-- task2-recipe:start -->\n<!-- task2-recipe:end -->\n")
     out = str(tmp_path / "runs")
     args = ["--part", "task2-recipe", "--epochs", "1", "--img-size", "16", "--batch-size", "4", "--workers", "0",
+            "--jobs", "3",
             "--data-root", str(root), "--out", out, "--update-docs", "--docs", str(readme),
             "--results", str(tmp_path / "tables")]
     assert results.main(args) == 0

@@ -419,9 +419,10 @@ def test_task1_table_end_to_end_at_toy_size(tmp_path, capsys):
     def table(ratio, *extra):
         (tmp_path / "results" / "bench").mkdir(parents=True, exist_ok=True)
         (tmp_path / "results" / "bench" / "epoch.json").write_text(json.dumps([{**bench_row, "ratio_to_plain": ratio}]))
-        return results.main(["--part", "task1", "--models", "dwg,plain_zero,plain_mean,plain_zero-Ronly", "--epochs",
-                             "1", "--img-size", "16", "--batch-size", "4", "--workers", "0", "--data-root", str(root),
-                             "--out", out["runs"], "--results", out["results"], "--figs", out["figs"],
+        return results.main(["--part", "task1", "--models", "dwg,plain_zero,plain_mean,plain_zero-Ronly", "--jobs", "2",
+                             "--epochs", "1", "--img-size", "16", "--batch-size", "4", "--workers", "0",
+                             "--data-root", str(root), "--out", out["runs"], "--results", out["results"],
+                             "--figs", out["figs"],
                              "--bench", str(tmp_path / "results" / "bench"), "--update-docs", "--docs", str(readme),
                              *extra])
 

@@ -45,15 +45,25 @@ def mean_std(df, keys, values):
     return pd.concat([out, std], axis=1).reset_index().assign(seeds=g.size().values)
 
 
+def run_log(out):
+    """The log.csv of the run in folder ``out``, a row per epoch."""
+    return pd.read_csv(os.path.join(out, "log.csv"))
+
+
+def wall_minutes(log):
+    """A run's wall time from its log: training and validation, whatever else shared the cores."""
+    return log["seconds"].sum() / 60
+
+
 def run_logs(args, name, seeds):
     """The log.csv of each finished run behind row ``name``, over ``seeds``."""
     row = ROWS[ROWS[name].same_as] if ROWS[name].same_as else ROWS[name]
-    return [pd.read_csv(os.path.join(run_dir(args, row, s), "log.csv")) for s in seeds if finished(args, row, s)]
+    return [run_log(run_dir(args, row, s)) for s in seeds if finished(args, row, s)]
 
 
 def train_seconds(args, row, seed):
     """Training time of a row's checkpoint from its log, plus that of the row it started from."""
     row = ROWS[row.same_as] if row.same_as else row
-    log = pd.read_csv(os.path.join(run_dir(args, row, seed), "log.csv"))
-    return log["seconds"].sum() + (train_seconds(args, ROWS[row.init], seed) if row.init else 0)
+    return run_log(run_dir(args, row, seed))["seconds"].sum() + (train_seconds(args, ROWS[row.init], seed)
+                                                                 if row.init else 0)
 

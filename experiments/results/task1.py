@@ -13,7 +13,7 @@ from utils.report import heatmap, markdown, write_results
 from .jobs import task1_rows
 from .rows import (ABLATION_NAMES, DISTINCT, EQUAL_TIME, FINETUNE, HEADLINE, RESNET18_ROWS, ROWS, SANDWICH_ROWS,
                    SINGLE, SIZES, SIZE_ROWS, TABLE_ORDER, TASK1_COMBOS, TASK1_ROWS, equal_time_rows, run_dir)
-from .tables import budget, data_name, mean_std, paste, run_logs, train_seconds
+from .tables import budget, data_name, mean_std, paste, run_logs, train_seconds, wall_minutes
 
 
 def time_ratio(args, seeds):
@@ -31,8 +31,7 @@ def time_ratio(args, seeds):
     d, p = pd.concat(dwg), pd.concat(plain)
     cost = {"train": d["train_seconds"].median() / p["train_seconds"].median(),
             "whole": d["seconds"].median() / p["seconds"].median(), "source": "the runs' logs",
-            "dwg_min": sum(log["seconds"].sum() for log in dwg) / len(dwg) / 60,
-            "plain_min": sum(log["seconds"].sum() for log in plain) / len(plain) / 60}
+            "dwg_min": sum(map(wall_minutes, dwg)) / len(dwg), "plain_min": sum(map(wall_minutes, plain)) / len(plain)}
     bench = bench_epoch_ratio(args, load_checkpoint(os.path.join(run_dir(args, ROWS["dwg"], seeds[0]), "last.pt")))
     if bench is not None:
         cost.update(train=bench["ratio_to_plain"], whole=bench["epoch_ratio_to_plain"],

@@ -12,7 +12,7 @@ from utils.report import markdown, plt, save_figure, write_results
 
 from .jobs import evaluate_side_by_side, in_parallel, run_finished, train
 from .rows import RECIPES, SWEEP_MODELS, TASK2_MODELS, recipe
-from .tables import budget, data_name, machine, mean_std, paste
+from .tables import budget, data_name, machine, mean_std, paste, run_log, wall_minutes
 
 
 def task2(args, seeds):
@@ -88,26 +88,28 @@ def task2_sweep(args, seeds):
     for epochs in budgets:
         done = [m for m in SWEEP_MODELS if (m, epochs) in outs]
         ev = os.path.join(sweep_dir, f"eval-e{epochs}-s{seed}")
-        rows += [{**r, "epochs": epochs, "minutes": log_minutes(outs[(m, epochs)])}
-                 for m, r in zip(done, evaluate_side_by_side(args, ev, [checkpoint(outs[(m, epochs)]) for m in done]))]
+        best = [os.path.join(outs[(m, epochs)], "best.pt") for m in done]
+        rows += [{**r, "epochs": epochs, "minutes": wall_minutes(run_log(outs[(m, epochs)]))}
+                 for m, r in zip(done, evaluate_side_by_side(args, ev, best))]
     # Saturation, and so the teacher, is judged on validation: the best val accuracy in each
     # ResNet34 run's log is that of the checkpoint it kept; the test split only reports.
-    resnet_val = {e: pd.read_csv(os.path.join(outs[("resnet34", e)], "log.csv"))["val_acc"].max() for e in budgets}
+    resnet_val = {e: run_log(outs[("resnet34", e)])["val_acc"].max() for e in budgets}
     saturated = saturation(resnet_val)
     # Without a saturated budget the longest ResNet34 is the best teacher the sweep has, and
     # distilling from it still says what distillation adds there.
     kd_epochs = saturated or (max(args.budgets) if ("resnet34", max(args.budgets)) in outs else None)
     kd_done = False
     if kd_epochs is not None:
-        teacher = checkpoint(outs[("resnet34", kd_epochs)])
+        teacher = os.path.join(outs[("resnet34", kd_epochs)], "best.pt")
         task, out = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")
         if not args.no_train:
             in_parallel(args.jobs, [task])  # the threads of every other run
         kd_done = run_finished(out)
         if kd_done:
             ev = os.path.join(sweep_dir, f"eval-kd-e{kd_epochs}-s{seed}")
-            rows += [{**r, "epochs": kd_epochs, "minutes": log_minutes(out)}
-                     for r in evaluate_side_by_side(args, ev, [teacher, checkpoint(out)]) if r["model"] != "resnet34"]
+            rows += [{**r, "epochs": kd_epochs, "minutes": wall_minutes(run_log(out))}
+                     for r in evaluate_side_by_side(args, ev, [teacher, os.path.join(out, "best.pt")])
+                     if r["model"] != "resnet34"]
     verdict = (f"ResNet34 saturates at {saturated} epochs (doubling them gains under 1 point of validation "
                "accuracy)" if saturated else f"ResNet34 is not saturated within {budgets} epochs (no doubling "
                "gains under 1 point of validation accuracy)")
@@ -116,15 +118,6 @@ def task2_sweep(args, seeds):
                     else f"; shallow+kd, distilled from the {kd_epochs}-epoch ResNet34, has not finished")
     sweep_table(args, seed, pd.DataFrame(rows), resnet_val, verdict)
     task2_headline(args)
-
-
-def checkpoint(out):
-    return os.path.join(out, "best.pt")
-
-
-def log_minutes(out):
-    """A run's training wall time, from its log."""
-    return pd.read_csv(os.path.join(out, "log.csv"))["seconds"].sum() / 60
 
 
 def sweep_table(args, seed, df, resnet_val, verdict):
@@ -184,12 +177,12 @@ def task2_recipe(args, seeds):
     if "plain" not in done:
         raise UserError(f"{outs['plain']}: the plain recipe has not finished; run without --no-train")
     evaluation = evaluate_side_by_side(args, os.path.join(args.runs, "task2-recipe", f"eval-e{args.epochs}-s{seed}"),
-                                       [checkpoint(outs[name]) for name in done])
+                                       [os.path.join(outs[name], "best.pt") for name in done])
     rows = []
     for name, r in zip(done, evaluation):  # test_rrdb.py keeps the order of its checkpoints
-        log = pd.read_csv(os.path.join(outs[name], "log.csv"))
+        log = run_log(outs[name])
         rows.append({"recipe": name, "flags": " ".join(RECIPES[name]) or "-", "accuracy": r["accuracy"],
-                     "f1": r["f1"], "best val": log["val_acc"].max(), "minutes": log_minutes(outs[name])})
+                     "f1": r["f1"], "best val": log["val_acc"].max(), "minutes": wall_minutes(log)})
     table = pd.DataFrame(rows)
     plain = table.loc[table["recipe"] == "plain", "minutes"].iloc[0]
     table["minutes / plain"] = table["minutes"] / plain if plain > 0 else float("nan")  # a toy run logs 0.0 s

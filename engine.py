@@ -103,14 +103,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
         if first_micro:
             optimizer.zero_grad(set_to_none=True)
         logits, passes = None, []
-        for loss, out in criterion(forward, x, names, y):
+        for loss, out, *parts in criterion(forward, x, names, y):
             value = loss.item()
             if not math.isfinite(value):
                 raise UserError(f"non-finite loss ({value}) at epoch {epoch} step {step + 1}; "
                                 "training stopped, the last good checkpoint is kept")
             loss = loss / accum_steps if accum_steps > 1 else loss
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            passes.append(value)
+            passes += parts[0] if parts else [value]  # a packed pass names its label and distillation parts
             logits = out if logits is None else logits
         if last_micro:
             optimizer_step(optimizer, scheduler, scaler, ema, model)

@@ -5,7 +5,8 @@ the model (under autocast) and returns float logits; ``forward(x, names, sync=Fa
 pass that is not the step's last (no gradient all-reduce after it under DDP). It yields
 ``(loss, logits)`` once per forward pass; the loop back-propagates each loss before asking for
 the next, so several passes (the sandwich) add their gradients without holding several graphs at
-once. The first logits yielded are those the loop scores for training accuracy: the batch as
+once. A pass that holds several losses (the packed sandwich) yields ``(loss, logits, parts)``,
+``parts`` the values of its label loss and of what the other views add. The first logits yielded are those the loop scores for training accuracy: the batch as
 given, or the one combination a step between sandwiches trains.
 """
 import functools
@@ -75,14 +76,18 @@ class SandwichLoss:
     DistributedDataParallel only the last one all-reduces the gradients of all of them.
     """
 
-    def __init__(self, base, subsets=2, generator=None, all_singles=False, fraction=1.0, scale=1.0, every=1):
+    def __init__(self, base, subsets=2, generator=None, all_singles=False, fraction=1.0, scale=1.0, every=1,
+                 packed=False, start=0):
         if subsets < 1:
             raise ValueError("the sandwich needs at least one reduced combination")
-        if not (0 < fraction <= 1 and 0 < scale <= 1 and every >= 1):
-            raise ValueError(f"fraction and scale must be in (0, 1] and every at least 1, "
-                             f"got {fraction}, {scale}, {every}")
+        if not (0 < fraction <= 1 and 0 < scale <= 1 and every >= 1 and start >= 0):
+            raise ValueError(f"fraction and scale must be in (0, 1], every at least 1 and start at least 0, "
+                             f"got {fraction}, {scale}, {every}, {start}")
+        if packed and scale < 1:
+            raise ValueError("a packed sandwich runs every view in one batch: the reduced views need the full "
+                             "side (scale 1)")
         self.base, self.subsets, self.generator, self.all_singles = base, subsets, generator, all_singles
-        self.fraction, self.scale, self.every = fraction, scale, every
+        self.fraction, self.scale, self.every, self.packed, self.start = fraction, scale, every, packed, start
         self.steps = 0
 
     def draw(self, names):
@@ -114,9 +119,15 @@ class SandwichLoss:
 
     def __call__(self, forward, x, names, y):
         self.steps += 1
-        if (self.steps - 1) % self.every:
+        if self.steps <= self.start:  # delayed subsets: the full set alone, on the labels
+            yield from self.base(forward, x, names, y)
+            return
+        if (self.steps - 1 - self.start) % self.every:
             x, names = sample_subset(x, names, self.generator)
             yield from self.base(forward, x, names, y)
+            return
+        if self.packed:
+            yield self.packed_step(forward, x, names, y)
             return
         forward_full = functools.partial(forward, sync=False)
         (loss, logits), = self.base(forward_full, x, names, y)
@@ -127,3 +138,19 @@ class SandwichLoss:
             rows = self.rows(i, len(x))
             out = forward(self.reduce(x, keep, rows), tuple(names[j] for j in keep), sync=i == len(draws) - 1)
             yield soft_cross_entropy(out, target if rows is None else target[rows.to(target.device)]), None
+
+    def packed_step(self, forward, x, names, y):
+        """The sandwich in one forward and one backward: the reduced views of the same images are
+        appended to the full batch (``ChannelClassifier.forward_packed``), their target that same
+        forward's detached full-set output; -> ``(loss, full-set logits, [label loss, distillation])``."""
+        draws = self.draw(names)
+        rows = [self.rows(i, len(x)) for i in range(len(draws))]
+        views = [self.reduce(x, keep, r) for keep, r in zip(draws, rows)]
+        logits = forward([x, *views], [tuple(names), *[tuple(names[j] for j in keep) for keep in draws]])
+        full, *outs = logits.split([len(x), *[len(v) for v in views]])
+        (label_loss, _), = self.base(lambda *_, **__: full, x, names, y)
+        target = F.softmax(full.detach(), 1)
+        distill = sum(soft_cross_entropy(out, target if r is None else target[r.to(target.device)])
+                      for out, r in zip(outs, rows))
+        return label_loss + distill, full, [label_loss.item(), distill.item()]
+

@@ -49,7 +49,8 @@ SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "
 # Recipe flags added after runs had begun, with the value those runs trained with; a checkpoint
 # without them resumes with these, not with today's defaults.
 BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every": 1, "opt": "sgd", "sched": "cosine",
-               "model_opt": [], "ema": None, "mixup": 0.0, "cutmix": 0.0, "accum_steps": 1}
+               "model_opt": [], "ema": None, "mixup": 0.0, "cutmix": 0.0, "accum_steps": 1,
+               "val_every": 1, "sandwich_packed": False, "sandwich_delay": 0.0}
 
 
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}  # the peak learning rate when --lr is not given
@@ -79,6 +80,9 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--val-combos", default=val_combos, type=non_empty,
                    help="model selection uses their mean val accuracy" +
                         (" (default with --train-channels: that combination)" if task == 1 else ""))
+    p.add_argument("--val-every", type=at_least(1), default=1, metavar="N",
+                   help="validate every N-th epoch and the last (best.pt is chosen among them): validating "
+                        "many combinations costs as much as training on a small training split")
     p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
     p.add_argument("--kd-alpha", type=between(0, 1), default=0.5, help="weight of the distillation loss")
     p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0)
@@ -154,6 +158,11 @@ def add_task1_flags(p):
                    help="reduced combinations see the images at this share of their side")
     p.add_argument("--sandwich-every", type=at_least(1), default=3,
                    help="every N-th step is a sandwich; the others train one sampled combination on the labels")
+    p.add_argument("--sandwich-packed", action="store_true",
+                   help="a sandwich step is one forward and one backward: the reduced views of the batch's "
+                        "images ride in the same batch as the full set, whose output is their target")
+    p.add_argument("--sandwich-delay", type=between(0, 1, high_open=True), default=0.0, metavar="FRACTION",
+                   help="the first FRACTION of the steps train the full set alone, then the sandwich starts")
     p.add_argument("--full-prob", type=between(0, 1), default=0.0,
                    help="subset augmentation: probability that a batch keeps every channel")
     p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
@@ -532,6 +541,12 @@ def build_criterion(run):
     if args.channel_aug == "sandwich" and run.train_combo:
         raise UserError(f"--train-channels {run.train_combo} trains one fixed combination; "
                         "pass --channel-aug none instead of the sandwich")
+    if args.channel_aug == "sandwich" and args.sandwich_packed and not getattr(run.model, "combo_bn", False):
+        raise UserError("--sandwich-packed needs BatchNorm statistics per channel set (--combo-bn): one shared "
+                        "BatchNorm would mix the statistics of the sets in the packed batch")
+    if args.channel_aug == "sandwich" and args.sandwich_packed and args.sandwich_scale < 1:
+        raise UserError(f"--sandwich-packed runs every view in one batch: --sandwich-scale {args.sandwich_scale:g} "
+                        "cannot be packed (use 1)")
     run.criterion = LabelLoss(args.label_smoothing)
     if args.teacher:
         _, teacher = load_model(args.teacher, run.spec.classes)
@@ -542,7 +557,8 @@ def build_criterion(run):
         run.augment = functools.partial(run.augment, full_prob=args.full_prob)
     elif args.channel_aug == "sandwich":
         run.criterion = SandwichLoss(run.criterion, args.sandwich_subsets, run.chan_gen, args.sandwich_all_singles,
-                                     args.sandwich_fraction, args.sandwich_scale, args.sandwich_every)
+                                     args.sandwich_fraction, args.sandwich_scale, args.sandwich_every,
+                                     args.sandwich_packed)
 
 
 def build_datasets(run, resume):
@@ -580,6 +596,8 @@ def training_state(run, resume):
         state.best_epoch = resume.get("best_epoch")
         if isinstance(run.criterion, SandwichLoss):
             run.criterion.steps = scheduler.last_epoch * args.accum_steps  # it is called once a micro-batch
+    if isinstance(run.criterion, SandwichLoss):
+        run.criterion.start = round(args.sandwich_delay * args.epochs * run.steps_per_epoch) * args.accum_steps
     state.ema = EMA(run.model, args.ema) if args.ema else None
     if state.ema is not None and resume is not None and resume.get("ema"):
         state.ema.load_state_dict(resume["ema"])
@@ -607,7 +625,9 @@ def banner(run):
                 if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")
         cheaper = [f"{args.sandwich_fraction:g} of the batch" if args.sandwich_fraction < 1 else "",
                    f"{args.sandwich_scale:g} of the side" if args.sandwich_scale < 1 else "",
-                   f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else ""]
+                   f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else "",
+                   "packed in one forward" if args.sandwich_packed else "",
+                   f"after the first {args.sandwich_delay:g} of the steps" if args.sandwich_delay else ""]
         aug += "".join(f", {c}" for c in cheaper if c)
     aug += f"; initialised from {args.init_from}" if args.init_from else ""
     aug += f", trained on {run.train_combo}" if run.train_combo else ""
@@ -684,6 +704,17 @@ def train_epochs(run, state, resume, replacing):
     return 0
 
 
+def validate(run, state, val_loader, epoch):
+    """Accuracy per validated combination (the EMA when there is one); NaN for each on an epoch
+    that ``--val-every`` skips (never the last), which then cannot become best.pt."""
+    args, ctx = run.args, run.ctx
+    if epoch % args.val_every and epoch != args.epochs:
+        return {c: float("nan") for c in run.val_combos}
+    results = evaluate(state.ema.module if state.ema is not None else run.net, val_loader, ctx, run.val_combos,
+                       VOCAB, run.amp_dtype, desc="val (EMA)" if state.ema is not None else "val")
+    return {c: classification_metrics(t, p, len(run.spec.classes))["accuracy"] for c, (t, p) in results.items()}
+
+
 def end_epoch(run, state, epoch, stats, val_loader, progress, t0, replacing):
     """Validate (the EMA when there is one), then log, save last.pt (and best.pt when better),
     draw the curves and print the epoch's line."""
@@ -691,9 +722,7 @@ def end_epoch(run, state, epoch, stats, val_loader, progress, t0, replacing):
     throughput = progress.summary()
     t_eval = time.time()
     train_time = t_eval - t0  # loading and steps, without validation
-    results = evaluate(state.ema.module if state.ema is not None else run.net, val_loader, ctx, run.val_combos,
-                       VOCAB, run.amp_dtype, desc="val (EMA)" if state.ema is not None else "val")
-    accs = {c: classification_metrics(t, p, len(run.spec.classes))["accuracy"] for c, (t, p) in results.items()}
+    accs = validate(run, state, val_loader, epoch)
     val_acc = float(np.mean(list(accs.values())))
     improved = val_acc > state.best_acc
     if improved:
@@ -718,5 +747,6 @@ def end_epoch(run, state, epoch, stats, val_loader, progress, t0, replacing):
     training_curves(log_path, os.path.join(args.out, "curves.png"), f"{args.model} ({args.out})")
     distill = f"  distill {stats['distill']:.3f}" if math.isfinite(stats["distill"]) else ""
     print(f"epoch {epoch}/{args.epochs}  loss {stats['loss']:.3f}{distill}  train acc {stats['acc']:.3f}  "
-          f"val acc {val_acc:.3f}{' (best)' if improved else ''}  [{time.time() - t0:.0f}s, "
+          f"{'not validated' if math.isnan(val_acc) else f'val acc {val_acc:.3f}'}{' (best)' if improved else ''}  "
+          f"[{time.time() - t0:.0f}s, "
           f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")

@@ -3,6 +3,7 @@ on (seed, epoch), so a resumed run sees the same batches, augmented the same way
 resumes inside an epoch."""
 import functools
 import os
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -14,6 +15,14 @@ DECODE = ("workers", "device")
 DECODE_HELP = ("where JPEGs are decoded: 'workers' (the loader processes, on the CPU) or 'device' (the "
                "training device, in batches: nvjpeg on CUDA; crop, resize and flip follow there, under "
                "the same per-image seeds)")
+
+
+def ignore_stop_signals(_worker_id=None):
+    """Loader workers leave SIGINT/SIGTERM to the training process: a signal sent to the whole
+    process group (Ctrl-C, ``timeout``, a cluster's scheduler) would otherwise kill them mid-epoch
+    and the training process with them, before it can finish its step and save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def default_workers():
@@ -142,6 +151,7 @@ def train_loader(dataset, batch_size, workers, seed, ctx, decode="workers"):
     return DataLoader(source if collate else SeededSamples(source), batch_size, sampler=sampler,
                       num_workers=workers, drop_last=True, collate_fn=collate,
                       pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
+                      worker_init_fn=ignore_stop_signals,
                       # its own generator: building the loader draws nothing from the global RNG
                       generator=torch.Generator().manual_seed(seed))
 
@@ -151,4 +161,5 @@ def eval_loader(dataset, batch_size, workers, ctx, decode="workers"):
     source, collate = _source(dataset, decode)
     shard = Subset(source, range(ctx.rank, len(dataset), ctx.world))
     return DataLoader(shard, batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                      pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0)
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
+                      worker_init_fn=ignore_stop_signals)

@@ -56,10 +56,36 @@ class ChannelClassifier(nn.Module):
         self._combo_bns[0].selector.index = k  # shared by every layer
 
     def forward(self, x, channels=None):
+        if isinstance(x, (list, tuple)):
+            return self.forward_packed(x, channels)
         channels = tuple(channels or self.vocab)
         if self._combo_bns:
             self._select_statistics(channels)
         return self.body(self.stem(x, channels))
+
+    def forward_packed(self, xs, channel_lists):
+        """Several batches, each with its own channels, through the body as one batch (a packed
+        sandwich): each batch has its own stem kernel, and every BatchNorm normalises each batch
+        with its own statistics and running row, so the logits (concatenated in order) equal
+        separate calls. Needs BatchNorm per channel set where the body has BatchNorm at all."""
+        if len(xs) != len(channel_lists):
+            raise ValueError(f"{len(xs)} batches but {len(channel_lists)} channel lists")
+        if not self._combo_bns and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.body.modules()):
+            raise ValueError("a packed forward needs BatchNorm statistics per channel set (combo_bn): shared "
+                             "BatchNorm would mix the sets' statistics")
+        features = torch.cat([self.stem(x, tuple(c)) for x, c in zip(xs, channel_lists)])
+        if not self._combo_bns:
+            return self.body(features)
+        selector = self._combo_bns[0].selector
+        groups = []
+        for x, c in zip(xs, channel_lists):
+            self._select_statistics(tuple(c))
+            groups.append((selector.index, len(x)))
+        selector.groups = groups
+        try:
+            return self.body(features)
+        finally:
+            selector.groups = None
 
     def for_channels(self, channels):
         """A plain network for one channel combination, equal to this model on it in eval mode

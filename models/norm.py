@@ -27,10 +27,14 @@ def num_combos(vocab):
 
 class ComboSelector:
     """The row every ``ComboBatchNorm2d`` of a model reads: one object shared by all of them, so
-    that choosing the channel set for a pass is one assignment, not one per layer."""
+    that choosing the channel set for a pass is one assignment, not one per layer. ``groups``, when
+    set, is a list of ``(row, images)``: the batch is several channel sets one after another (a
+    packed sandwich), each normalised with its own batch statistics and running row, as separate
+    calls would (AdvProp's auxiliary BatchNorm, one per set)."""
 
     def __init__(self, index):
         self.index = index
+        self.groups = None
 
 
 class ComboBatchNorm2d(nn.Module):
@@ -74,7 +78,14 @@ class ComboBatchNorm2d(nn.Module):
                 state[prefix + name] = value.expand_as(getattr(self, name)).clone()
 
     def forward(self, x):
-        k, factor = self.selector.index, self.momentum
+        if self.selector.groups:
+            sizes = [n for _, n in self.selector.groups]
+            return torch.cat([self._normalize(part, k) for part, (k, _) in
+                              zip(x.split(sizes), self.selector.groups)])
+        return self._normalize(x, self.selector.index)
+
+    def _normalize(self, x, k):
+        factor = self.momentum
         if self.training:
             self.num_batches_tracked[k] += 1
             if factor is None:  # a cumulative average, as nn.BatchNorm2d does; used to recalibrate

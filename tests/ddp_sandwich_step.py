@@ -1,11 +1,12 @@
 """One sandwich step under torchrun (gloo): counts gradient all-reduces and saves the weights.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_sandwich_step.py OUT [--sync-every-pass]
-                                                                                               [--accumulate]
+                                                                                               [--accumulate] [--packed]
 
 Each rank trains on its half of a fixed batch; ``--sync-every-pass`` ignores the passes' ``sync``
 (every backward all-reduces), to show that the count can fail; ``--accumulate`` makes the two
-batches micro-batches of one optimizer step. Rank 0 writes OUT.
+batches micro-batches of one optimizer step; ``--packed`` makes each sandwich one forward. Rank 0
+writes OUT; ``one_process_weights`` is what it must equal.
 """
 import os
 import sys
@@ -36,11 +37,31 @@ def tiny_model():
     return model
 
 
-def criterion():
-    return SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), fraction=0.5)
+def criterion(packed=False):
+    return SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), fraction=0.5, packed=packed)
 
 
-def main(out, sync_every_pass=False, accumulate=False):
+def one_process_weights():
+    """The weights after the same steps in one process, averaging the two shards' gradients (each
+    shard drawn with its own generator of the same seed, as each rank does; sequential passes)."""
+    from data.datasets import normalize
+    model = tiny_model().train()
+    crits = [criterion(), criterion()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for u8, y in batch():
+        grads = []
+        for crit, xs, ys in zip(crits, normalize(u8).chunk(2), y.chunk(2)):
+            opt.zero_grad()
+            for loss, _ in crit(lambda x, names, sync=True: model(x, names), xs, tuple("RGB"), ys):
+                loss.backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        for n, p in model.named_parameters():
+            p.grad = (grads[0][n] + grads[1][n]) / 2
+        opt.step()
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def main(out, sync_every_pass=False, accumulate=False, packed=False):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     ddp = torch.nn.parallel.DistributedDataParallel(tiny_model(), bucket_cap_mb=1000)
@@ -57,11 +78,12 @@ def main(out, sync_every_pass=False, accumulate=False):
     opt = torch.optim.SGD(ddp.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     shards = [(x.chunk(world)[rank], y.chunk(world)[rank]) for x, y in batch()]
-    train_one_epoch(ddp, shards, opt, sched, Context(rank, world), 1, criterion(), accum_steps=2 if accumulate else 1)
+    train_one_epoch(ddp, shards, opt, sched, Context(rank, world), 1, criterion(packed),
+                    accum_steps=2 if accumulate else 1)
     if rank == 0:
         torch.save({"rounds": len(rounds), "state_dict": ddp.module.state_dict()}, out)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--sync-every-pass" in sys.argv, "--accumulate" in sys.argv)
+    main(sys.argv[1], "--sync-every-pass" in sys.argv, "--accumulate" in sys.argv, "--packed" in sys.argv)

@@ -25,17 +25,19 @@ import os
 from utils.errors import Parser, at_least, cli, int_list, non_empty
 
 from .task1 import task1, task1_ablation, task1_resnet18, task1_sandwich
+from .task1_sweep import task1_sweep
 from .task2 import task2, task2_headline, task2_recipe, task2_sweep
 
 
 def parse_args(argv):
     p = Parser(prog="python -m experiments.results", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="all",
-                   choices=["task1", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2", "task2-sweep",
+                   choices=["task1", "task1-sweep", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2", "task2-sweep",
                             "task2-headline", "task2-recipe", "all"],
                    help="which table(s); task2-headline pastes the front page's Task 2 rows from the sweep's "
                         "written table (with --update-docs)")
-    p.add_argument("--budgets", default="6,12,24,48", type=int_list(1), help="task2-sweep: epochs per run")
+    p.add_argument("--budgets", default="6,12,24,48", type=int_list(1),
+                   help="task1-sweep, task2-sweep: epochs per run, one run per budget")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
     p.add_argument("--seeds", default="0", type=int_list(0))
     p.add_argument("--backbone", default="small", help="body of the Task 1 rows: small|resnet18|densenet121")
@@ -78,6 +80,8 @@ def main(argv=None):
     os.makedirs(args.figs, exist_ok=True)
     if args.part in ("task1", "all"):
         task1(args, seeds)
+    if args.part == "task1-sweep":
+        task1_sweep(args, seeds)
     if args.part in ("task1-ablation", "all"):
         task1_ablation(args, seeds)
     if args.part in ("task1-sandwich", "all"):

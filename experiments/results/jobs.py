@@ -3,6 +3,7 @@ newer than their checkpoints), several at once."""
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,10 +17,40 @@ from utils.errors import UserError
 from .rows import EQUAL_TIME, ROWS, SIZES, SIZE_ROWS, TASK1_COMBOS, row_recipe, run_dir, schedule
 
 
+class Children:
+    """The scripts running now, and the stop signal (if any) forwarded to them."""
+    running = set()
+    stopped = 0
+
+
+def forward_stop_signals():
+    """SIGINT/SIGTERM to the driver go to each running script once (each runs in a session of its
+    own, so a signal to the driver's process group does not reach it twice); each then finishes
+    its step and saves last.pt, and the driver waits for them."""
+    def handler(signum, frame):
+        if not Children.stopped:
+            print(f"\n{signal.Signals(signum).name}: passed to the running scripts; waiting for them to save",
+                  file=sys.stderr, flush=True)
+        Children.stopped = signum
+        for proc in list(Children.running):
+            proc.send_signal(signum)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def sh(*cmd, threads=None):
+    if Children.stopped:
+        raise SystemExit(128 + Children.stopped)
     print("+", " ".join(cmd), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    code = subprocess.run([sys.executable, *cmd], env=env).returncode
+    proc = subprocess.Popen([sys.executable, *cmd], env=env, start_new_session=True)
+    Children.running.add(proc)
+    try:
+        code = proc.wait()
+    finally:
+        Children.running.discard(proc)
+    if Children.stopped:
+        raise SystemExit(128 + Children.stopped)
     if code:
         raise UserError(f"{' '.join(cmd[:3])} ... exited with status {code} (its error is above); finished runs "
                         "are kept and the same command resumes the rest")

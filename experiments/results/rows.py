@@ -110,6 +110,25 @@ SANDWICH_ROWS = [
 # A body other than the small CNN, first seed only.
 RESNET18_ROWS = [Row("plain_zero-resnet18", "plain_zero", backbone="resnet18"),
                  Row("dwg-resnet18", "dwg", sandwich(), backbone="resnet18")]  # the full sandwich
+# The Task 1 budget sweep (task1_sweep.py): the specialists, dwg with its default spelled out (so
+# that a later default does not reuse these runs), and the recipes that try to move the front.
+# Candidates validate every sixth epoch (and the last): seven combinations on a validation split a
+# fifth the size of the training split would otherwise cost more than the sandwich itself.
+SWEEP_VAL = ["--val-every", "6"]
+# Each recipe spends about 1.2x plain_zero's images a step: the packed sandwich every step on a
+# tenth of the batch per reduced set (two sets); delayed, the full set alone for half the steps,
+# then a fifth of the batch per set.
+SWEEP_RECIPES = {
+    "dwg-packed": ["--sandwich-packed", *sandwich(fraction=0.1)],
+    "dwg-packed-delayed": ["--sandwich-packed", "--sandwich-delay", "0.5", *sandwich(fraction=0.2)],
+}
+SWEEP_ROWS = [Row("plain_zero", "plain_zero", ["--val-combos", "RGB"]),
+              *[Row(f"plain_zero-{c}only", "plain_zero", ["--train-channels", c, "--val-combos", c], channel=c)
+                for c in SINGLE],
+              Row("dwg", "dwg", [*sandwich(fraction=0.25, every=3), *SWEEP_VAL]),
+              *[Row(name, "dwg", [*flags, *SWEEP_VAL], every_seed=False) for name, flags in SWEEP_RECIPES.items()],
+              # BatchNorm statistics of every set re-estimated after training (no training of its own)
+              Row("dwg+recalibrated", "dwg", same_as="dwg", eval_flags=["--recalibrate", "640"], every_seed=False)]
 ROWS = {r.name: r for r in TASK1_ROWS + ABLATION_ROWS + SANDWICH_ROWS + RESNET18_ROWS}
 TASK2_MODELS = ["resnet34", "rrdb", "rrdb_rnn", "shallow"]
 SIZES = [48, 64, 96]

@@ -17,26 +17,22 @@ from .tables import budget, data_name, mean_std, paste, run_logs, train_seconds,
 
 
 def time_ratio(args, seeds):
-    """How much longer dwg trains than plain_zero per epoch, with each row's mean minutes per run
-    from the logs of their finished runs; None until both rows have one.
+    """How much longer dwg trains than plain_zero per epoch, measured by ``python -m bench --parts
+    epoch`` (whole epochs of the two, alternated, nothing else running) for this setting and dwg's
+    recipe (results/bench/epoch.json); None without that measurement, or until both rows have a
+    finished run. The runs' own logs give each row's mean minutes per run, never the ratio: runs
+    that share the cores time each other's load, not their own cost.
 
-    The ratio is for training (loading and steps, without validation). It comes from ``python -m
-    bench --parts epoch`` (whole epochs of the two, alternated, nothing else running) when
-    results/bench/epoch.json timed this setting and dwg's recipe; otherwise from the runs' own
-    logs (median seconds per epoch over every epoch of every seed), which other work on the
-    machine perturbs."""
+    The ratio is for training (loading and steps, without validation)."""
     dwg, plain = run_logs(args, "dwg", seeds), run_logs(args, "plain_zero", seeds)
     if not dwg or not plain:
         return None
-    d, p = pd.concat(dwg), pd.concat(plain)
-    cost = {"train": d["train_seconds"].median() / p["train_seconds"].median(),
-            "whole": d["seconds"].median() / p["seconds"].median(), "source": "the runs' logs",
-            "dwg_min": sum(map(wall_minutes, dwg)) / len(dwg), "plain_min": sum(map(wall_minutes, plain)) / len(plain)}
     bench = bench_epoch_ratio(args, load_checkpoint(os.path.join(run_dir(args, ROWS["dwg"], seeds[0]), "last.pt")))
-    if bench is not None:
-        cost.update(train=bench["ratio_to_plain"], whole=bench["epoch_ratio_to_plain"],
-                    source=f"python -m bench --parts epoch, {bench['repeats']} alternated runs each")
-    return cost
+    if bench is None:
+        return None
+    return {"train": bench["ratio_to_plain"], "whole": bench["epoch_ratio_to_plain"],
+            "source": f"python -m bench --parts epoch, {bench['repeats']} alternated runs each",
+            "dwg_min": sum(map(wall_minutes, dwg)) / len(dwg), "plain_min": sum(map(wall_minutes, plain)) / len(plain)}
 
 
 def bench_epoch_ratio(args, dwg_run):
@@ -78,6 +74,9 @@ def task1(args, seeds):
                   f"({cost['whole']:.2f}x with validation; from {cost['source']}; the runs took {cost['dwg_min']:.0f} "
                   f"and {cost['plain_min']:.0f} minutes, runs sharing the cores), so the '{EQUAL_TIME[1:]}' rows "
                   f"train round({args.epochs} x {cost['train']:.2f}) = {cost['epochs']} epochs")
+    else:
+        title += ("; no equal-time rows: python -m bench --parts epoch has not timed dwg against plain_zero for "
+                  "this data, size, batch and recipe")
     write_results(main.drop(columns="row").to_dict("records"), args.results, "task1" + args.tag, title)
     means, shown = comparison_table(main, args, cost)
     write_results(means.reset_index(names="model").to_dict("records"), args.results, "task1_accuracy" + args.tag,

@@ -1,0 +1,174 @@
+"""Task 1's budget sweep: the channel-adaptive recipes against the specialists at every budget.
+
+The specialists are plain_zero on RGB (selected on RGB) and one expert per single channel; the
+candidates are dwg with its default and the recipes of ``SWEEP_RECIPES``. Every row trains at
+every budget of ``--budgets`` for the first seed; plain_zero's validation accuracy says where
+the budget saturates (doubling it gains under 1 point), and that budget and the shortest one
+train every seed of ``--seeds`` for the rows that claim something (``every_seed``). The full
+sandwich trains at the saturated budget (the longest finished one while none is saturated).
+"""
+import dataclasses
+import os
+
+import pandas as pd
+
+from utils.errors import UserError
+from utils.report import markdown, plt, save_figure, write_results
+
+from .jobs import evaluate_rows, finished, train_rows
+from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, run_dir
+from .tables import data_name, machine, paste, run_log, wall_minutes
+from .task2 import saturation
+
+EXPERT = "single-channel expert"
+
+
+def budget_row(row, epochs):
+    """``row`` trained for ``epochs`` (its run folder named for the budget), registered in ROWS."""
+    new = dataclasses.replace(row, name=f"{row.name}-e{epochs}", recipe={**row.recipe, "epochs": epochs},
+                              same_as=row.same_as and f"{row.same_as}-e{epochs}")
+    ROWS[new.name] = new
+    return new
+
+
+def sweep_rows(args):
+    """The sweep's rows, the full sandwich last; only those of ``--models`` when given."""
+    rows = [*SWEEP_ROWS, ROWS["sandwich-full"]]
+    return [r for r in rows if not args.models or r.name in args.models.split(",")]
+
+
+def sweep_plan(args, seeds, saturated):
+    """(row, seed) pairs to train: every row at every budget for the first seed, then every seed at
+    the shortest and the saturated budget for the rows that claim something, then the full
+    sandwich at the saturated budget."""
+    rows = sweep_rows(args)
+    plan = [(budget_row(r, e), seeds[0]) for e in args.budgets for r in rows if r.name != "sandwich-full"]
+    for e in dict.fromkeys([min(args.budgets), saturated]):
+        plan += [(budget_row(r, e), s) for s in seeds[1:] for r in rows if r.every_seed]
+    plan += [(budget_row(r, saturated), seeds[0]) for r in rows if r.name == "sandwich-full"]
+    return plan
+
+
+def plain_val(args, seed):
+    """plain_zero's best RGB validation accuracy per finished budget (first seed)."""
+    out = {}
+    for e in args.budgets:
+        row = budget_row(ROWS["plain_zero"], e)
+        if finished(args, row, seed):
+            out[e] = run_log(run_dir(args, row, seed))["val_acc"].max()
+    return out
+
+
+def task1_sweep(args, seeds):
+    """Train the sweep (unless ``--no-train``), then tables and figure of what has finished."""
+    first = [(budget_row(r, e), seeds[0]) for e in args.budgets for r in sweep_rows(args) if r.name != "sandwich-full"]
+    if not args.no_train:
+        train_rows(args, first)
+    val = plain_val(args, seeds[0])
+    saturated = saturation(val)
+    # While no doubling saturates, the longest budget is where the claims are made.
+    claim = saturated or (max(val) if val else max(args.budgets))
+    plan = sweep_plan(args, seeds, claim)
+    if not args.no_train:
+        train_rows(args, plan)
+    done = list({(r.name, s): (r, s) for r, s in plan if finished(args, r, s)}.values())
+    if not done:
+        raise UserError(f"no finished run of the Task 1 sweep under {args.runs}/task1; "
+                         "run the same command without --no-train")
+    df = evaluate_rows(args, done)
+    df = df[df.img_size == args.img_size].assign(
+        epochs=[int(ROWS[m].recipe["epochs"]) for m in df.model], row=[sweep_name(m) for m in df.model])
+    minutes = pd.DataFrame([{"row": sweep_name(r.name), "epochs": r.recipe["epochs"], "seed": s,
+                             "minutes": wall_minutes(run_log(run_dir(args, ROWS[r.same_as] if r.same_as else r, s)))}
+                            for r, s in done])
+    verdict = (f"plain_zero saturates at {saturated} epochs (doubling gains under 1 point of RGB validation "
+               "accuracy)" if saturated else
+               f"plain_zero is not saturated within {sorted(val)} epochs (every doubling gains 1 point or more "
+               f"of RGB validation accuracy; add a budget of {2 * max(val) if val else '?'})")
+    sweep_tables(args, seeds, df, minutes, val, verdict, claim)
+
+
+def sweep_name(model):
+    """A budget row's table name: its row without the budget, experts under one name."""
+    name = model.rsplit("-e", 1)[0]
+    return EXPERT if name.endswith("only") else name
+
+
+def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
+    acc = df.groupby(["row", "epochs", "combo"])["accuracy"].agg(["mean", "std", "count"]).reset_index()
+    table = acc.pivot_table(index=["epochs", "row"], columns="combo", values="mean", sort=False)
+    combos = [c for c in [*DISTINCT, "BGR"] if c in table.columns]
+    table = table[combos]
+    std = acc.pivot_table(index=["epochs", "row"], columns="combo", values="std", sort=False).reindex_like(table)
+    mins = minutes.groupby(["epochs", "row"])["minutes"].mean()
+    table["seeds"] = acc.groupby(["epochs", "row"])["count"].max()
+    table["minutes"] = mins
+    table["plain_zero val"] = pd.Series({(e, "plain_zero"): v for e, v in val.items()})
+    order = ["plain_zero", EXPERT, "dwg", "dwg+recalibrated", *SWEEP_RECIPES, "sandwich-full"]
+
+    def in_order(column):
+        return column.map(lambda v: order.index(v) if v in order else v)
+    table = table.reset_index().sort_values(["epochs", "row"], key=in_order).set_index(["epochs", "row"])
+    gaps = gap_table(df).sort_values(["epochs", "model"], key=in_order)
+    title = (f"Task 1 budget sweep on {data_name(args)} test split, {args.backbone} backbone ({machine(args)}: "
+             f"{args.img_size}px, batch {args.batch_size}; seed {seeds[0]} at every budget, seeds "
+             f"{', '.join(map(str, seeds))} at {sorted({min(args.budgets), claim})} epochs for plain_zero, the "
+             f"experts and dwg; 'minutes': training and validation wall minutes from each run's log, "
+             f"{args.jobs} run(s) sharing the cores); {verdict}")
+    write_results(table.reset_index().to_dict("records"), args.results, "task1_sweep" + args.tag, title)
+    write_results(gaps.to_dict("records"), args.results, "task1_sweep_gaps" + args.tag,
+                  title + "; gap in points to the specialist (mean over the seeds both rows have)")
+    shown = table.copy().astype(object)
+    for (e, r), values in table.iterrows():
+        for c in combos:
+            m, sd = values[c], std.loc[(e, r), c]
+            shown.loc[(e, r), c] = "" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}")
+    text = markdown(shown.reset_index().astype({"epochs": str}))
+    gap_text = markdown(gaps.astype({"epochs": str}), floatfmt=".1f")
+    gap_figure(args, gaps, title)
+    paste(args, "task1-sweep" + args.tag, f"{title}; test accuracy, mean ± sample standard deviation where "
+          f"a row has several seeds\n\n{text}\n\nGap to the specialist in points (plain_zero on RGB, each "
+          f"expert on its channel; positive: the candidate is ahead):\n\n{gap_text}")
+    print(f"{title}\n\n{text}\n\n{gap_text}")
+
+
+def gap_table(df):
+    """Each candidate's gap in points to plain_zero on RGB and to each expert on its channel, per
+    budget: the means over the seeds both rows have, with their count."""
+    acc = df.set_index(["epochs", "row", "combo", "seed"])["accuracy"].sort_index()
+    rows = []
+    for (e, cand), _ in df.groupby(["epochs", "row"], sort=False):
+        if cand in ("plain_zero", EXPERT):
+            continue
+        row, counts = {"epochs": e, "model": cand}, []
+        for combo, rival in [("RGB", "plain_zero"), *[(c, EXPERT) for c in SINGLE]]:
+            mine = acc.get((e, cand, combo), pd.Series(dtype=float))
+            theirs = acc.get((e, rival, combo), pd.Series(dtype=float))
+            both = mine.index.intersection(theirs.index)
+            row[combo] = 100 * (mine[both].mean() - theirs[both].mean()) if len(both) else float("nan")
+            counts.append(len(both))
+        rows.append({**row, "seeds": min([c for c in counts if c] or [0])})
+    return pd.DataFrame(rows, columns=["epochs", "model", "RGB", *SINGLE, "seeds"])
+
+
+def gap_figure(args, gaps, title):
+    """Gap to the specialist against budget, one line per combination, a panel per candidate."""
+    models = list(dict.fromkeys(gaps["model"]))
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        g = gaps[gaps.model == model].sort_values("epochs")
+        for combo in ["RGB", *SINGLE]:
+            ax.plot(g["epochs"], g[combo], marker="o", label=combo)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(g["epochs"], [str(e) for e in g["epochs"]])
+        ax.minorticks_off()
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("epochs")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("points ahead of the specialist")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Task 1 sweep ({data_name(args)}, {args.img_size}px, {machine(args)})", fontsize=8)
+    save_figure(os.path.join(args.figs, f"task1_sweep{args.tag}.png"))

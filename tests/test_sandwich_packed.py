@@ -1,0 +1,201 @@
+"""The packed sandwich (one forward, one backward), delayed subsets and sparse validation."""
+import copy
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from losses import LabelLoss, SandwichLoss
+from models.norm import ComboBatchNorm2d, ComboSelector
+from tests.conftest import run_script
+
+
+def _tiny_dwg(batchnorm=True):
+    torch.manual_seed(0)
+    model = models.create_model("dwg", 4, backbone="small", combo_bn=batchnorm)
+    with torch.no_grad():  # give the zero-initialised hypernetwork weights so that every path matters
+        model.stem.fc2.weight.normal_(0, 0.3)
+    if not batchnorm:
+        for module in list(model.body.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, nn.BatchNorm2d):
+                    setattr(module, name, nn.Identity())
+    return model.train()
+
+
+def _step(model, packed, fraction=0.5, subsets=2):
+    """One sandwich step's gradients (and the values the loop would log), drawn from seed 1."""
+    crit = SandwichLoss(LabelLoss(0.1), subsets, torch.Generator().manual_seed(1), fraction=fraction, packed=packed)
+    torch.manual_seed(2)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    model.zero_grad()
+    values = []
+    for loss, _, *parts in crit(lambda x, names, sync=True: model(x, names).float(), x, tuple("RGB"), y):
+        loss.backward()
+        values += parts[0] if parts else [loss.item()]
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, values
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_packed_step_equals_the_sequential_sandwich(batchnorm, fraction):
+    """Same images, same draws, the same teacher (the full set's detached output): the gradients of
+    one packed forward equal those of the sequential passes, with or without BatchNorm per set,
+    and so do the logged label and distillation losses and the running statistics."""
+    sequential, packed = _tiny_dwg(batchnorm), _tiny_dwg(batchnorm)
+    (g_seq, v_seq), (g_pack, v_pack) = _step(sequential, False, fraction), _step(packed, True, fraction)
+    assert set(g_seq) == set(g_pack) and len(g_seq) > 10
+    for name in g_seq:
+        torch.testing.assert_close(g_pack[name], g_seq[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert v_pack[0] == pytest.approx(v_seq[0], abs=1e-5)
+    assert v_pack[1] == pytest.approx(sum(v_seq[1:]), abs=1e-5)
+    for (name, a), b in zip(sequential.named_buffers(), packed.buffers()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_grouped_batchnorm_equals_separate_calls_on_each_group():
+    """A packed batch of three channel sets (two of them the same set): each group normalised with
+    its own statistics and its own running row, as separate calls would."""
+    torch.manual_seed(0)
+    together, apart = (ComboBatchNorm2d(5, 7, affine=True, selector=ComboSelector(6)) for _ in range(2))
+    with torch.no_grad():
+        together.weight.normal_()
+        together.bias.normal_()
+    apart.load_state_dict(together.state_dict())
+    groups = [(6, 4), (0, 3), (0, 2)]
+    x = torch.randn(9, 5, 3, 3) * 3 + 1
+    together.selector.groups = groups
+    out = together(x)
+    expected = []
+    for part, (k, _) in zip(x.split([n for _, n in groups]), groups):
+        apart.selector.index = k
+        expected.append(apart(part))
+    torch.testing.assert_close(out, torch.cat(expected))
+    for name, value in apart.state_dict().items():
+        torch.testing.assert_close(together.state_dict()[name], value, msg=name)
+    assert together.num_batches_tracked.tolist() == [2, 0, 0, 0, 0, 0, 1]
+
+
+def test_packed_forward_refuses_shared_batchnorm(tmp_path):
+    model = models.create_model("plain_zero", 4, backbone="small")
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="per channel set"):
+        model([x, x[:, :1]], [tuple("RGB"), ("R",)])
+    r = run_script("train_dw.py", "--model", "dwg", "--no-combo-bn", "--sandwich-packed", "--backbone", "small",
+                   "--data-root", "synthetic", "--img-size", "16", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--sandwich-packed needs BatchNorm" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_delayed_sandwich_trains_the_full_set_alone_first():
+    """With ``start`` steps of delay, the first steps make one full-set pass on the labels; then the
+    sandwich (every second step here) starts counting from the end of the delay; a resumed
+    criterion (``steps`` set) continues the same pattern."""
+    def passes(crit, steps):
+        seen = []
+        for _ in range(steps):
+            calls = []
+
+            def forward(x, names, sync=True):
+                calls.append(names)
+                return torch.zeros(sum(map(len, x)) if isinstance(x, list) else len(x), 4, requires_grad=True)
+            for _ in crit(forward, torch.zeros(4, 3, 8, 8), tuple("RGB"), torch.zeros(4, dtype=torch.long)):
+                pass
+            seen.append(calls)
+        return seen
+
+    crit = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=2, packed=True, start=3)
+    seen = passes(crit, 7)
+    assert seen[:3] == [[tuple("RGB")]] * 3
+    # packed: one call with the full set and two views of it
+    assert [(len(s), len(s[0]), s[0][0]) for s in seen[3::2]] == [(1, 3, tuple("RGB"))] * 2
+    assert all(len(s) == 1 and isinstance(s[0], tuple) and isinstance(s[0][0], str) for s in seen[4::2])
+    resumed = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=2, packed=True, start=3)
+    resumed.steps = 3
+    assert len(passes(resumed, 1)[0][0]) == 3
+
+
+def test_packed_sandwich_refuses_a_smaller_side():
+    with pytest.raises(ValueError, match="scale 1"):
+        SandwichLoss(LabelLoss(), 2, packed=True, scale=0.5)
+
+
+def test_validation_every_n_epochs_and_the_last(tmp_path):
+    """--val-every 2 over 3 epochs validates epochs 2 and 3 only: the log leaves epoch 1 blank and
+    best.pt is one of the validated epochs; the delayed packed sandwich starts after epoch 1."""
+    out = tmp_path / "run"
+    r = run_script("train_dw.py", "--model", "dwg", "--backbone", "small", "--data-root", "synthetic", "--limit", "48",
+                   "--img-size", "16", "--batch-size", "8", "--epochs", "3", "--workers", "0", "--val-every", "2",
+                   "--sandwich-packed", "--sandwich-every", "1", "--sandwich-delay", "0.34", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    log = pd.read_csv(out / "log.csv")
+    assert log["val_acc"].isna().tolist() == [True, False, False]
+    assert log["val_acc_R"].isna().tolist() == [True, False, False]
+    assert "not validated" in r.stdout and "packed in one forward, after the first 0.34 of the steps" in r.stdout
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] in (2, 3) and best["best_acc"] == pytest.approx(log["val_acc"].max(), abs=1e-4)
+    # 6 steps an epoch, 18 in all: a delay of round(0.34 x 18) = 6 steps is epoch 1, which distils nothing
+    assert log["train_distill"].isna().tolist() == [True, False, False]
+
+
+def test_packed_model_copy_is_independent_of_the_selector_state():
+    """A packed forward leaves no group state behind: the next ordinary call normalises one set."""
+    model = _tiny_dwg()
+    x = torch.randn(4, 3, 8, 8)
+    model([x, x[:2, :1]], [tuple("RGB"), ("R",)])
+    assert model._combo_bns[0].selector.groups is None
+    twin = copy.deepcopy(model).eval()
+    torch.testing.assert_close(twin(x[:, :1], ("R",)), model.eval()(x[:, :1], ("R",)))
+
+
+def test_ddp_packed_sandwich_all_reduces_once_a_step_and_equals_one_process(tmp_path):
+    """Under torchrun (gloo, 2 processes) a packed sandwich step is one forward and one backward:
+    one all-reduce round a step (two in all), and the weights of the sequential sandwich in one
+    process."""
+    from tests import ddp_sandwich_step as ddp
+    out = tmp_path / "ddp.pt"
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "tests/ddp_sandwich_step.py", str(out), "--packed")
+    assert r.returncode == 0, r.stderr
+    result = torch.load(out, weights_only=True)
+    assert result["rounds"] == 2
+    for name, p in ddp.one_process_weights().items():
+        torch.testing.assert_close(result["state_dict"][name], p, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_task1_sweep_end_to_end_at_toy_size(tmp_path):
+    """--part task1-sweep: plain_zero, the R expert and dwg at two budgets; plain_zero's
+    validation decides the saturated budget, where the second seed and the full sandwich train;
+    the table, the gaps (over the seeds both rows have), the figure and the docs section."""
+    import json
+    from experiments import results
+    from tests.conftest import make_list_root
+    root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- task1-sweep:start -->\nSTALE\n<!-- task1-sweep:end -->\n")
+    args = ["--part", "task1-sweep", "--models", "plain_zero,plain_zero-Ronly,dwg,sandwich-full", "--budgets", "1,2",
+            "--seeds", "0,1", "--img-size", "16", "--batch-size", "4", "--workers", "0", "--data-root", str(root),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--figs", str(tmp_path / "figs"),
+            "--update-docs", "--docs", str(readme), "--jobs", "2"]
+    assert results.main(args) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs" / "task1").iterdir())
+    val = {e: pd.read_csv(tmp_path / "runs" / "task1" / f"plain_zero-e{e}-s0" / "log.csv")["val_acc"].max()
+           for e in (1, 2)}
+    claim = 1 if val[2] - val[1] < 0.01 else 2  # saturated at 1 epoch, else the longest budget
+    expected = {f"{r}-e{e}-s0" for r in ("plain_zero", "plain_zero-Ronly", "dwg") for e in (1, 2)}
+    expected |= {f"{r}-e{e}-s1" for r in ("plain_zero", "plain_zero-Ronly", "dwg") for e in {1, claim}}
+    assert set(runs) == expected | {f"sandwich-full-e{claim}-s0"}
+    table = json.loads((tmp_path / "results" / "task1_sweep.json").read_text())
+    got = {(r["epochs"], r["row"]): r for r in table}
+    assert got[(1, "plain_zero")]["seeds"] == 2 and got[(2, "dwg")]["seeds"] == (2 if claim == 2 else 1)
+    assert got[(1, "single-channel expert")]["G"] is None
+    gaps = json.loads((tmp_path / "results" / "task1_sweep_gaps.json").read_text())
+    dwg1 = next(g for g in gaps if g["epochs"] == 1 and g["model"] == "dwg")
+    assert dwg1["seeds"] == 2
+    assert dwg1["RGB"] == pytest.approx(100 * (got[(1, "dwg")]["RGB"] - got[(1, "plain_zero")]["RGB"]), abs=1e-6)
+    assert dwg1["R"] == pytest.approx(100 * (got[(1, "dwg")]["R"] - got[(1, "single-channel expert")]["R"]), abs=1e-6)
+    assert (tmp_path / "figs" / "task1_sweep.png").exists()
+    text = readme.read_text()
+    assert "STALE" not in text and "Task 1 budget sweep on data test split" in text and "Gap to the specialist" in text

@@ -99,6 +99,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
         x, names = select(x, train_combo, vocab) if train_combo else (x, tuple(vocab))
         if augment is not None:
             x, names = augment(x, names, generator=generator)
+        if getattr(criterion, "wants_indices", False):  # stored targets are kept by image
+            criterion.see_batch(loader.sampler.batch_indices(step))
         first_micro, last_micro = step % accum_steps == 0, (step + 1) % accum_steps == 0
         if first_micro:
             optimizer.zero_grad(set_to_none=True)

@@ -77,7 +77,7 @@ class SandwichLoss:
     """
 
     def __init__(self, base, subsets=2, generator=None, all_singles=False, fraction=1.0, scale=1.0, every=1,
-                 packed=False, start=0):
+                 packed=False, start=0, stored=None):
         if subsets < 1:
             raise ValueError("the sandwich needs at least one reduced combination")
         if not (0 < fraction <= 1 and 0 < scale <= 1 and every >= 1 and start >= 0):
@@ -88,7 +88,16 @@ class SandwichLoss:
                              "side (scale 1)")
         self.base, self.subsets, self.generator, self.all_singles = base, subsets, generator, all_singles
         self.fraction, self.scale, self.every, self.packed, self.start = fraction, scale, every, packed, start
+        self.stored, self.indices = stored, None
         self.steps = 0
+
+    @property
+    def wants_indices(self):
+        return self.stored is not None
+
+    def see_batch(self, indices):
+        """The dataset indices of the next batch (the loop tells), for the stored targets."""
+        self.indices = indices
 
     def draw(self, names):
         """Channel positions of the reduced combinations for one step, in vocabulary order."""
@@ -123,8 +132,7 @@ class SandwichLoss:
             yield from self.base(forward, x, names, y)
             return
         if (self.steps - 1 - self.start) % self.every:
-            x, names = sample_subset(x, names, self.generator)
-            yield from self.base(forward, x, names, y)
+            yield self.subset_step(forward, x, names, y)
             return
         if self.packed:
             yield self.packed_step(forward, x, names, y)
@@ -133,6 +141,7 @@ class SandwichLoss:
         (loss, logits), = self.base(forward_full, x, names, y)
         yield loss, logits
         target = F.softmax(logits.detach(), 1)
+        self.remember(target)
         draws = self.draw(names)
         for i, keep in enumerate(draws):
             rows = self.rows(i, len(x))
@@ -150,7 +159,60 @@ class SandwichLoss:
         full, *outs = logits.split([len(x), *[len(v) for v in views]])
         (label_loss, _), = self.base(lambda *_, **__: full, x, names, y)
         target = F.softmax(full.detach(), 1)
+        self.remember(target)
         distill = sum(soft_cross_entropy(out, target if r is None else target[r.to(target.device)])
                       for out, r in zip(outs, rows))
         return label_loss + distill, full, [label_loss.item(), distill.item()]
+
+    def subset_step(self, forward, x, names, y):
+        """A step between sandwiches: one sampled combination on the labels, plus, with stored
+        targets, towards each image's latest full-set prediction where there is one; a full-set
+        draw refreshes them. -> ``(loss, logits[, parts])``."""
+        full = tuple(names)
+        x, names = sample_subset(x, names, self.generator)
+        (loss, logits), = self.base(forward, x, names, y)
+        if self.stored is None:
+            return loss, logits
+        if names == full:
+            self.remember(F.softmax(logits.detach(), 1))
+            return loss, logits
+        target, known = self.stored.get(self.indices)
+        if not known.any():
+            return loss, logits, [loss.item(), 0.0]
+        distill = soft_cross_entropy(logits[known], target[known].to(logits.dtype))
+        return loss + distill, logits, [loss.item(), distill.item()]
+
+    def remember(self, probs):
+        if self.stored is not None and self.indices is not None:
+            self.stored.put(self.indices, probs)
+
+
+class StoredTargets:
+    """Each training image's latest full-set class probabilities, by dataset index (progressive
+    self-knowledge distillation's stored predictions): a target for its reduced views on steps
+    that make no full-set pass. Half precision, on the training device; ``state_dict`` goes into
+    the checkpoint. Under several processes each keeps what its own shards have seen."""
+
+    def __init__(self, images, classes, device="cpu"):
+        self.probs = torch.zeros(images, classes, dtype=torch.float16, device=device)
+        self.known = torch.zeros(images, dtype=torch.bool, device=device)
+
+    def put(self, indices, probs):
+        indices = indices.to(self.probs.device)
+        self.probs[indices] = probs.to(self.probs)
+        self.known[indices] = True
+
+    def get(self, indices):
+        indices = indices.to(self.probs.device)
+        return self.probs[indices], self.known[indices]
+
+    def state_dict(self):
+        return {"probs": self.probs, "known": self.known}
+
+    def load_state_dict(self, state):
+        if state["probs"].shape != self.probs.shape:
+            raise ValueError(f"stored targets for {tuple(state['probs'].shape)} images x classes, "
+                             f"not {tuple(self.probs.shape)}")
+        self.probs.copy_(state["probs"])
+        self.known.copy_(state["known"])
 

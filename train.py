@@ -32,7 +32,7 @@ from data.channels import AUGMENTATIONS
 from data.loaders import DECODE, DECODE_HELP, default_workers, eval_loader, train_loader
 from engine import EMA, StopRequest, evaluate, train_one_epoch
 from utils import distributed
-from losses import DistillationLoss, LabelLoss, SandwichLoss
+from losses import DistillationLoss, LabelLoss, SandwichLoss, StoredTargets
 from models.loading import init_from, load_model
 from utils.checkpoint import check_classes, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, between, non_empty
@@ -50,7 +50,8 @@ SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "
 # without them resumes with these, not with today's defaults.
 BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every": 1, "opt": "sgd", "sched": "cosine",
                "model_opt": [], "ema": None, "mixup": 0.0, "cutmix": 0.0, "accum_steps": 1,
-               "val_every": 1, "sandwich_packed": False, "sandwich_delay": 0.0}
+               "val_every": 1, "sandwich_packed": False, "sandwich_delay": 0.0,
+               "sandwich_stored": False}
 
 
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}  # the peak learning rate when --lr is not given
@@ -163,6 +164,9 @@ def add_task1_flags(p):
                         "images ride in the same batch as the full set, whose output is their target")
     p.add_argument("--sandwich-delay", type=between(0, 1, high_open=True), default=0.0, metavar="FRACTION",
                    help="the first FRACTION of the steps train the full set alone, then the sandwich starts")
+    p.add_argument("--sandwich-stored", action="store_true",
+                   help="steps between sandwiches also train their combination towards each image's latest "
+                        "full-set prediction, kept by image (no extra pass)")
     p.add_argument("--full-prob", type=between(0, 1), default=0.0,
                    help="subset augmentation: probability that a batch keeps every channel")
     p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
@@ -598,6 +602,10 @@ def training_state(run, resume):
             run.criterion.steps = scheduler.last_epoch * args.accum_steps  # it is called once a micro-batch
     if isinstance(run.criterion, SandwichLoss):
         run.criterion.start = round(args.sandwich_delay * args.epochs * run.steps_per_epoch) * args.accum_steps
+        if args.sandwich_stored:
+            run.criterion.stored = StoredTargets(len(run.train_set), len(run.spec.classes), run.ctx.device)
+            if resume is not None and resume.get("stored_targets"):
+                run.criterion.stored.load_state_dict(resume["stored_targets"])
     state.ema = EMA(run.model, args.ema) if args.ema else None
     if state.ema is not None and resume is not None and resume.get("ema"):
         state.ema.load_state_dict(resume["ema"])
@@ -627,6 +635,7 @@ def banner(run):
                    f"{args.sandwich_scale:g} of the side" if args.sandwich_scale < 1 else "",
                    f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else "",
                    "packed in one forward" if args.sandwich_packed else "",
+                   "stored full-set targets between" if args.sandwich_stored else "",
                    f"after the first {args.sandwich_delay:g} of the steps" if args.sandwich_delay else ""]
         aug += "".join(f", {c}" for c in cheaper if c)
     aug += f"; initialised from {args.init_from}" if args.init_from else ""
@@ -651,7 +660,9 @@ def checkpoint(run, state):
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "epoch": state.epoch, "step": state.step, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
             "rng": rng_state(), "chan_gen": run.chan_gen.get_state(), "lists": run.lists,
-            "ema": state.ema.state_dict() if state.ema is not None else None}
+            "ema": state.ema.state_dict() if state.ema is not None else None,
+            "stored_targets": (run.criterion.stored.state_dict()
+                               if getattr(run.criterion, "stored", None) is not None else None)}
 
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "seconds", "train_seconds", "train_distill"]

@@ -199,3 +199,33 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path):
     assert (tmp_path / "figs" / "task1_sweep.png").exists()
     text = readme.read_text()
     assert "STALE" not in text and "Task 1 budget sweep on data test split" in text and "Gap to the specialist" in text
+
+
+def test_stored_targets_survive_a_kill_and_resume_exactly(tmp_path):
+    """--sandwich-stored keeps each image's latest full-set prediction in the checkpoint: a run
+    killed after epoch 1 and resumed ends with the uninterrupted run's weights, bit for bit (the
+    steps of epoch 2 between sandwiches distil towards targets stored in epoch 1)."""
+    import signal
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    from tests.test_robustness import _wait_for_epochs
+    run = ["--model", "dwg", "--backbone", "small", "--data-root", "synthetic", "--limit", "192", "--img-size", "24",
+           "--batch-size", "16", "--workers", "0", "--seed", "3", "--deterministic", "--sandwich-stored",
+           "--epochs", "2"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert run_script("train_dw.py", *run, "--out", str(ref)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "train_dw.py", *run, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_epochs(out, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = torch.load(out / "last.pt", weights_only=True)["stored_targets"]
+    assert stored["probs"].shape == (192, 6) and 0 < stored["known"].sum() < 192
+    r = run_script("train_dw.py", "--resume", str(out))
+    assert r.returncode == 0, r.stderr
+    final, expected = (torch.load(p / "last.pt", weights_only=True) for p in (out, ref))
+    assert final["epoch"] == expected["epoch"] == 2
+    for k, v in expected["state_dict"].items():
+        assert torch.equal(final["state_dict"][k], v), k
+    assert torch.equal(final["stored_targets"]["probs"], expected["stored_targets"]["probs"])

@@ -35,6 +35,7 @@ from models.stems import ChannelHyperStem, SeedDWGStem
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import Parser, UserError, at_least, choice_list, cli, int_list
 from utils.report import update_doc, write_results, write_text
+from experiments.results.rows import SWEEP_RECIPES, SWEEP_VAL
 
 PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
 
@@ -211,15 +212,19 @@ def bench_sandwich(args):
     return rows
 
 
-# The two Task 1 recipes whose cost sets the equal-time budget: each as experiments.results trains it.
-EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"], "dwg": ["--model", "dwg"]}
+# The Task 1 recipes whose cost sets the equal-time budget (dwg with its defaults), and the budget
+# sweep's candidates: each as experiments.results trains it.
+EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"], "dwg": ["--model", "dwg"],
+                 **{name: ["--model", "dwg", *flags] for name, flags in SWEEP_RECIPES.items()}}
 
 
 def bench_epoch(args):
-    """Whole training epochs of dwg (its defaults) against plain_zero's: each a ``train_dw.py`` run
-    of one epoch on the small CNN, the two alternated ``--repeats`` times, one process at a time
-    with ``--threads`` threads; medians of the logged seconds of training (loading and steps)
-    and of the whole epoch (validation included)."""
+    """Whole training epochs of dwg (its defaults) and of the sweep's recipes against plain_zero's:
+    each a ``train_dw.py`` run of one epoch on the small CNN, all alternated ``--repeats`` times,
+    one process at a time with ``--threads`` threads; medians of the logged seconds of training
+    (loading and steps) and of the whole epoch (validation included). ``val_every_epoch_ratio``
+    is the cost of an epoch with validation once every N epochs (the recipe's ``--val-every``, the
+    sweep's for the candidates), against plain_zero validating every epoch."""
     common = ["--backbone", "small", "--data-root", args.data_root, "--img-size", str(args.epoch_img_size),
               "--batch-size", "64", "--epochs", "1", "--workers", "1", "--overwrite",
               *(["--limit", str(args.epoch_limit)] if args.epoch_limit else [])]
@@ -238,14 +243,24 @@ def bench_epoch(args):
                 seconds[name].append((log["train_seconds"].iloc[0], log["seconds"].iloc[0]))
                 with open(os.path.join(out, "config.json")) as f:
                     config = json.load(f)
-                recipe[name] = {k: config[k] for k in config if k.startswith("sandwich_") or k == "channel_aug"}
+                recipe[name] = {k: config[k] for k in config
+                                if k.startswith("sandwich_") or k in ("channel_aug", "val_every")}
                 images = config["limit"]
     median = {name: np.median(np.array(v), axis=0) for name, v in seconds.items()}
+    sweep_val = int(SWEEP_VAL[1])
     return [{"model": name, "data": os.path.basename(os.path.normpath(args.data_root)),
              "img_size": args.epoch_img_size, "batch": 64 if not args.quick else 16, "limit": images,
              "repeats": args.repeats, **recipe[name], "train_seconds": median[name][0],
              "epoch_seconds": median[name][1], "ratio_to_plain": median[name][0] / median["plain_zero"][0],
-             "epoch_ratio_to_plain": median[name][1] / median["plain_zero"][1]} for name in EPOCH_RECIPES]
+             "epoch_ratio_to_plain": median[name][1] / median["plain_zero"][1],
+             "val_every_epoch_ratio": amortized(median[name], sweep_val if name != "plain_zero" else 1)
+             / median["plain_zero"][1]} for name in EPOCH_RECIPES]
+
+
+def amortized(seconds, val_every):
+    """An epoch's seconds when validation (the part of the epoch after training) runs every N-th epoch."""
+    train, whole = seconds
+    return train + (whole - train) / val_every
 
 
 def bench_data(args):

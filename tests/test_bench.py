@@ -25,3 +25,17 @@ def test_a_cut_bench_json_is_replaced_and_missing_pages_are_one_line(tmp_path, c
     from utils.report import update_doc
     with pytest.raises(UserError, match="cannot read .*no-docs.* to update its complexity section"):
         update_doc("complexity", "a table", str(tmp_path / "no-docs"))  # --update-docs without the pages
+
+
+def test_quick_epoch_part_times_every_sweep_recipe(tmp_path):
+    """One epoch of plain_zero, dwg and each recipe of the Task 1 sweep, with the cost of an epoch
+    that validates once every --val-every epochs beside the cost with validation every epoch."""
+    from experiments.results.rows import SWEEP_RECIPES
+    assert bench.main(["--quick", "--parts", "epoch", "--repeats", "1", "--data-root", "synthetic", "--threads", "1",
+                       "--out", str(tmp_path)]) == 0
+    rows = {r["model"]: r for r in json.loads((tmp_path / "epoch.json").read_text())}
+    assert set(rows) == {"plain_zero", "dwg", *SWEEP_RECIPES}
+    assert rows["plain_zero"]["val_every_epoch_ratio"] == pytest.approx(1.0)
+    assert rows["dwg-stored"]["sandwich_stored"] and rows["dwg-packed"]["sandwich_packed"]
+    for r in rows.values():
+        assert r["ratio_to_plain"] > 0 and r["val_every_epoch_ratio"] <= r["epoch_ratio_to_plain"] + 1e-9

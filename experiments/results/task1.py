@@ -44,7 +44,8 @@ def bench_epoch_ratio(args, dwg_run):
     for row in json.load(open(path)):
         if row["model"] == "dwg" and row["data"] == data_name(args) and row["img_size"] == args.img_size \
                 and row["batch"] == args.batch_size \
-                and all(dwg_run["args"].get(k) == v for k, v in row.items() if k.startswith("sandwich_")):
+                and all(dwg_run["args"].get(k, BEFORE_FLAG.get(k)) == v for k, v in row.items()
+                        if k.startswith("sandwich_")):
             return row
     return None
 

@@ -8,6 +8,7 @@ train every seed of ``--seeds`` for the rows that claim something (``every_seed`
 sandwich trains at the saturated budget (the longest finished one while none is saturated).
 """
 import dataclasses
+import json
 import os
 
 import pandas as pd
@@ -88,6 +89,23 @@ def task1_sweep(args, seeds):
     sweep_tables(args, seeds, df, minutes, val, verdict, claim)
 
 
+def bench_costs(args):
+    """Each recipe's epoch cost against plain_zero's from ``python -m bench --parts epoch``
+    (results/bench/epoch.json: runs alone on the machine) for this data, size and batch, with
+    validation as the sweep validates (candidates every --val-every epochs); {} when not timed."""
+    path = os.path.join(args.bench, "epoch.json")
+    if not os.path.exists(path):
+        return {}
+    rows = json.load(open(path))
+    return {r["model"]: r["val_every_epoch_ratio"] for r in rows if "val_every_epoch_ratio" in r
+            and r["data"] == data_name(args) and r["img_size"] == args.img_size and r["batch"] == args.batch_size}
+
+
+def cost_source(cost):
+    return ("from python -m bench --parts epoch, each run alone on the machine" if cost
+            else "not measured: python -m bench --parts epoch has not timed this data, size and batch")
+
+
 def sweep_name(model):
     """A budget row's table name: its row without the budget, experts under one name."""
     name = model.rsplit("-e", 1)[0]
@@ -104,6 +122,8 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
     table["seeds"] = acc.groupby(["epochs", "row"])["count"].max()
     table["minutes"] = mins
     table["plain_zero val"] = pd.Series({(e, "plain_zero"): v for e, v in val.items()})
+    cost = bench_costs(args)
+    table["epoch cost"] = [cost.get(r, float("nan")) for _, r in table.index]
     order = ["plain_zero", EXPERT, "dwg", "dwg+recalibrated", *SWEEP_RECIPES, "sandwich-full"]
 
     def in_order(column):
@@ -114,7 +134,8 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
              f"{args.img_size}px, batch {args.batch_size}; seed {seeds[0]} at every budget, seeds "
              f"{', '.join(map(str, seeds))} at {sorted({min(args.budgets), claim})} epochs for plain_zero, the "
              f"experts and dwg; 'minutes': training and validation wall minutes from each run's log, "
-             f"{args.jobs} run(s) sharing the cores); {verdict}")
+             f"{args.jobs} run(s) sharing the cores; 'epoch cost': an epoch with its validation against "
+             f"plain_zero's, {cost_source(cost)}); {verdict}")
     write_results(table.reset_index().to_dict("records"), args.results, "task1_sweep" + args.tag, title)
     write_results(gaps.to_dict("records"), args.results, "task1_sweep_gaps" + args.tag,
                   title + "; gap in points to the specialist (mean over the seeds both rows have)")

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 import torchvision
 
 import models
-from losses import LabelLoss, SandwichLoss
 from data import build_dataset, describe_root
 from data.channels import sample_subset
+from experiments.results.rows import SWEEP_RECIPES, SWEEP_VAL
+from losses import LabelLoss, SandwichLoss
 from models.stems import ChannelHyperStem, SeedDWGStem
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import Parser, UserError, at_least, choice_list, cli, int_list
 from utils.report import update_doc, write_results, write_text
-from experiments.results.rows import SWEEP_RECIPES, SWEEP_VAL
 
 PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
 
@@ -233,7 +233,7 @@ def bench_epoch(args):
     seconds = {name: [] for name in EPOCH_RECIPES}
     recipe = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.repeats):
+        for _ in range(args.repeats):
             for name, flags in EPOCH_RECIPES.items():
                 out = os.path.join(tmp, name)
                 subprocess.run([sys.executable, "train_dw.py", *flags, *common, "--out", out], check=True,
@@ -278,7 +278,8 @@ def bench_data(args):
         for x, _ in loader:
             sample_subset(x, ("R", "G", "B"), g)
             seen += len(x)
-        rows.append({"what": f"loader, {workers} workers", "img_size": img, "images_per_s": seen / (time.perf_counter() - start)})
+        rows.append({"what": f"loader, {workers} workers", "img_size": img,
+                     "images_per_s": seen / (time.perf_counter() - start)})
     model = models.create_model("dwg", len(spec.classes), backbone="small")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x, y = torch.randn(64, 3, img, img), torch.randint(0, len(spec.classes), (64,))
@@ -312,11 +313,12 @@ def bench_loader(args):
     import tempfile
 
     from data import prepare
-    from data.datasets import decode_image, encoded_image, read_image, reference_transform
     from data.datasets import build_transform as uint8_transform
+    from data.datasets import decode_image, encoded_image, read_image, reference_transform
     spec = describe_root(args.data_root)
     if spec.synthetic:
-        raise UserError("the loader part reads image files: pass --data-root (e.g. ../shared/data/mini-imagenet-sample)")
+        raise UserError("the loader part reads image files: pass --data-root "
+                        "(e.g. ../shared/data/mini-imagenet-sample)")
     files = build_dataset(spec, "train", 224).samples
     rounds = 1 if args.quick else 7
     torch.set_num_threads(1)  # per core: what one loader worker does
@@ -352,7 +354,8 @@ def bench_loader(args):
             for copy, name in runs:
                 rates[(copy, name)].append(rate(*pipelines[name][:2], copies[copy]))
         for copy, name in runs:
-            rows.append({"pipeline": name, "files": copy, "images_per_s_per_core": float(np.median(rates[(copy, name)])),
+            rows.append({"pipeline": name, "files": copy,
+                         "images_per_s_per_core": float(np.median(rates[(copy, name)])),
                          "bytes_to_device_per_image": pipelines[name][2](copies[copy])})
     reference = rows[0]["images_per_s_per_core"]
     for r in rows:

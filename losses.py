@@ -6,8 +6,9 @@ pass that is not the step's last (no gradient all-reduce after it under DDP). It
 ``(loss, logits)`` once per forward pass; the loop back-propagates each loss before asking for
 the next, so several passes (the sandwich) add their gradients without holding several graphs at
 once. A pass that holds several losses (the packed sandwich) yields ``(loss, logits, parts)``,
-``parts`` the values of its label loss and of what the other views add. The first logits yielded are those the loop scores for training accuracy: the batch as
-given, or the one combination a step between sandwiches trains.
+``parts`` the values of its label loss and of what the other views add. The first logits
+yielded are those the loop scores for training accuracy: the batch as given, or the one
+combination a step between sandwiches trains.
 """
 import functools
 

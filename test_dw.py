@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
-from engine import evaluate_split, recalibrate
 from data.loaders import DECODE, DECODE_HELP, default_workers
-from utils import distributed
+from engine import evaluate_split, recalibrate
 from models.loading import load_model
+from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import Parser, UserError, at_least, cli, int_list, non_empty

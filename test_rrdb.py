@@ -13,12 +13,12 @@ import sys
 import pandas as pd
 
 from data import describe_root
+from data.loaders import DECODE, DECODE_HELP, default_workers
 from engine import evaluate_split
 from models import deploy
-from models.registry import max_layers
-from data.loaders import DECODE, DECODE_HELP, default_workers
-from utils import distributed
 from models.loading import load_model
+from models.registry import max_layers
+from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint, save_atomic
 from utils.complexity import complexity_row
 from utils.errors import Parser, UserError, at_least, cli

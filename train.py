@@ -25,23 +25,31 @@ import torch
 from torchvision.transforms import v2 as T
 
 import models
-from models import deploy
-from models.norm import ComboBatchNorm2d
 from data import DataSpec, build_dataset, describe_root, parse_combo, parse_combo_list
 from data.channels import AUGMENTATIONS
 from data.loaders import DECODE, DECODE_HELP, default_workers, eval_loader, train_loader
 from engine import EMA, StopRequest, evaluate, train_one_epoch
-from utils import distributed
 from losses import DistillationLoss, LabelLoss, SandwichLoss, StoredTargets
+from models import deploy
 from models.loading import init_from, load_model
+from models.norm import ComboBatchNorm2d
+from utils import distributed
 from utils.checkpoint import check_classes, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, between, non_empty
+from utils.files import write_atomic
 from utils.metrics import classification_metrics
 from utils.progress import Progress
-from utils.files import write_atomic
-from utils.run_folder import (RunLock, check_out_dir, discard_previous_run, reconcile_best, remove_stray_temporaries,
-                              remove_unfinished_run, restore_previous_run, set_aside_run)
 from utils.report import training_curves
+from utils.run_folder import (
+    RunLock,
+    check_out_dir,
+    discard_previous_run,
+    reconcile_best,
+    remove_stray_temporaries,
+    remove_unfinished_run,
+    restore_previous_run,
+    set_aside_run,
+)
 
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
 SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "log_every", "tensorboard",
@@ -89,7 +97,8 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0)
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--workers", type=at_least(0), default=None,
-                   help=f"loader processes per training process (default: its cores minus one, {default_workers()} here)")
+                   help="loader processes per training process (default: its cores minus one, "
+                        f"{default_workers()} here)")
     p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--resume", default=None, help="run folder or checkpoint to continue")
@@ -110,7 +119,8 @@ def build_parser(description, default_model, val_combos):
 def add_recipe_flags(p):
     """Budget, optimizer, schedule and regularisation: the same for both tasks."""
     p.add_argument("--epochs", type=at_least(1), default=30)
-    p.add_argument("--batch-size", type=at_least(1), default=64, help="per process (per micro-batch with --accum-steps)")
+    p.add_argument("--batch-size", type=at_least(1), default=64,
+                   help="per process (per micro-batch with --accum-steps)")
     p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
                    help="one optimizer step per N micro-batches of --batch-size (their gradients added)")
     p.add_argument("--img-size", type=at_least(8), default=224)
@@ -169,7 +179,8 @@ def add_task1_flags(p):
                         "full-set prediction, kept by image (no extra pass)")
     p.add_argument("--full-prob", type=between(0, 1), default=0.0,
                    help="subset augmentation: probability that a batch keeps every channel")
-    p.add_argument("--train-channels", default=None, type=non_empty, help="train on this fixed combination only, e.g. R")
+    p.add_argument("--train-channels", default=None, type=non_empty,
+                   help="train on this fixed combination only, e.g. R")
 
 
 def model_option(text):
@@ -271,7 +282,7 @@ def amp_settings(args, ctx):
     if ctx.device.type != "cuda":
         for flag, on in (("--amp", args.amp != "off"), ("--channels-last", args.channels_last)):
             if on:
-                warnings.warn(f"{flag} is ignored on CPU")
+                warnings.warn(f"{flag} is ignored on CPU", stacklevel=2)
         return None, None
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.channels import DEFAULT_VOCAB
+
 from .backbones import build_backbone
 from .norm import combo_index, convert_to_combo_bn, freeze_combo_bn, num_combos
 from .registry import register

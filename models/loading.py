@@ -5,6 +5,7 @@ import torch
 
 from utils.checkpoint import check_classes, load_checkpoint
 from utils.errors import UserError
+
 from .registry import create_model
 
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 import torchvision
 
 from utils.errors import UserError
-from .registry import register
+
 from .backbones import conv_bn_relu
+from .registry import register
 
 
 class RGBOnly(nn.Module):

@@ -40,7 +40,8 @@ def world(tmp_path_factory):
         "climbing": "../../outside.JPEG 0\n",
         "huge_label": "images/n00000000/n00000000_0.JPEG 0\nimages/n00000000/n00000000_1.JPEG 12345678901234567890\n",
     }
-    classes = {"classes_empty": b"", "classes_blank": b"\n  \n\n", "classes_latin1": "caf\u00e9 0 x\n".encode("latin-1"),
+    classes = {"classes_empty": b"", "classes_blank": b"\n  \n\n",
+               "classes_latin1": "caf\u00e9 0 x\n".encode("latin-1"),
                "classes_huge": b"n0 0 tench\nn1 99999999999 horn\n"}
     roots = {}
     for name, text in lists.items():
@@ -51,7 +52,8 @@ def world(tmp_path_factory):
         for split in ("train", "val", "test"):
             (root / f"{split}.txt").write_bytes((data / f"{split}.txt").read_bytes())
         if name == "latin1":
-            (root / "train.txt").write_bytes((data / "train.txt").read_bytes() + "images/caf\u00e9.JPEG 0\n".encode("latin-1"))
+            bad_line = "images/caf\u00e9.JPEG 0\n".encode("latin-1")
+            (root / "train.txt").write_bytes((data / "train.txt").read_bytes() + bad_line)
         else:
             (root / "train.txt").write_text(text, encoding="utf-8")
         roots[name] = root
@@ -65,6 +67,7 @@ def world(tmp_path_factory):
         roots[name] = root
     # another architecture's checkpoint: only BatchNorm's step counters share names with ours
     import torch
+
     from utils.checkpoint import save_atomic
     ckpt = torch.load(run / "best.pt", weights_only=False)
     ckpt["state_dict"] = {**{k: v for k, v in ckpt["state_dict"].items() if k.endswith("num_batches_tracked")},

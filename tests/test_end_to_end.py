@@ -122,6 +122,7 @@ def test_the_checkpoint_kept_is_the_best_validation_epoch(tmp_path, monkeypatch)
     validation column peaks, not the last one nor the one with the best training accuracy."""
     import numpy as np
     import torch
+
     import train
     scores = iter([0.3, 0.7, 0.5])
 

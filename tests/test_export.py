@@ -14,8 +14,8 @@ from conftest import make_list_root
 from data import build_dataset, describe_root
 from data.channels import select
 from data.datasets import normalize
-from models.norm import ComboBatchNorm2d
 from models.loading import load_model
+from models.norm import ComboBatchNorm2d
 
 
 @pytest.mark.parametrize("name, options", [("dwg", {}), ("dwg", {"combo_affine": True}), ("plain_zero", {}),
@@ -122,13 +122,14 @@ def test_a_failed_export_leaves_the_earlier_one_whole(trained, tmp_path, capsys,
 def test_labels_that_name_other_classes_are_refused(trained, tmp_path, capsys):
     """The same images with their labels rotated: the class names stored in the checkpoint show it."""
     import shutil
+
     import test_dw
     root, out = trained
     rotated = tmp_path / "rotated"
     shutil.copytree(root, rotated)
     for split in ("train", "val", "test"):
         lines = (rotated / f"{split}.txt").read_text().splitlines()
-        (rotated / f"{split}.txt").write_text("".join(f"{p} {(int(l) + 1) % 3}\n" for p, l in
+        (rotated / f"{split}.txt").write_text("".join(f"{p} {(int(label) + 1) % 3}\n" for p, label in
                                                      (line.split() for line in lines)))
     with pytest.raises(SystemExit) as exc:
         test_dw.main(["--checkpoint", str(out / "dwg" / "best.pt"), "--data-root", str(rotated),

@@ -39,3 +39,12 @@ def test_the_run_and_the_experiments_read_in_short_functions():
             for path in paths for node in ast.walk(ast.parse(open(path).read()))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
     assert len(paths) > 2 and not long, long
+
+
+def test_ruff_finds_nothing():
+    """The project's linter configuration (pyproject.toml) holds for every file."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

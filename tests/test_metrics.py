@@ -58,6 +58,7 @@ def test_ratio_to_baseline():
 
 def test_spreads_are_sample_standard_deviations_and_one_seed_has_none():
     import pandas as pd
+
     from experiments.results.tables import mean_std
     df = pd.DataFrame({"model": ["a"] * 3 + ["b"], "accuracy": [0.1, 0.2, 0.3, 0.5]})
     out = mean_std(df, ["model"], ["accuracy"]).set_index("model")
@@ -68,6 +69,7 @@ def test_spreads_are_sample_standard_deviations_and_one_seed_has_none():
 def test_aggregates_count_each_combination_once():
     """BGR is RGB permuted: shown, never counted a second time in the mean or the worst."""
     import pandas as pd
+
     from experiments.results.rows import TASK1_COMBOS
     from experiments.results.task1 import accuracy_table
     acc = {"RGB": 0.9, "RG": 0.8, "RB": 0.8, "GB": 0.8, "R": 0.5, "G": 0.6, "B": 0.7, "BGR": 0.9}

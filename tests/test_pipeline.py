@@ -14,9 +14,8 @@ import models
 import test_dw
 import train_dw
 from conftest import make_list_root
-from data import build_dataset, describe_root, prepare
+from data import build_dataset, describe_root, loaders, prepare
 from data.channels import select
-from data import loaders
 from data.datasets import build_transform, decode_image, normalize, read_image, reference_transform
 from utils.checkpoint import load_checkpoint
 from utils.distributed import Context
@@ -87,7 +86,8 @@ def test_decoding_on_the_device_equals_decoding_in_the_workers(tmp_path, workers
     for (a, ya), (b, yb) in zip(batches["workers"], batches["device"]):
         assert b.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(ya, yb)
     val = build_dataset(spec, "val", 24)
-    evals = [[x.to(ctx.device) for x, _ in loaders.eval_loader(val, 5, workers, ctx, decode)] for decode in loaders.DECODE]
+    evals = [[x.to(ctx.device) for x, _ in loaders.eval_loader(val, 5, workers, ctx, decode)]
+             for decode in loaders.DECODE]
     assert all(torch.equal(a, b) for a, b in zip(*evals)) and len(evals[1]) == 2
 
 

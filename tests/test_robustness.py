@@ -139,7 +139,7 @@ def test_bad_input_errors(tmp_path, reference_run, list_root):
     cases.append((["test_dw.py", "--checkpoint", str(truncated), "--data-root", "synthetic"], "truncated or corrupt"))
     # Separate processes, as a user runs them; a few at once, since each spends its time importing.
     with ThreadPoolExecutor(4) as pool:
-        for (args, pattern), r in zip(cases, pool.map(lambda c: run_script(*c[0]), cases)):
+        for (_, pattern), r in zip(cases, pool.map(lambda c: run_script(*c[0]), cases)):
             _expect_error(r, pattern)
     assert (reference_run / "last.pt").stat().st_size > 5000  # refusals left the run untouched
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from test_robustness import RUN, _wait_for_epochs
 
 from conftest import ROOT, file_hashes, run_script, trained_run
-from test_robustness import RUN, _wait_for_epochs
 from utils.checkpoint import save_atomic
 from utils.errors import UserError
 from utils.run_folder import reconcile_best
@@ -228,6 +228,7 @@ def test_a_lock_that_names_no_process_is_taken_over_once_old(tmp_path):
 
 def test_a_full_disk_while_locking_leaves_no_lock(tmp_path, monkeypatch):
     import errno
+
     from utils import run_folder
 
     class Full:

@@ -170,11 +170,13 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path):
     validation decides the saturated budget, where the second seed and the full sandwich train;
     the table, the gaps (over the seeds both rows have), the figure and the docs section."""
     import json
+
     from experiments import results
     from tests.conftest import make_list_root
     root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- task1-sweep:start -->\nSTALE\n<!-- task1-sweep:end -->\n")
+    readme.write_text("<!-- task1-sweep:start -->\nSTALE\n<!-- task1-sweep:end -->\n"
+                      "<!-- task1-sweep-headline:start -->\nSTALE\n<!-- task1-sweep-headline:end -->\n")
     args = ["--part", "task1-sweep", "--models", "plain_zero,plain_zero-Ronly,dwg,sandwich-full", "--budgets", "1,2",
             "--seeds", "0,1", "--img-size", "16", "--batch-size", "4", "--workers", "0", "--data-root", str(root),
             "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--figs", str(tmp_path / "figs"),
@@ -199,6 +201,8 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path):
     assert (tmp_path / "figs" / "task1_sweep.png").exists()
     text = readme.read_text()
     assert "STALE" not in text and "Task 1 budget sweep on data test split" in text and "Gap to the specialist" in text
+    headline = text.split("<!-- task1-sweep-headline:start -->")[1]
+    assert "| dwg " in headline and "docs/task1.md#the-budget-sweep" in headline
 
 
 def test_stored_targets_survive_a_kill_and_resume_exactly(tmp_path):
@@ -208,6 +212,7 @@ def test_stored_targets_survive_a_kill_and_resume_exactly(tmp_path):
     import signal
     import subprocess
     import sys
+
     from tests.conftest import ROOT
     from tests.test_robustness import _wait_for_epochs
     run = ["--model", "dwg", "--backbone", "small", "--data-root", "synthetic", "--limit", "192", "--img-size", "24",

@@ -57,7 +57,8 @@ def test_several_task1_checkpoints_make_one_table(runs, capsys):
     assert test_dw.main(["--checkpoints", str(base / "dwg"), str(base / "plain_zero"), "--combos", "RGB,GB,R",
                          "--workers", "0", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())
-    assert [(r["model"], r["combo"]) for r in rows] == [(m, c) for m in ("dwg", "plain_zero") for c in ("RGB", "GB", "R")]
+    expected = [(m, c) for m in ("dwg", "plain_zero") for c in ("RGB", "GB", "R")]
+    assert [(r["model"], r["combo"]) for r in rows] == expected
     by = {(r["model"], r["combo"]): r for r in rows}
     for c in ("RGB", "GB", "R"):
         assert by[("dwg", c)]["gap_to_first"] == 0

@@ -101,7 +101,8 @@ def test_deployed_checkpoint_from_test_rrdb_loads_back(tmp_path):
             "--workers", "0", "--epochs", "1"]
     assert train_rrdb.main(["--model", "shallow", "--out", str(tmp_path / "s"), *tiny]) == 0
     assert train_rrdb.main(["--model", "resnet34", "--out", str(tmp_path / "r"), *tiny]) == 0
-    assert test_rrdb.main(["--checkpoints", str(tmp_path / "s" / "best.pt"), str(tmp_path / "s" / "last.pt"), "--baseline",
+    assert test_rrdb.main(["--checkpoints", str(tmp_path / "s" / "best.pt"), str(tmp_path / "s" / "last.pt"),
+                           "--baseline",
                            str(tmp_path / "r" / "best.pt"), "--data-root", "synthetic", "--limit", "16",
                            "--workers", "0", "--out", str(tmp_path / "cmp"),
                            "--save-deployed", str(tmp_path / "deployed")]) == 0
@@ -219,7 +220,7 @@ def test_recipe_part_trains_each_option_and_writes_the_table(tmp_path):
     plain = rows[0]["minutes"]  # a toy run may log 0.0 seconds, and then no ratio can be had
     assert [r["minutes / plain"] for r in rows] == ([pytest.approx(r["minutes"] / plain) for r in rows] if plain
                                                     else [None] * len(rows))
-    for name, flags in RECIPES.items():
+    for name in RECIPES:
         config = json.loads((tmp_path / "runs" / "task2-recipe" / f"shallow-{name}-e1-s0" / "config.json").read_text())
         assert config["ema"] == (0.998 if name == "ema" else None)
         assert config["cutmix"] == (1.0 if name == "mixup+cutmix" else 0.0)

@@ -16,8 +16,8 @@ import train_dw
 from data.datasets import normalize
 from engine import train_one_epoch
 from losses import LabelLoss, SandwichLoss, soft_cross_entropy
-from models.norm import ComboBatchNorm2d, combo_index
 from models.loading import init_from
+from models.norm import ComboBatchNorm2d, combo_index
 from utils.checkpoint import save_atomic
 from utils.distributed import Context
 from utils.errors import UserError
@@ -145,8 +145,8 @@ def test_ddp_sandwich_all_reduces_once_a_step_and_equals_one_process(tmp_path, s
     """Two gloo processes, two sandwich steps of 1 + 2 passes: the passes before the last run
     under no_sync, so gradients are all-reduced once a step (twice in all; six times when every
     pass syncs), and the weights equal one process that averages the two shards' gradients."""
-    from tests.conftest import run_script
     from tests import ddp_sandwich_step as ddp
+    from tests.conftest import run_script
     out = tmp_path / "ddp.pt"
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    "tests/ddp_sandwich_step.py", str(out), *(["--sync-every-pass"] if sync_every_pass else []))

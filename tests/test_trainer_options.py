@@ -160,9 +160,10 @@ def test_ema_survives_resume_bit_exactly_and_scripts_take_it(tmp_path, capsys):
 @pytest.mark.parametrize("mixup, cutmix", [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
 def test_mixed_targets_sum_to_one_and_the_sandwich_learns_them(mixup, cutmix):
     import torch.nn.functional as F
+
+    from data.datasets import normalize
     from engine import train_one_epoch
     from losses import LabelLoss, SandwichLoss, soft_cross_entropy
-    from data.datasets import normalize
     from tests.test_task1_training import _tiny_dwg
     from train import batch_mixing
     from utils.distributed import Context

@@ -9,6 +9,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchprofile import profile_macs
 
+
 def _key(t):
     """A tensor's storage, shared by all its views ("is this a view of a weight?")."""
     return t.untyped_storage().data_ptr() if t.numel() else None
@@ -134,6 +135,7 @@ def stem_cost(model, channels="RGB", img_size=224):
 def _stem_shape(stem):
     inner = getattr(stem, "stem", stem)
     conv = getattr(inner, "conv", inner)
-    return {"out": conv.out_channels, "k": conv.kernel_size if isinstance(conv.kernel_size, int) else conv.kernel_size[0],
+    k = conv.kernel_size if isinstance(conv.kernel_size, int) else conv.kernel_size[0]
+    return {"out": conv.out_channels, "k": k,
             "stride": conv.stride if isinstance(conv.stride, int) else conv.stride[0],
             "padding": conv.padding if isinstance(conv.padding, int) else conv.padding[0]}

@@ -125,7 +125,8 @@ def fmt_table(df, digits=4):
 
 # Which page of docs/ holds each generated section (a Task 1 section with a tag, e.g. task1-32px, too);
 # the headlines stand on the front page.
-DOC_PAGES = {"task1-headline": "../README.md", "task2-headline": "../README.md", "task2-recipe": "../README.md", "task1": "task1.md",
+DOC_PAGES = {"task1-headline": "../README.md", "task1-sweep-headline": "../README.md", "task2-headline": "../README.md",
+             "task2-recipe": "../README.md", "task1": "task1.md",
              "task2": "task2.md", "complexity": "speed.md", "loader": "speed.md"}
 
 

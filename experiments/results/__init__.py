@@ -30,9 +30,11 @@ from .task2 import task2, task2_headline, task2_recipe, task2_sweep
 
 
 def parse_args(argv):
-    p = Parser(prog="python -m experiments.results", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m experiments.results", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="all",
-                   choices=["task1", "task1-sweep", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2", "task2-sweep",
+                   choices=["task1", "task1-sweep", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2",
+                            "task2-sweep",
                             "task2-headline", "task2-recipe", "all"],
                    help="which table(s); task2-headline pastes the front page's Task 2 rows from the sweep's "
                         "written table (with --update-docs)")

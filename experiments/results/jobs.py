@@ -14,7 +14,7 @@ import pandas as pd
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
-from .rows import EQUAL_TIME, ROWS, SIZES, SIZE_ROWS, TASK1_COMBOS, row_recipe, run_dir, schedule
+from .rows import EQUAL_TIME, ROWS, SIZE_ROWS, SIZES, TASK1_COMBOS, row_recipe, run_dir, schedule
 
 
 class Children:

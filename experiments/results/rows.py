@@ -2,8 +2,6 @@
 import os
 from dataclasses import dataclass, field
 
-
-
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
 

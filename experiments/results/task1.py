@@ -11,8 +11,24 @@ from utils.checkpoint import load_checkpoint
 from utils.report import heatmap, markdown, write_results
 
 from .jobs import task1_rows
-from .rows import (ABLATION_NAMES, DISTINCT, EQUAL_TIME, FINETUNE, HEADLINE, RESNET18_ROWS, ROWS, SANDWICH_ROWS,
-                   SINGLE, SIZES, SIZE_ROWS, TABLE_ORDER, TASK1_COMBOS, TASK1_ROWS, equal_time_rows, run_dir)
+from .rows import (
+    ABLATION_NAMES,
+    DISTINCT,
+    EQUAL_TIME,
+    FINETUNE,
+    HEADLINE,
+    RESNET18_ROWS,
+    ROWS,
+    SANDWICH_ROWS,
+    SINGLE,
+    SIZE_ROWS,
+    SIZES,
+    TABLE_ORDER,
+    TASK1_COMBOS,
+    TASK1_ROWS,
+    equal_time_rows,
+    run_dir,
+)
 from .tables import budget, data_name, mean_std, paste, run_logs, train_seconds, wall_minutes
 
 

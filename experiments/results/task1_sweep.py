@@ -150,6 +150,10 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
     paste(args, "task1-sweep" + args.tag, f"{title}; test accuracy, mean ± sample standard deviation where "
           f"a row has several seeds\n\n{text}\n\nGap to the specialist in points (plain_zero on RGB, each "
           f"expert on its channel; positive: the candidate is ahead):\n\n{gap_text}")
+    if not args.tag:  # the front page shows the gaps at every budget
+        paste(args, "task1-sweep-headline", f"{title}; gap in points to the specialist (plain_zero on RGB, each "
+              f"expert on its channel; positive: ahead), mean over the seeds both rows have "
+              f"([accuracies, costs and figure](docs/task1.md#the-budget-sweep))\n\n{gap_text}")
     print(f"{title}\n\n{text}\n\n{gap_text}")
 
 
@@ -177,8 +181,12 @@ def gap_figure(args, gaps, title):
     models = list(dict.fromkeys(gaps["model"]))
     if not models:
         return
-    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), sharey=True, squeeze=False)
-    for ax, model in zip(axes[0], models):
+    cols = min(3, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models):
         g = gaps[gaps.model == model].sort_values("epochs")
         for combo in ["RGB", *SINGLE]:
             ax.plot(g["epochs"], g[combo], marker="o", label=combo)
@@ -189,7 +197,8 @@ def gap_figure(args, gaps, title):
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("epochs")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("points ahead of the specialist")
+    for row in axes:
+        row[0].set_ylabel("points ahead of the specialist")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Task 1 sweep ({data_name(args)}, {args.img_size}px, {machine(args)})", fontsize=8)
     save_figure(os.path.join(args.figs, f"task1_sweep{args.tag}.png"))

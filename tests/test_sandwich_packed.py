@@ -165,7 +165,7 @@ def test_ddp_packed_sandwich_all_reduces_once_a_step_and_equals_one_process(tmp_
         torch.testing.assert_close(result["state_dict"][name], p, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_task1_sweep_end_to_end_at_toy_size(tmp_path):
+def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     """--part task1-sweep: plain_zero, the R expert and dwg at two budgets; plain_zero's
     validation decides the saturated budget, where the second seed and the full sandwich train;
     the table, the gaps (over the seeds both rows have), the figure and the docs section."""
@@ -180,8 +180,11 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path):
     args = ["--part", "task1-sweep", "--models", "plain_zero,plain_zero-Ronly,dwg,sandwich-full", "--budgets", "1,2",
             "--seeds", "0,1", "--img-size", "16", "--batch-size", "4", "--workers", "0", "--data-root", str(root),
             "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--figs", str(tmp_path / "figs"),
-            "--update-docs", "--docs", str(readme), "--jobs", "2"]
+            "--update-docs", "--docs", str(readme), "--jobs", "2", "--limit", "9"]
     assert results.main(args) == 0
+    out = capsys.readouterr().out
+    assert "[1 of 6] 0 min elapsed\n" in out and "min to go" in out  # progress: 6 first-seed runs
+    assert json.loads((tmp_path / "runs" / "task1" / "dwg-e1-s0" / "config.json").read_text())["limit"] == 9
     runs = sorted(p.name for p in (tmp_path / "runs" / "task1").iterdir())
     val = {e: pd.read_csv(tmp_path / "runs" / "task1" / f"plain_zero-e{e}-s0" / "log.csv")["val_acc"].max()
            for e in (1, 2)}

@@ -51,6 +51,8 @@ def parse_args(argv):
     p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default: the scripts')")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA)")
     p.add_argument("--workers", type=at_least(0), default=1)
+    p.add_argument("--limit", type=at_least(1), default=None,
+                   help="images per split for every run (evenly spaced): a trial of the whole command")
     p.add_argument("--models", default=None, type=non_empty,
                    help="only these rows (comma-separated names; default every row of the part)")
     p.add_argument("--no-train", action="store_true",

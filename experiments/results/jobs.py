@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -74,21 +75,28 @@ def threads_per_run(jobs):
 
 
 def in_parallel(jobs, tasks):
-    """Run ``tasks`` (callables taking a thread count) ``jobs`` at a time, in order; re-raise the
-    first failure."""
+    """Run ``tasks`` (callables taking a thread count) ``jobs`` at a time, in order, with a line
+    for each ("k of N", elapsed, and an estimate of the rest from the tasks done so far); re-raise
+    the first failure."""
     threads = threads_per_run(jobs)
     failed = threading.Event()
+    start, done, lock = time.time(), [0], threading.Lock()
 
-    def guarded(task):  # nothing new starts after a failure; jobs already running finish
+    def guarded(k, task):  # nothing new starts after a failure; jobs already running finish
         if failed.is_set():
             return
+        elapsed = time.time() - start
+        rest = f", about {elapsed / done[0] * (len(tasks) - done[0]) / 60:.0f} min to go" if done[0] else ""
+        print(f"[{k} of {len(tasks)}] {elapsed / 60:.0f} min elapsed{rest}", flush=True)
         try:
             task(threads=threads)
         except BaseException:
             failed.set()
             raise
+        with lock:
+            done[0] += 1
     with ThreadPoolExecutor(jobs) as pool:
-        for f in [pool.submit(guarded, task) for task in tasks]:
+        for f in [pool.submit(guarded, k, task) for k, task in enumerate(tasks, 1)]:
             f.result()
 
 
@@ -168,10 +176,15 @@ def evaluate_rows(args, wanted):
             tasks.append(functools.partial(
                 sh, "test_dw.py", "--checkpoint", best, "--as-model", row.model, "--data-root", args.data_root,
                 "--combos", ",".join(combos), "--img-sizes", ",".join(map(str, sizes)),
-                "--workers", str(args.workers), "--out", ev, *row.eval_flags))
+                "--workers", str(args.workers), "--out", ev, *row.eval_flags, *limit_flags(args)))
     in_parallel(args.jobs, tasks)
     return pd.DataFrame([{**r, "model": row.name, "seed": seed}
                          for row, seed, ev in results for r in json.load(open(os.path.join(ev, "results.json")))])
+
+
+def limit_flags(args):
+    """A trial run (``--limit``) is evaluated on as many test images."""
+    return ["--limit", str(args.limit)] if getattr(args, "limit", None) else []
 
 
 def check_same_recipe(ckpt, flags):
@@ -207,6 +220,6 @@ def evaluate_side_by_side(args, ev, checkpoints):
     if evaluated(path, checkpoints):
         return json.load(open(path))
     sh("test_rrdb.py", "--checkpoints", *checkpoints, "--baseline", checkpoints[0], "--data-root", args.data_root,
-       "--workers", str(args.workers), "--out", ev)
+       "--workers", str(args.workers), "--out", ev, *limit_flags(args))
     return json.load(open(path))
 

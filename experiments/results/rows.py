@@ -147,6 +147,7 @@ def recipe(args, seed, **overrides):
     """The flags every row shares: one budget for all, unless a row overrides part of it."""
     values = {"data-root": args.data_root, "epochs": args.epochs, "img-size": args.img_size,
               "batch-size": args.batch_size, "workers": args.workers, "seed": seed,
+              **({"limit": args.limit} if getattr(args, "limit", None) else {}),
               **({"lr": args.lr} if args.lr is not None else {}), **({"amp": args.amp} if args.amp != "off" else {}),
               **overrides}
     return [item for k, v in values.items() for item in (f"--{k}", str(v))]

@@ -657,8 +657,20 @@ def banner(run):
     aug += f"; {args.accum_steps} micro-batches of {args.batch_size} a step" if args.accum_steps > 1 else ""
     return (f"model {args.model} {run.config or ''}: {sum(p.numel() for p in run.model.parameters()):,} params; "
             f"{len(run.train_set)} train / {len(run.val_set)} val images at {args.img_size}px; "
-            f"channel aug {aug}; device {run.ctx.device} x{run.ctx.world}; {args.workers} loader workers"
+            f"channel aug {aug}; device {run.ctx.device} x{run.ctx.world}; {global_batch(run)}; "
+            f"{args.workers} loader workers"
             f"{', JPEGs decoded on the device' if args.decode == 'device' else ''}; out {args.out}")
+
+
+def global_batch(run):
+    """The batch an optimizer step sees, and the rule for the LR: it is used as given."""
+    args, world = run.args, run.ctx.world
+    parts = [f"{world} processes" if world > 1 else "",
+             f"{args.accum_steps} micro-batches" if args.accum_steps > 1 else ""]
+    of = " x ".join([p for p in parts if p] + [str(args.batch_size)])
+    size = args.batch_size * world * args.accum_steps
+    return (f"global batch {size}" + (f" ({of})" if size != args.batch_size else "")
+            + f", peak LR {args.lr:g} as given (not scaled with the global batch)")
 
 
 def checkpoint(run, state):

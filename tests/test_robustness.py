@@ -178,6 +178,9 @@ def test_two_process_training_runs(tmp_path):
                    *RUN, "--epochs", "1", "--out", str(tmp_path / "ddp"))
     assert r.returncode == 0, r.stderr
     assert "x2" in r.stdout and (tmp_path / "ddp" / "best.pt").exists()
+    # the LR rule, printed at the start: --batch-size is per process, --lr is used as given
+    assert "global batch 32 (2 processes x 16), peak LR 0.1 as given (not scaled with the global batch)" \
+        in r.stdout
 
 
 def test_resumed_log_drops_rows_past_the_checkpoint(tmp_path):

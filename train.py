@@ -784,3 +784,9 @@ def end_epoch(run, state, epoch, stats, val_loader, progress, t0, replacing):
           f"{'not validated' if math.isnan(val_acc) else f'val acc {val_acc:.3f}'}{' (best)' if improved else ''}  "
           f"[{time.time() - t0:.0f}s, "
           f"{throughput}; eta {datetime.timedelta(seconds=round(progress.eta()))}]")
+
+
+if __name__ == "__main__":  # the run needs a task's flags and defaults, which its entry script gives
+    print("error: train.py is the training run behind the entry scripts; start it with train_dw.py (Task 1) "
+          "or train_rrdb.py (Task 2)", file=sys.stderr)
+    sys.exit(2)

@@ -176,3 +176,10 @@ def test_predict_reads_every_readable_file_then_reports_the_rest(runs, tmp_path,
     assert [line.split(":")[0] for line in out.splitlines()] == [str(folder / "a.png"), str(folder / "c.png")]
     assert f"cannot read image {folder / 'b.jpg'}" in err and "1 of 3 image(s) could not be read" in err
     assert os.path.exists(folder / "b.jpg")
+
+
+def test_train_py_run_directly_points_to_the_entry_scripts():
+    from conftest import run_script
+    r = run_script("train.py", "--epochs", "1")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert "train_dw.py" in r.stderr and "train_rrdb.py" in r.stderr

@@ -1,7 +1,9 @@
 """DataLoaders built once per run (persistent workers), whose order and augmentations depend only
 on (seed, epoch), so a resumed run sees the same batches, augmented the same way, even when it
 resumes inside an epoch."""
+import atexit
 import functools
+import multiprocessing
 import os
 import signal
 
@@ -23,6 +25,17 @@ def ignore_stop_signals(_worker_id=None):
     and the training process with them, before it can finish its step and save."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@atexit.register  # runs before multiprocessing's own exit hook, which atexit registered earlier
+def _kill_workers_at_exit():
+    """Workers ignore SIGTERM, so the terminate-and-join multiprocessing gives its daemon children
+    at exit would wait forever for workers still alive (an error raised with persistent workers up).
+    SIGCHLD goes back to its default first: torch's handler would report each kill as a failure."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
 
 def default_workers():

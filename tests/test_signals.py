@@ -65,3 +65,14 @@ def test_the_results_driver_passes_a_stop_to_its_run_and_waits(tmp_path):
     assert 1 <= saved["epoch"] < 40
     ps = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True)
     assert ps.stdout == "", "a training run outlived the driver"
+
+
+def test_a_process_exits_with_its_loader_workers_still_up():
+    # After an error mid-epoch the loader's iterator can outlive main(); multiprocessing's exit
+    # hook would then send SIGTERM, which the workers ignore, and wait for them forever.
+    script = ("import torch.utils.data as d; from data.loaders import ignore_stop_signals\n"
+              "it = iter(d.DataLoader(list(range(64)), batch_size=4, num_workers=1, persistent_workers=True,"
+              " worker_init_fn=ignore_stop_signals))\n"
+              "next(it)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

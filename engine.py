@@ -53,15 +53,16 @@ class StopRequest:
 def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, *, vocab="RGB",
                     train_combo=None, augment=None, generator=None, amp_dtype=None, scaler=None,
                     start_step=0, stop=StopRequest, progress=None, total_steps=None, ema=None, mix=None,
-                    accum_steps=1, micro_batches=None):
+                    accum_steps=1, micro_batches=None, tally=None):
     """One pass over ``loader``. ``uint8`` batches (or ``EncodedBatch``es, decoded there) go to the
     device first; there they become normalised floats, ``augment(x, names, generator)`` picks
     their channels and ``criterion`` (``losses.py``) yields the loss of each forward pass it
     makes, each back-propagated at once, then one optimizer step.
-    Returns ``{"loss", "distill", "acc", "step", "interrupted"}``, where ``step`` counts the
-    batches of this epoch done so far (``start_step`` included), ``loss`` is the mean loss of a
+    Returns ``{"loss", "distill", "acc", "step", "interrupted", "tally"}``, where ``step`` counts
+    the batches of this epoch done so far (``start_step`` included), ``loss`` is the mean loss of a
     step's first pass (the labels') and ``distill`` the mean, over the steps that make more passes
-    (the sandwich's), of what those passes add (NaN when none did).
+    (the sandwich's), of what those passes add (NaN when none did). ``tally`` holds the sums behind
+    them; an epoch resumed inside passes the stopped one's back in, so its means cover every step.
     ``progress`` (``utils/progress.py``) hears of every step, with the time spent waiting for data;
     a model with ``set_progress`` (deep training) is told the fraction of ``total_steps`` done;
     ``ema`` (``EMA``) follows the weights after every optimizer step; ``mix(x, y)`` (MixUp/CutMix)
@@ -73,8 +74,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
     fill a step are left out), and a stop waits for the step to be whole."""
     set_progress = getattr(getattr(model, "module", model), "set_progress", None) if total_steps else None
     model.train()
-    total_loss, correct, seen, step = 0.0, 0, 0, start_step
-    distill_total, distill_steps = 0.0, 0
+    step = start_step
+    total_loss, correct, seen, distill_total, distill_steps = tally or (0.0, 0, 0, 0.0, 0)
 
     last_micro = True
 
@@ -134,7 +135,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
             break
     return {"loss": total_loss / max(seen, 1),
             "distill": distill_total / distill_steps if distill_steps else float("nan"),
-            "acc": correct / max(seen, 1), "step": step, "interrupted": stop.requested}
+            "acc": correct / max(seen, 1), "step": step, "interrupted": stop.requested,
+            "tally": (total_loss, correct, seen, distill_total, distill_steps)}
 
 
 def optimizer_step(optimizer, scheduler, scaler, ema, model):

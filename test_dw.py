@@ -82,6 +82,7 @@ def class_losses(per_class, combos, full="RGB", top=5):
     """The classes that lose most when channels are missing: accuracy on ``full`` minus the mean
     over the reduced combinations (first image size), largest first."""
     part = per_class[per_class.img_size == per_class.img_size.iloc[0]]
+    part = part[part.images > 0]  # a class with no test image has no accuracy to lose
     reduced = [c for c in combos if set(c) != set(full)]
     if full not in part or not reduced:
         return pd.DataFrame()

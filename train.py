@@ -484,6 +484,7 @@ class State:
     ema: EMA = None
     epoch: int = 0  # epochs done
     step: int = 0  # micro-batches of the next epoch done (a stop inside it)
+    tally: tuple = None  # and the sums of its loss and accuracy so far (engine.train_one_epoch)
     best_acc: float = -1.0
     best_epoch: int = None
 
@@ -553,6 +554,10 @@ def build_criterion(run):
     """The loss (labels, then distillation, then the sandwich around them) and the channel
     augmentation, which draws from ``run.chan_gen`` as the sandwich does."""
     args = run.args
+    loose = [_flag(k) for k in ("sandwich_packed", "sandwich_stored", "sandwich_delay") if getattr(args, k)]
+    if loose and args.channel_aug != "sandwich":
+        raise UserError(f"{', '.join(loose)} only change the sandwich; this run trains with --channel-aug "
+                        f"{args.channel_aug} (add --channel-aug sandwich or drop them)")
     if args.channel_aug == "sandwich" and run.train_combo:
         raise UserError(f"--train-channels {run.train_combo} trains one fixed combination; "
                         "pass --channel-aug none instead of the sandwich")
@@ -605,14 +610,19 @@ def training_state(run, resume):
     state = State(optimizer, scheduler, scaler)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
+        # The saved LR is the old schedule's: a finished run extended with --epochs would go on at 0.
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         state.epoch, state.step, state.best_acc = resume["epoch"], resume["step"], resume["best_acc"]
-        state.best_epoch = resume.get("best_epoch")
+        state.best_epoch, state.tally = resume.get("best_epoch"), resume.get("epoch_tally")
         if isinstance(run.criterion, SandwichLoss):
             run.criterion.steps = scheduler.last_epoch * args.accum_steps  # it is called once a micro-batch
     if isinstance(run.criterion, SandwichLoss):
-        run.criterion.start = round(args.sandwich_delay * args.epochs * run.steps_per_epoch) * args.accum_steps
+        # A delay is a share of the epochs the run began with, kept when --epochs extends it.
+        run.criterion.start = (resume or {}).get("sandwich_start") or \
+            round(args.sandwich_delay * args.epochs * run.steps_per_epoch) * args.accum_steps
         if args.sandwich_stored:
             run.criterion.stored = StoredTargets(len(run.train_set), len(run.spec.classes), run.ctx.device)
             if resume is not None and resume.get("stored_targets"):
@@ -682,6 +692,8 @@ def checkpoint(run, state):
             "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "epoch": state.epoch, "step": state.step, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
+            "epoch_tally": list(state.tally) if state.step and state.tally else None,
+            "sandwich_start": getattr(run.criterion, "start", None),
             "rng": rng_state(), "chan_gen": run.chan_gen.get_state(), "lists": run.lists,
             "ema": state.ema.state_dict() if state.ema is not None else None,
             "stored_targets": (run.criterion.stored.state_dict()
@@ -721,9 +733,9 @@ def train_epochs(run, state, resume, replacing):
                 train_combo=run.train_combo, augment=run.augment, generator=run.chan_gen, amp_dtype=run.amp_dtype,
                 scaler=state.scaler, start_step=skip, progress=progress, ema=state.ema, mix=mix,
                 total_steps=args.epochs * run.steps_per_epoch, accum_steps=args.accum_steps,
-                micro_batches=micro_batches)
+                micro_batches=micro_batches, tally=state.tally if skip else None)
             if stats["interrupted"]:
-                state.epoch, state.step = epoch, stats["step"]
+                state.epoch, state.step, state.tally = epoch, stats["step"], stats["tally"]
                 if ctx.main:
                     save_atomic(checkpoint(run, state), os.path.join(args.out, "last.pt"))
                     if replacing:

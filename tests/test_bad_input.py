@@ -195,6 +195,10 @@ def cases(w):
         ("results", ["--jobs", "0"], "argument --jobs: must be at least 1"),
         ("results", ["--epochs", "0"], "argument --epochs: must be at least 1"),
         ("results", ["--part", "nope"], "argument --part: invalid choice: 'nope'"),
+        ("results", ["--part", "task1-sweep", "--models", "dwg,dgw", "--out", str(w["base"] / "typo")],
+         "--models dgw: not a row of --part task1-sweep (its rows: plain_zero,"),
+        ("results", ["--part", "task2", "--models", "dwg", "--out", str(w["base"] / "typo")],
+         "--models picks Task 1 rows; --part task2 has none"),
     ]
     return listed
 
@@ -215,5 +219,6 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 97
+    assert checked == 99
+    assert not (world["base"] / "typo").exists()  # a refused --models writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
+from test_dw import class_losses, per_class_table
 from test_rrdb import add_ratios
 from utils.metrics import classification_metrics, per_class_accuracy
 
@@ -76,3 +77,12 @@ def test_aggregates_count_each_combination_once():
     table = accuracy_table(pd.DataFrame([{"model": "m", "combo": c, "accuracy": acc[c]} for c in TASK1_COMBOS]), ["m"])
     assert table.loc["m", "mean"] == pytest.approx(5.1 / 7)  # over the seven distinct sets, not 6.0 / 8
     assert table.loc["m", "worst"] == 0.5
+
+
+def test_class_losses_leave_out_classes_without_test_images():
+    # a trial on a few images (--limit) leaves classes with no image: their accuracy is NaN
+    top = np.array([[0], [0], [1], [2]])
+    full, red = (np.array([0, 0, 2, 2]), top), (np.array([0, 0, 2, 2]), np.array([[0], [1], [2], [0]]))
+    table = per_class_table({32: {"RGB": full, "R": red}}, ["a", "b", "c"])
+    losses = class_losses(table, ["RGB", "R"])
+    assert list(losses["name"]) == ["a", "c"] and losses["worst_combo"].eq("R").all()

@@ -207,10 +207,15 @@ def test_results_refuse_a_run_folder_of_another_recipe():
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
     out = tmp_path / "run"
     assert run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(out)).returncode == 0
+    before = torch.load(out / "last.pt", weights_only=False)
     r = run_script("train_dw.py", "--resume", str(out), "--epochs", "2")
     assert r.returncode == 0, r.stderr
     assert "with --epochs 2 (was 1)" in r.stdout
-    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 2
+    after = torch.load(out / "last.pt", weights_only=False)
+    assert after["epoch"] == 2
+    # the stretched schedule's LR, not the finished one's 0, trains the new epoch
+    weights = [k for k in before["state_dict"] if k.endswith("weight")]
+    assert any(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in weights)
     assert len((out / "log.csv").read_text().splitlines()) == 3
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from test_robustness import RUN, _wait_for_epochs
@@ -200,6 +201,10 @@ def test_stop_inside_an_epoch_resumes_bit_exactly(tmp_path, sandwich_reference, 
     final, ref = (torch.load(p / "last.pt", weights_only=False) for p in (out, sandwich_reference))
     for k, v in ref["state_dict"].items():
         assert torch.equal(final["state_dict"][k], v), k
+    # the log's training loss and accuracy of the stopped epoch cover its steps before the stop too
+    logs = [pd.read_csv(p / "log.csv") for p in (out, sandwich_reference)]
+    cols = ["train_loss", "train_acc", "train_distill"]
+    pd.testing.assert_frame_equal(logs[0][cols], logs[1][cols])
 
 
 def test_best_and_last_agree_after_a_kill_between_the_two_writes(tmp_path, finished):

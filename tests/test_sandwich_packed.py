@@ -138,6 +138,19 @@ def test_validation_every_n_epochs_and_the_last(tmp_path):
     assert best["epoch"] in (2, 3) and best["best_acc"] == pytest.approx(log["val_acc"].max(), abs=1e-4)
     # 6 steps an epoch, 18 in all: a delay of round(0.34 x 18) = 6 steps is epoch 1, which distils nothing
     assert log["train_distill"].isna().tolist() == [True, False, False]
+    # extended to 6 epochs, the delay stays the 6 steps it was, not a share of the new length
+    r = run_script("train_dw.py", "--resume", str(out), "--epochs", "6")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(out / "last.pt", weights_only=True)["sandwich_start"] == 6
+
+
+def test_sandwich_options_without_the_sandwich_are_refused(tmp_path):
+    r = run_script("train_dw.py", "--model", "plain_zero", "--backbone", "small", "--data-root", "synthetic",
+                   "--limit", "48", "--sandwich-stored", "--sandwich-delay", "0.5", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --sandwich-stored, --sandwich-delay only change the sandwich; this run trains with "
+        "--channel-aug none (add --channel-aug sandwich or drop them)"]
+    assert not (tmp_path / "r").exists()
 
 
 def test_packed_model_copy_is_independent_of_the_selector_state():

@@ -22,8 +22,9 @@ task2.py (what they share in tables.py); this module reads the command line.
 import argparse
 import os
 
-from utils.errors import Parser, at_least, cli, int_list, non_empty
+from utils.errors import Parser, UserError, at_least, cli, int_list, non_empty
 
+from .rows import ABLATION_NAMES, RESNET18_ROWS, SANDWICH_ROWS, SWEEP_ROWS, TASK1_ROWS
 from .task1 import task1, task1_ablation, task1_resnet18, task1_sandwich
 from .task1_sweep import task1_sweep
 from .task2 import task2, task2_headline, task2_recipe, task2_sweep
@@ -76,9 +77,31 @@ def parse_args(argv):
     return args
 
 
+# The rows --models may pick, by part.
+PART_ROWS = {"task1": [r.name for r in TASK1_ROWS], "task1-sweep": [r.name for r in SWEEP_ROWS] + ["sandwich-full"],
+             "task1-ablation": list(ABLATION_NAMES), "task1-sandwich": ["plain_zero", *(r.name for r in SANDWICH_ROWS)],
+             "task1-resnet18": [r.name for r in RESNET18_ROWS]}
+PART_ROWS["all"] = list(dict.fromkeys(n for p in ("task1", "task1-ablation", "task1-sandwich", "task1-resnet18")
+                                      for n in PART_ROWS[p]))
+
+
+def check_models(args):
+    """Refuse, before anything is written, a --models name that is not a row of the part."""
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    rows = PART_ROWS.get(args.part)
+    if rows is None:
+        raise UserError(f"--models picks Task 1 rows; --part {args.part} has none to pick")
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise UserError(f"--models {', '.join(unknown)}: not a row of --part {args.part} (its rows: {', '.join(rows)})")
+    args.models = ",".join(names)
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    if args.models:
+        check_models(args)
     seeds = args.seeds
     os.makedirs(args.results, exist_ok=True)
     os.makedirs(args.figs, exist_ok=True)

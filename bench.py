@@ -34,7 +34,7 @@ from experiments.results.rows import SWEEP_RECIPES, SWEEP_VAL
 from losses import LabelLoss, SandwichLoss
 from models.stems import ChannelHyperStem, SeedDWGStem
 from utils.complexity import complexity_row, stem_cost
-from utils.errors import Parser, UserError, at_least, choice_list, cli, int_list
+from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, choice_list, cli, img_side, int_list
 from utils.report import update_doc, write_results, write_text
 
 PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
@@ -46,11 +46,11 @@ def parse_args(argv):
     p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-sizes", default="1,32,128", type=int_list(1))
-    p.add_argument("--img-sizes", default="64,224", type=int_list(8))
-    p.add_argument("--model-img-size", type=at_least(8), default=None, help="default 224 on CUDA, 128 on CPU")
+    p.add_argument("--img-sizes", default="64,224", type=int_list(8, MAX_IMG_SIZE))
+    p.add_argument("--model-img-size", type=img_side, default=None, help="default 224 on CUDA, 128 on CPU")
     p.add_argument("--model-batch", type=at_least(1), default=None, help="default 64 on CUDA, 16 on CPU")
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "synthetic"))
-    p.add_argument("--epoch-img-size", type=at_least(8), default=64, help="epoch part: image size")
+    p.add_argument("--epoch-img-size", type=img_side, default=64, help="epoch part: image size")
     p.add_argument("--epoch-limit", type=at_least(1), default=None, help="epoch part: images per split (default all)")
     p.add_argument("--repeats", type=at_least(1), default=3, help="epoch part: runs of each model, alternated")
     p.add_argument("--min-time", type=at_least(0.0, float), default=0.5, help="seconds of timed runs per measurement")

@@ -24,7 +24,7 @@ from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, 
 from models import deploy
 from models.loading import model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint, save_atomic
-from utils.errors import Parser, UserError, at_least, choice_list, cli
+from utils.errors import Parser, UserError, at_least, choice_list, cli, img_side
 
 FORMATS = ("onnx", "torch", "weights")
 
@@ -36,7 +36,7 @@ def parse_args(argv):
     p.add_argument("--formats", default="onnx,torch", type=choice_list(FORMATS),
                    help="comma-separated: onnx (.onnx), torch (.pt2), weights (<model>_weights.pt: the "
                         "checkpoint without optimizer and RNG states, loadable by every script)")
-    p.add_argument("--img-size", type=at_least(8), default=None, help="default: the checkpoint's training size")
+    p.add_argument("--img-size", type=img_side, default=None, help="default: the checkpoint's training size")
     p.add_argument("--image", default=None,
                    help="image to check the export on (default: the first test image of --data-root)")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's data")

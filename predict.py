@@ -24,7 +24,7 @@ from data.datasets import decode_image, load_image
 from models import deploy
 from models.loading import model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
-from utils.errors import Parser, UserError, at_least, cli
+from utils.errors import Parser, UserError, at_least, cli, img_side
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -38,7 +38,7 @@ def parse_args(argv):
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--top", type=at_least(1), default=5)
-    p.add_argument("--img-size", type=at_least(8), default=None, help="default: the checkpoint's training size")
+    p.add_argument("--img-size", type=img_side, default=None, help="default: the checkpoint's training size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
 

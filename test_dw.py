@@ -21,7 +21,7 @@ from models.loading import load_model
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint
 from utils.complexity import complexity_row, stem_cost
-from utils.errors import Parser, UserError, at_least, cli, int_list, non_empty
+from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, cli, int_list, non_empty
 from utils.files import write_folder
 from utils.metrics import per_class_accuracy
 from utils.report import bar_chart, confusion_figure, fmt_table, heatmap, write_results
@@ -41,7 +41,8 @@ def parse_args(argv):
                    help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--combos", default=",".join(DEFAULT_COMBOS), type=non_empty)
-    p.add_argument("--img-sizes", default=None, type=int_list(8), help="comma-separated (default: the training size)")
+    p.add_argument("--img-sizes", default=None, type=int_list(8, MAX_IMG_SIZE),
+                   help="comma-separated (default: the training size)")
     p.add_argument("--out", default=None,
                    help="results folder, replaced whole (default: <run folder>/eval-<split>, or "
                         "<first run folder>/compare-<split> for several checkpoints)")

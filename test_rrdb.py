@@ -21,7 +21,7 @@ from models.registry import max_layers
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint, save_atomic
 from utils.complexity import complexity_row
-from utils.errors import Parser, UserError, at_least, cli
+from utils.errors import Parser, UserError, at_least, cli, img_side
 from utils.files import write_folder
 from utils.metrics import per_class_accuracy
 from utils.report import fmt_table, plt, save_figure, write_results
@@ -40,7 +40,7 @@ def parse_args(argv):
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--img-size", type=at_least(8), default=None, help="default: each checkpoint's training size")
+    p.add_argument("--img-size", type=img_side, default=None, help="default: each checkpoint's training size")
     p.add_argument("--out", default=None, help="default: <first run folder>/compare-<split>")
     p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--workers", type=at_least(0), default=default_workers())

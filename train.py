@@ -35,7 +35,7 @@ from models.loading import init_from, load_model
 from models.norm import ComboBatchNorm2d
 from utils import distributed
 from utils.checkpoint import check_classes, load_checkpoint, save_atomic
-from utils.errors import Parser, UserError, at_least, between, non_empty
+from utils.errors import Parser, UserError, at_least, between, img_side, non_empty
 from utils.files import write_atomic
 from utils.metrics import classification_metrics
 from utils.progress import Progress
@@ -123,11 +123,11 @@ def add_recipe_flags(p):
                    help="per process (per micro-batch with --accum-steps)")
     p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
                    help="one optimizer step per N micro-batches of --batch-size (their gradients added)")
-    p.add_argument("--img-size", type=at_least(8), default=224)
+    p.add_argument("--img-size", type=img_side, default=224)
     p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"],
                    help="sgd: Nesterov momentum; adamw: decoupled weight decay (torch.optim)")
-    p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default 0.1 for sgd, "
-                                                                        "1e-3 for adamw)")
+    p.add_argument("--lr", type=at_least(0.0, float, high=10.0), default=None,
+                   help="peak learning rate (default 0.1 for sgd, 1e-3 for adamw)")
     p.add_argument("--sched", default="cosine", choices=list(SCHEDULES),
                    help="; ".join(f"{k}: {v}" for k, v in SCHEDULES.items()) + " (torch.optim.lr_scheduler, per step)")
     p.add_argument("--momentum", type=between(0, 1, high_open=True), default=0.9, help="sgd")

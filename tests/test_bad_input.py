@@ -195,6 +195,11 @@ def cases(w):
         ("results", ["--jobs", "0"], "argument --jobs: must be at least 1"),
         ("results", ["--epochs", "0"], "argument --epochs: must be at least 1"),
         ("results", ["--part", "nope"], "argument --part: invalid choice: 'nope'"),
+        ("train_dw", [*TINY, "--mixup", "inf"], "argument --mixup: must be finite, got inf"),
+        ("train_dw", [*TINY, "--warmup-epochs", "inf"], "argument --warmup-epochs: must be finite, got inf"),
+        ("train_dw", [*TINY, "--lr", "1e308"], "argument --lr: must be at most 10.0, got 1e308"),
+        ("train_dw", [*TINY, "--img-size", "60000"], "argument --img-size: must be at most 2048, got 60000"),
+        ("test_dw", ["--checkpoint", ck, "--img-sizes", "32,100000"], "argument --img-sizes: must be at most 2048"),
         ("results", ["--part", "task1-sweep", "--models", "dwg,dgw", "--out", str(w["base"] / "typo")],
          "--models dgw: not a row of --part task1-sweep (its rows: plain_zero,"),
         ("results", ["--part", "task2", "--models", "dwg", "--out", str(w["base"] / "typo")],
@@ -219,6 +224,6 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 99
+    assert checked == 104
     assert not (world["base"] / "typo").exists()  # a refused --models writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run

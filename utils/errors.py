@@ -37,18 +37,26 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def at_least(low, kind=int):
-    """An argparse type: a number of ``kind`` not below ``low``."""
+def at_least(low, kind=int, high=None):
+    """An argparse type: a finite number of ``kind`` not below ``low`` (nor above ``high``)."""
     def parse(text):
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
         if not value >= low:  # also refuses nan
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
+        if value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         return value
     return parse
+
+
+MAX_IMG_SIZE = 2048  # an image side the memory of one batch can hold; larger ones only fail later
+img_side = at_least(8, high=MAX_IMG_SIZE)
 
 
 def between(low, high, high_open=False, low_open=False):
@@ -68,13 +76,13 @@ def non_empty(text):
     return text
 
 
-def int_list(low):
-    """An argparse type: comma-separated integers, each at least ``low``, at least one."""
+def int_list(low, high=None):
+    """An argparse type: comma-separated integers, each in [``low``, ``high``], at least one."""
     def parse(text):
         items = [t.strip() for t in text.split(",")]
         if not text.strip() or "" in items:
             raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-        return [at_least(low)(t) for t in items]
+        return [at_least(low, high=high)(t) for t in items]
     return parse
 
 

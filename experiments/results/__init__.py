@@ -22,7 +22,7 @@ task2.py (what they share in tables.py); this module reads the command line.
 import argparse
 import os
 
-from utils.errors import Parser, UserError, at_least, cli, int_list, non_empty
+from utils.errors import Parser, UserError, at_least, cli, img_side, int_list, non_empty
 
 from .rows import ABLATION_NAMES, RESNET18_ROWS, SANDWICH_ROWS, SWEEP_ROWS, TASK1_ROWS
 from .task1 import task1, task1_ablation, task1_resnet18, task1_sandwich
@@ -47,9 +47,10 @@ def parse_args(argv):
     p.add_argument("--pretrained", default=None, help="Task 1 rows start from these weights (e.g. imagenet); "
                                                       "Task 2 trains from scratch")
     p.add_argument("--epochs", type=at_least(1), default=6)
-    p.add_argument("--img-size", type=at_least(8), default=64)
+    p.add_argument("--img-size", type=img_side, default=64)
     p.add_argument("--batch-size", type=at_least(1), default=64)
-    p.add_argument("--lr", type=at_least(0.0, float), default=None, help="peak learning rate (default: the scripts')")
+    p.add_argument("--lr", type=at_least(0.0, float, high=10.0), default=None,
+                   help="peak learning rate (default: the scripts')")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA)")
     p.add_argument("--workers", type=at_least(0), default=1)
     p.add_argument("--limit", type=at_least(1), default=None,

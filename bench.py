@@ -10,7 +10,6 @@ Writes <out>/<part>.md|json|csv and bench.json (default runs/bench); --update-do
 instead: the tables into results/bench/, whose epoch and sandwich ratios the result tables read,
 and the complexity and loader tables into docs/speed.md.
 """
-import argparse
 import functools
 import json
 import os
@@ -41,7 +40,7 @@ PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "com
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--parts", default="stem,profile,model,sandwich,data,complexity", type=choice_list(PARTS))
     p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])

@@ -10,7 +10,6 @@ ImageNet mean and standard deviation of the channels it was exported for, in tha
 .json file beside it says so), and is checked against PyTorch on a real image of the data:
 the largest logit difference must stay under --atol.
 """
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,7 @@ FORMATS = ("onnx", "torch", "weights")
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
     p.add_argument("--channels", default="RGB", help="the combination the exported model takes, e.g. RG")
     p.add_argument("--formats", default="onnx,torch", type=choice_list(FORMATS),

@@ -15,7 +15,6 @@ Without CUDA it says so in one line and exits 0. `--cpu-smoke` runs the same seq
 CPU at toy sizes (small backbone, 32 px; the CUDA flags are then ignored with a warning), so
 that the script itself is tested where no GPU is.
 """
-import argparse
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ SAMPLE = os.path.join(HERE, "..", "shared", "data", "mini-imagenet-sample")
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--data-root", default=os.environ.get("DATA_ROOT") or SAMPLE)
     p.add_argument("--out", default="runs/gpu_check")
     p.add_argument("--steps", type=at_least(1), default=24, help="training steps per run (about)")

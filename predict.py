@@ -11,7 +11,6 @@ the channels named by ``--channels`` (any combination of R, G, B, in that order)
 takes the preprocessing and the channels written beside it by export.py. Class names come from
 the checkpoint (``classes.txt`` of its data, or the wnids).
 """
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, a run folder, or an exported .onnx")
     p.add_argument("--channels", default=None,

@@ -7,7 +7,6 @@
 The data is the checkpoint's own unless --data-root names other data. Accuracies, precision,
 recall and F1 are fractions (0-1) in every printout and file. The output folder is replaced whole.
 """
-import argparse
 import os
 import sys
 
@@ -30,7 +29,7 @@ METRICS = ["accuracy", "top5", "precision", "recall", "f1", "f1_macro"]
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--checkpoints", "--checkpoint", nargs="+", required=True,
                    help="best.pt / last.pt, or run folders; several make one table")
     p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")

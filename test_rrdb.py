@@ -6,7 +6,6 @@ Ratios (accuracy / the baseline's) and the 90% verdict are computed only with --
 data is the first checkpoint's unless --data-root names other data; accuracies are fractions.
 The output folder (default <first run folder>/compare-<split>) is replaced whole.
 """
-import argparse
 import os
 import sys
 
@@ -32,7 +31,7 @@ COLUMNS = ["model", "layers", "params", "macs", "flops", "accuracy", "top5", "pr
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--checkpoints", nargs="+", required=True)
     p.add_argument("--baseline", default=None,
                    help="checkpoint whose accuracy the others are divided by (e.g. the ResNet34)")

@@ -71,7 +71,7 @@ def build_parser(description, default_model, val_combos):
     """The flags of one task's script: Task 2's command line has none of Task 1's channel flags
     (they keep Task 1's inert defaults, so that both tasks share one run)."""
     task = models.registry.model_task(default_model)
-    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description)
     p.add_argument("--model", default=None,
                    help=f"default {default_model}; one of: {', '.join(models.list_models(task))}")
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", type=model_option,
@@ -94,8 +94,8 @@ def build_parser(description, default_model, val_combos):
                         "many combinations costs as much as training on a small training split")
     p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
     p.add_argument("--kd-alpha", type=between(0, 1), default=0.5, help="weight of the distillation loss")
-    p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0)
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0, help="softens both logits")
+    p.add_argument("--seed", type=at_least(0), default=0, help="weights, data order and augmentation")
     p.add_argument("--workers", type=at_least(0), default=None,
                    help="loader processes per training process (default: its cores minus one, "
                         f"{default_workers()} here)")
@@ -103,7 +103,7 @@ def build_parser(description, default_model, val_combos):
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--resume", default=None, help="run folder or checkpoint to continue")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a folder holding another run")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when there is one")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="CUDA only")
     p.add_argument("--channels-last", action="store_true", help="CUDA only")
     p.add_argument("--compile", action="store_true",
@@ -118,12 +118,12 @@ def build_parser(description, default_model, val_combos):
 
 def add_recipe_flags(p):
     """Budget, optimizer, schedule and regularisation: the same for both tasks."""
-    p.add_argument("--epochs", type=at_least(1), default=30)
+    p.add_argument("--epochs", type=at_least(1), default=30, help="the schedule's length")
     p.add_argument("--batch-size", type=at_least(1), default=64,
                    help="per process (per micro-batch with --accum-steps)")
     p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
                    help="one optimizer step per N micro-batches of --batch-size (their gradients added)")
-    p.add_argument("--img-size", type=img_side, default=224)
+    p.add_argument("--img-size", type=img_side, default=224, help="training crop side in pixels")
     p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"],
                    help="sgd: Nesterov momentum; adamw: decoupled weight decay (torch.optim)")
     p.add_argument("--lr", type=at_least(0.0, float, high=10.0), default=None,
@@ -132,8 +132,9 @@ def add_recipe_flags(p):
                    help="; ".join(f"{k}: {v}" for k, v in SCHEDULES.items()) + " (torch.optim.lr_scheduler, per step)")
     p.add_argument("--momentum", type=between(0, 1, high_open=True), default=0.9, help="sgd")
     p.add_argument("--weight-decay", type=at_least(0.0, float), default=5e-4, help="weights only, not biases or norms")
-    p.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0)
-    p.add_argument("--label-smoothing", type=between(0, 1, high_open=True), default=0.1)
+    p.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0, help="linear LR warm-up")
+    p.add_argument("--label-smoothing", type=between(0, 1, high_open=True), default=0.1,
+                   help="on the labels' loss")
     p.add_argument("--mixup", type=at_least(0.0, float), default=0.0, metavar="ALPHA",
                    help="MixUp with Beta(ALPHA, ALPHA) weights (torchvision.transforms.v2.MixUp; 0: off)")
     p.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, metavar="ALPHA",

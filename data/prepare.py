@@ -9,7 +9,6 @@ scale (libjpeg's DCT scaling, PIL's ``draft``) makes the copy itself fast. Image
 within the cap are copied byte for byte. DST must not exist or be empty, and must not lie inside
 SRC (the data may be read-only).
 """
-import argparse
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ from utils.errors import Parser, UserError, at_least, cli
 
 
 def parse_args(argv):
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("src", help="data root with train/val/test.txt and images/")
     p.add_argument("dst", help="where the prepared copy goes")
     p.add_argument("--max-side", type=at_least(8), required=True, help="cap in pixels")

@@ -227,3 +227,13 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
     assert checked == 104
     assert not (world["base"] / "typo").exists()  # a refused --models writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY))
+def test_help_shows_real_defaults_only(entry, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ENTRY[entry](["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "(default: None)" not in out and "(default: [])" not in out
+    if entry.startswith("train"):
+        assert "(default: 224)" in " ".join(out.split())  # --img-size

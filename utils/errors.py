@@ -29,8 +29,22 @@ def cli(main):
     return wrapper
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; each flag's default after its help, unless the help already
+    says it or there is none to show (None, off, an empty list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, [], "", argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
     """``argparse`` whose errors are one ``error:`` line (usage stays in ``--help``), exit 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message):
         print(f"error: {message} ({self.prog} --help lists the flags)", file=sys.stderr)

@@ -19,7 +19,6 @@ ResNet34 has finished). Never run by CI, except end-to-end tests at toy size.
 What to train is in rows.py, running the jobs in jobs.py, the tables and figures in task1.py and
 task2.py (what they share in tables.py); this module reads the command line.
 """
-import argparse
 import os
 
 from utils.errors import Parser, UserError, at_least, cli, img_side, int_list, non_empty
@@ -31,8 +30,7 @@ from .task2 import task2, task2_headline, task2_recipe, task2_sweep
 
 
 def parse_args(argv):
-    p = Parser(prog="python -m experiments.results", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m experiments.results", description=__doc__)
     p.add_argument("--part", default="all",
                    choices=["task1", "task1-sweep", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2",
                             "task2-sweep",

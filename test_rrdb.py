@@ -57,7 +57,7 @@ def add_ratios(rows, baseline_accuracy, classes):
     hardly above chance makes every ratio large, and is said to."""
     chance = 1 / classes
     if baseline_accuracy < 2 * chance:
-        print(f"warning: the baseline's accuracy {baseline_accuracy:.4f} is under twice chance ({chance:.4f}); "
+        print(f"warning: the baseline's accuracy {baseline_accuracy:.4f} is under twice chance (2 x {chance:.4f}); "
               "ratios against it say little", file=sys.stderr)
     for r in rows:
         r["ratio_to_baseline"] = r["accuracy"] / baseline_accuracy if baseline_accuracy > 0 else float("nan")
@@ -132,7 +132,8 @@ def main(argv=None):
         add_ratios(rows, base["accuracy"], len(spec.classes))
     if not ctx.main:
         return 0
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(rows[0]["checkpoint"])), f"compare-{args.split}")
+    first = rows[paths.index(args.checkpoints[0])]["checkpoint"]  # not the baseline put in front of it
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(first)), f"compare-{args.split}")
     write_folder(out, lambda tmp: report(rows, per_class, base, spec, args, tmp))
     print(f"\nwrote {out}/: results.json, .csv, .md, accuracy.png and per_class.csv")
     return 0

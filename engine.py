@@ -110,7 +110,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, ctx, epoch, criterion, 
             value = loss.item()
             if not math.isfinite(value):
                 raise UserError(f"non-finite loss ({value}) at epoch {epoch} step {step + 1}; "
-                                "training stopped, the last good checkpoint is kept")
+                                "training stopped; the checkpoints saved so far are kept")
             loss = loss / accum_steps if accum_steps > 1 else loss
             (scaler.scale(loss) if scaler is not None else loss).backward()
             passes += parts[0] if parts else [value]  # a packed pass names its label and distillation parts

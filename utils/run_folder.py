@@ -116,6 +116,10 @@ def check_out_dir(out, continuing, overwrite):
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a folder")
     existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if existing == ["log.csv"] and _header_only(os.path.join(out, "log.csv")):
+        print(f"{out}/log.csv holds no epoch and no checkpoint beside it (a run that stopped in its first "
+              "epoch): the new run replaces it")
+        existing = []
     if existing and not continuing and not overwrite:
         raise UserError(f"{out} already holds a run ({', '.join(existing)}); "
                         "pass --resume to continue it, --overwrite to replace it, or another --out")
@@ -127,6 +131,14 @@ def check_out_dir(out, continuing, overwrite):
         os.remove(probe)
     except OSError as exc:
         raise UserError(f"cannot write into --out {out}: {exc.strerror}") from None
+
+
+def _header_only(path):
+    try:
+        with open(path, "rb") as f:
+            return len(f.read(1 << 16).splitlines()) <= 1
+    except OSError:  # a folder, say: it is no leftover of ours
+        return False
 
 
 PREVIOUS = ".previous-run"  # where --overwrite keeps the old run until the new one has a checkpoint

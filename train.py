@@ -126,7 +126,8 @@ def add_recipe_flags(p):
     p.add_argument("--img-size", type=img_side, default=224, help="training crop side in pixels")
     p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"],
                    help="sgd: Nesterov momentum; adamw: decoupled weight decay (torch.optim)")
-    p.add_argument("--lr", type=at_least(0.0, float, high=10.0), default=None,
+    # the bound: a larger step overflows float32 weights at the first update
+    p.add_argument("--lr", type=at_least(0.0, float, high=1e30), default=None,
                    help="peak learning rate (default 0.1 for sgd, 1e-3 for adamw)")
     p.add_argument("--sched", default="cosine", choices=list(SCHEDULES),
                    help="; ".join(f"{k}: {v}" for k, v in SCHEDULES.items()) + " (torch.optim.lr_scheduler, per step)")

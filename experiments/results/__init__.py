@@ -47,7 +47,7 @@ def parse_args(argv):
     p.add_argument("--epochs", type=at_least(1), default=6)
     p.add_argument("--img-size", type=img_side, default=64)
     p.add_argument("--batch-size", type=at_least(1), default=64)
-    p.add_argument("--lr", type=at_least(0.0, float, high=10.0), default=None,
+    p.add_argument("--lr", type=at_least(0.0, float, high=1e30), default=None,
                    help="peak learning rate (default: the scripts')")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA)")
     p.add_argument("--workers", type=at_least(0), default=1)

@@ -43,8 +43,9 @@ def parse_args(argv):
     p.add_argument("--img-sizes", default=None, type=int_list(8, MAX_IMG_SIZE),
                    help="comma-separated (default: the training size)")
     p.add_argument("--out", default=None,
-                   help="results folder, replaced whole (default: <run folder>/eval-<split>, or "
-                        "<first run folder>/compare-<split> for several checkpoints)")
+                   help="results folder, replaced whole (default: <run folder>/eval-<split>, "
+                        "eval-as-<model>-<split> with --as-model, or <first run folder>/compare-<split> for "
+                        "several checkpoints)")
     p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--workers", type=at_least(0), default=default_workers())
     p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
@@ -203,7 +204,9 @@ def main(argv=None):
     if not ctx.main:
         return 0
     many = len(evaluated) > 1
-    out = args.out or os.path.join(run_folder(evaluated[0][0]), f"{'compare' if many else 'eval'}-{args.split}")
+    # weights read as another model get a folder of their own, beside the checkpoint's own evaluation
+    kind = "compare" if many else "eval" + (f"-as-{args.as_model}" if args.as_model else "")
+    out = args.out or os.path.join(run_folder(evaluated[0][0]), f"{kind}-{args.split}")
     wrote = write_folder(out, lambda tmp: report_many(evaluated, spec, args, tmp) if many
                          else report_one(*evaluated[0], spec, args, tmp))
     print(f"\nwrote {out}/: {', '.join(wrote)}")

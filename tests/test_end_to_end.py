@@ -49,9 +49,10 @@ def test_plain_zero_weights_evaluated_as_plain_mean(tmp_path, capsys):
     assert train_dw.main(["--model", "plain_zero", "--backbone", "small", "--out", str(out), *TINY[:-1], "1"]) == 0
     ev = ["--checkpoint", str(out), "--data-root", "synthetic", "--limit", "60", "--workers", "0",
           "--combos", "RGB,R"]
-    assert test_dw.main([*ev, "--out", str(tmp_path / "zero")]) == 0
-    assert test_dw.main([*ev, "--as-model", "plain_mean", "--out", str(tmp_path / "mean")]) == 0
-    zero, mean = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("zero", "mean"))
+    assert test_dw.main(ev) == 0
+    # the weights read as another model go beside the checkpoint's own evaluation, not over it
+    assert test_dw.main([*ev, "--as-model", "plain_mean"]) == 0
+    zero, mean = (json.loads((out / d / "results.json").read_text()) for d in ("eval-test", "eval-as-plain_mean-test"))
     assert mean[0]["model"] == "plain_mean" and zero[0]["model"] == "plain_zero"
     assert mean[0]["accuracy"] == zero[0]["accuracy"]
     assert (mean[1]["accuracy"], mean[1]["f1"]) != (zero[1]["accuracy"], zero[1]["f1"])

@@ -11,6 +11,7 @@ the channels named by ``--channels`` (any combination of R, G, B, in that order)
 takes the preprocessing and the channels written beside it by export.py. Class names come from
 the checkpoint (``classes.txt`` of its data, or the wnids).
 """
+import csv
 import json
 import os
 import sys
@@ -37,6 +38,8 @@ def parse_args(argv):
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="the raw weights, not their moving average (for a run trained with --ema)")
     p.add_argument("--top", type=at_least(1), default=5)
+    p.add_argument("--out", default=None, metavar="FILE.csv",
+                   help="also write the predictions as CSV (image, rank, class, probability)")
     p.add_argument("--img-size", type=img_side, default=None, help="default: the checkpoint's training size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
@@ -116,6 +119,22 @@ def predict(model, files, top):
     return ranked, failed
 
 
+def write_csv(path, rows):
+    """The whole file or none of it (a temporary file beside it, then renamed)."""
+    if os.path.isdir(path):
+        raise UserError(f"cannot write --out {path}: a folder is there")
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([("image", "rank", "class", "probability"), *rows])
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(f"cannot write --out {path}: {exc.strerror}") from None
+    print(f"wrote {path}")
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
@@ -126,6 +145,9 @@ def main(argv=None):
     ranked, failed = predict(model, image_files(args.images), args.top)
     for path, best in ranked.items():
         print(f"{path}: " + ", ".join(f"{model.classes[i]} {p:.1%}" for i, p in best))
+    if args.out:
+        write_csv(args.out, [(path, rank + 1, model.classes[i], f"{p:.6f}")
+                             for path, best in ranked.items() for rank, (i, p) in enumerate(best)])
     if len(failed) == 1 and not ranked:  # the one image given: its reason is the error
         raise UserError(failed[0])
     for reason in failed:

@@ -51,3 +51,21 @@ def test_folders_are_searched_and_bad_files_get_one_line(trained, tmp_path, caps
         with pytest.raises(SystemExit) as exc:
             predict.main(["--checkpoint", str(out), *args])
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_predictions_written_as_csv_match_the_printed_ones(trained, tmp_path, capsys):
+    import pandas as pd
+    root, out = trained
+    csv_path = tmp_path / "pred.csv"
+    assert predict.main(["--checkpoint", str(out), "--top", "2", "--out", str(csv_path), str(root / "images")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if ": " in line]
+    table = pd.read_csv(csv_path)
+    assert len(table) == 2 * len(printed) == 48 and list(table["rank"][:2]) == [1, 2]
+    first = table[table["rank"] == 1].set_index("image")["class"]
+    for line in printed:
+        path, rest = line.split(": ", 1)
+        assert rest.startswith(f"{first[path]} ")
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(SystemExit):  # a folder where the file should go: one line, nothing left behind
+        predict.main(["--checkpoint", str(out), "--out", str(tmp_path), str(root / "images")])
+    assert "cannot write --out" in capsys.readouterr().err and not list(tmp_path.parent.glob(".tmp-*"))

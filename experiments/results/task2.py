@@ -44,7 +44,7 @@ def task2(args, seeds):
                     xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("GMACs at 3x224x224")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"Task 2: accuracy against MACs ({budget(args)})", fontsize=9)
+    ax.set_title(f"Task 2 on {data_name(args)}: accuracy against MACs\n({budget(args)})", fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(os.path.join(args.figs, "task2_acc_vs_macs.png"))
     cols = ["model", "layers", "params", "macs", "accuracy", "accuracy_std", "precision", "recall", "f1",
@@ -140,7 +140,8 @@ def sweep_table(args, seed, df, resnet_val, verdict):
     ax.minorticks_off()
     ax.set_xlabel("epochs")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Task 2: accuracy against training budget", fontsize=9)
+    ax.set_title(f"Task 2 on {data_name(args)}: accuracy against training budget\n"
+                 f"({machine(args)}: {args.img_size}px, seed {seed})", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(os.path.join(args.figs, "task2_sweep.png"))

@@ -97,10 +97,14 @@ def test_overwrite_that_fails_before_its_first_checkpoint_leaves_the_old_run(tmp
     r = run_script("train_dw.py", *RUN, "--epochs", "1", "--lr", "1e30", "--warmup-epochs", "0",
                    "--out", str(run), "--overwrite")
     assert r.returncode == 2 and file_hashes(run) == before
-    # and one that succeeds replaces it, keeping nothing of it
+    # and one that succeeds replaces it, keeping nothing of it: its evaluations and exports neither
+    for derived in ("eval-test", "export"):
+        (run / derived).mkdir()
+        (run / derived / "results.json").write_text("{}")
     r = run_script("train_dw.py", *RUN, "--epochs", "1", "--seed", "4", "--out", str(run), "--overwrite")
     assert r.returncode == 0, r.stderr
     assert not (run / ".previous-run").exists()
+    assert not (run / "eval-test").exists() and not (run / "export").exists()
     assert torch.load(run / "last.pt", weights_only=False)["args"]["seed"] == 4
 
 

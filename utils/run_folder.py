@@ -156,7 +156,9 @@ def set_aside_run(folder):
         return
     shutil.rmtree(previous, ignore_errors=True)
     os.makedirs(previous)
-    for name in REPLACED:
+    # its evaluations and exports too: they describe the old weights, not the new run's
+    derived = [n for n in os.listdir(folder) if n in ("eval", "export") or n.startswith(("eval-", "compare-"))]
+    for name in (*REPLACED, *derived):
         if os.path.lexists(os.path.join(folder, name)):
             os.replace(os.path.join(folder, name), os.path.join(previous, name))
 

@@ -256,3 +256,17 @@ def test_a_full_disk_while_locking_leaves_no_lock(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="cannot write the lock .*No space left on device"):
         run_folder.RunLock(str(tmp_path)).acquire()
     assert not (tmp_path / "lock").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_of_other_files_is_refused_and_left_alone(tmp_path, overwrite):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("config.json", "curves.png", "notes.txt"):
+        (out / name).write_text(name)
+    before = file_hashes(out)
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(out), *(["--overwrite"] if overwrite else []))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: --out {out} holds files that are no run's (config.json, curves.png, notes.txt); a run never writes "
+        "over them (--overwrite replaces a run, not a folder): choose another --out"]
+    assert file_hashes(out) == before and sorted(os.listdir(out)) == ["config.json", "curves.png", "notes.txt"]

@@ -115,6 +115,14 @@ def check_out_dir(out, continuing, overwrite):
     """``out`` must not hold another run unless ``continuing`` it (resume) or ``overwrite``."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a folder")
+    entries = os.listdir(out) if os.path.isdir(out) else []
+    has_run = any(n in RUN_FILES for n in entries)  # else even a config.json is someone else's
+    foreign = sorted(n for n in entries
+                     if not (_ours(n) if has_run else n in (LOCK, PREVIOUS) or n.startswith(".tmp-")))
+    if foreign and not continuing:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--out {out} holds files that are no run's ({shown}); a run never writes over them "
+                        "(--overwrite replaces a run, not a folder): choose another --out")
     existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
     if existing == ["log.csv"] and _header_only(os.path.join(out, "log.csv")):
         print(f"{out}/log.csv holds no epoch and no checkpoint beside it (a run that stopped in its first "
@@ -131,6 +139,11 @@ def check_out_dir(out, continuing, overwrite):
         os.remove(probe)
     except OSError as exc:
         raise UserError(f"cannot write into --out {out}: {exc.strerror}") from None
+
+
+def _ours(name):
+    """Whether a run folder's entry is one a run (or the scripts that read it) writes."""
+    return (name in (*REPLACED, LOCK, PREVIOUS, "eval", "export") or name.startswith((".tmp-", "eval-", "compare-")))
 
 
 def _header_only(path):

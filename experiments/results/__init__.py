@@ -32,14 +32,14 @@ from .task2 import task2, task2_headline, task2_recipe, task2_sweep
 def parse_args(argv):
     p = Parser(prog="python -m experiments.results", description=__doc__)
     p.add_argument("--part", default="all",
-                   choices=["task1", "task1-sweep", "task1-ablation", "task1-sandwich", "task1-resnet18", "task2",
-                            "task2-sweep",
-                            "task2-headline", "task2-recipe", "all"],
-                   help="which table(s); task2-headline pastes the front page's Task 2 rows from the sweep's "
-                        "written table (with --update-docs)")
+                   choices=[*PARTS, "all"],
+                   help="which table(s); all: every part in turn, both budget sweeps and the recipe table "
+                        "included; task2-headline re-pastes the front page's Task 2 rows from the sweep's written "
+                        "table (with --update-docs)")
     p.add_argument("--budgets", default="6,12,24,48", type=int_list(1),
                    help="task1-sweep, task2-sweep: epochs per run, one run per budget")
-    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "../shared/data/imagenette-mini"))
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "synthetic"),
+                   help="the data (default: $DATA_ROOT, else the built-in synthetic shapes)")
     p.add_argument("--seeds", default="0", type=int_list(0))
     p.add_argument("--backbone", default="small", help="body of the Task 1 rows: small|resnet18|densenet121")
     p.add_argument("--pretrained", default=None, help="Task 1 rows start from these weights (e.g. imagenet); "
@@ -80,8 +80,7 @@ def parse_args(argv):
 PART_ROWS = {"task1": [r.name for r in TASK1_ROWS], "task1-sweep": [r.name for r in SWEEP_ROWS] + ["sandwich-full"],
              "task1-ablation": list(ABLATION_NAMES), "task1-sandwich": ["plain_zero", *(r.name for r in SANDWICH_ROWS)],
              "task1-resnet18": [r.name for r in RESNET18_ROWS]}
-PART_ROWS["all"] = list(dict.fromkeys(n for p in ("task1", "task1-ablation", "task1-sandwich", "task1-resnet18")
-                                      for n in PART_ROWS[p]))
+PART_ROWS["all"] = list(dict.fromkeys(n for rows in PART_ROWS.values() for n in rows))
 
 
 def check_models(args):
@@ -96,31 +95,22 @@ def check_models(args):
     args.models = ",".join(names)
 
 
+# Each part's tables; ``all`` runs them in this order (the Task 2 sweep pastes the front page's
+# Task 2 rows itself: task2-headline only re-pastes them from its table).
+PARTS = {"task1": task1, "task1-sweep": task1_sweep, "task1-ablation": task1_ablation,
+         "task1-sandwich": task1_sandwich, "task1-resnet18": task1_resnet18, "task2": task2,
+         "task2-sweep": task2_sweep, "task2-recipe": task2_recipe,
+         "task2-headline": lambda args, seeds: task2_headline(args)}
+ALL = [p for p in PARTS if p != "task2-headline"]
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
     if args.models:
         check_models(args)
-    seeds = args.seeds
     os.makedirs(args.results, exist_ok=True)
     os.makedirs(args.figs, exist_ok=True)
-    if args.part in ("task1", "all"):
-        task1(args, seeds)
-    if args.part == "task1-sweep":
-        task1_sweep(args, seeds)
-    if args.part in ("task1-ablation", "all"):
-        task1_ablation(args, seeds)
-    if args.part in ("task1-sandwich", "all"):
-        task1_sandwich(args, seeds)
-    if args.part in ("task1-resnet18", "all"):
-        task1_resnet18(args, seeds)
-    if args.part in ("task2", "all"):
-        task2(args, seeds)
-    if args.part == "task2-sweep":
-        task2_sweep(args, seeds)
-    if args.part == "task2-headline":
-        task2_headline(args)
-    if args.part == "task2-recipe":
-        task2_recipe(args, seeds)
+    for part in ALL if args.part == "all" else [args.part]:
+        PARTS[part](args, args.seeds)
     return 0
-

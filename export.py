@@ -21,7 +21,7 @@ from data import build_dataset, describe_root
 from data.channels import parse_combo, select
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, normalize
 from models import deploy
-from models.loading import model_from_checkpoint
+from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, choice_list, cli, img_side
 
@@ -30,7 +30,7 @@ FORMATS = ("onnx", "torch", "weights")
 
 def parse_args(argv):
     p = Parser(description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder")
+    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder (its best.pt)")
     p.add_argument("--channels", default="RGB", help="the combination the exported model takes, e.g. RG")
     p.add_argument("--formats", default="onnx,torch", type=choice_list(FORMATS),
                    help="comma-separated: onnx (.onnx), torch (.pt2), weights (<model>_weights.pt: the "
@@ -115,7 +115,7 @@ def _temporary(path):
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(best_of(args.checkpoint))
     model = model_from_checkpoint(ckpt, args.ema).eval()
     channels = tuple(parse_combo(args.channels, getattr(model, "vocab", "RGB")))
     size = image_size(ckpt, args.img_size)

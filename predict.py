@@ -22,7 +22,7 @@ from torchvision.transforms import v2 as T
 from data.channels import parse_combo, select
 from data.datasets import decode_image, load_image
 from models import deploy
-from models.loading import model_from_checkpoint
+from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
 from utils.errors import Parser, UserError, at_least, cli, img_side
 
@@ -32,7 +32,8 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 def parse_args(argv):
     p = Parser(description=__doc__)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, a run folder, or an exported .onnx")
+    p.add_argument("--checkpoint", required=True,
+                   help="best.pt / last.pt, a run folder (its best.pt), or an exported .onnx")
     p.add_argument("--channels", default=None,
                    help="channels the model sees, e.g. RG or B (Task 1 models; default RGB, or the export's)")
     p.add_argument("--no-ema", dest="ema", action="store_false",
@@ -64,7 +65,7 @@ class CheckpointModel:
     """A checkpoint, deployed, seeing ``channels`` of images at ``img_size``."""
 
     def __init__(self, path, channels, img_size, device, ema=True):
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(best_of(path))
         self.model = deploy(model_from_checkpoint(ckpt, ema)).to(device).eval()
         self.vocab = getattr(self.model, "vocab", "RGB")
         self.combo = "".join(parse_combo(channels or "RGB", self.vocab))

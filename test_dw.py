@@ -31,7 +31,7 @@ METRICS = ["accuracy", "top5", "precision", "recall", "f1", "f1_macro"]
 def parse_args(argv):
     p = Parser(description=__doc__)
     p.add_argument("--checkpoints", "--checkpoint", nargs="+", required=True,
-                   help="best.pt / last.pt, or run folders; several make one table")
+                   help="best.pt / last.pt, or run folders (their best.pt); several make one table")
     p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
     p.add_argument("--as-model", default=None,
                    help="evaluate the weights as this model, e.g. a plain_zero checkpoint as plain_mean "

@@ -15,8 +15,8 @@ from data import describe_root
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from engine import evaluate_split
 from models import deploy
-from models.loading import load_model
-from models.registry import max_layers
+from models.loading import best_of, load_model
+from models.registry import max_layers, model_task
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint, save_atomic
 from utils.complexity import complexity_row
@@ -32,7 +32,7 @@ COLUMNS = ["model", "layers", "params", "macs", "flops", "accuracy", "top5", "pr
 
 def parse_args(argv):
     p = Parser(description=__doc__)
-    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="best.pt / last.pt, or run folders (their best.pt)")
     p.add_argument("--baseline", default=None,
                    help="checkpoint whose accuracy the others are divided by (e.g. the ResNet34)")
     p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
@@ -121,7 +121,11 @@ def main(argv=None):
     paths = list(args.checkpoints)
     if args.baseline and args.baseline not in paths:
         paths.insert(0, args.baseline)
-    spec = describe_root(data_root(args.data_root, load_checkpoint(paths[0])))
+    for path in paths:  # every checkpoint read and checked before anything is evaluated or written
+        ckpt = load_checkpoint(best_of(path))
+        if model_task(ckpt["model"]) != 2:
+            raise UserError(f"{ckpt['path']} is a Task 1 model ({ckpt['model']!r}): evaluate it with test_dw.py")
+    spec = describe_root(data_root(args.data_root, load_checkpoint(best_of(paths[0]))))
     saved = {}
     rows = [evaluate_checkpoint(p, spec, args, ctx, saved) for p in paths]
     per_class = pd.DataFrame({"class": range(len(spec.classes)), "name": spec.classes})

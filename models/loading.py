@@ -1,6 +1,8 @@
 """Models from checkpoints: rebuilt from the registry, weights loaded and checked, or started from
 the weights of another run (``--init-from``)."""
 
+import os
+
 import torch
 
 from utils.checkpoint import check_classes, load_checkpoint
@@ -31,13 +33,21 @@ def model_from_checkpoint(ckpt, ema=True):
     return model
 
 
+def best_of(path):
+    """A run folder means the checkpoint it kept as best (its last.pt only while there is none);
+    a file is itself. Resuming reads last.pt through ``load_checkpoint`` instead."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "best.pt")):
+        return os.path.join(path, "best.pt")
+    return path
+
+
 def load_model(path, classes, as_model=None, ema=True):
     """-> (checkpoint, model) for evaluation on data with these classes.
 
     ``as_model`` rebuilds the weights as another registered model with the same parameters;
     ``ema`` False takes the raw weights of a run that kept a moving average.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(best_of(path))
     check_classes(ckpt, classes)
     if as_model:
         ckpt["model"] = as_model

@@ -195,6 +195,7 @@ def cases(w):
         ("results", ["--jobs", "0"], "argument --jobs: must be at least 1"),
         ("results", ["--epochs", "0"], "argument --epochs: must be at least 1"),
         ("results", ["--part", "nope"], "argument --part: invalid choice: 'nope'"),
+        ("test_rrdb", ["--checkpoints", ck], "is a Task 1 model ('plain_zero'): evaluate it with test_dw.py"),
         ("train_dw", [*TINY, "--mixup", "inf"], "argument --mixup: must be finite, got inf"),
         ("train_dw", [*TINY, "--warmup-epochs", "inf"], "argument --warmup-epochs: must be finite, got inf"),
         ("train_dw", [*TINY, "--lr", "1e308"], "argument --lr: must be at most 1e+30, got 1e308"),
@@ -224,7 +225,7 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 104
+    assert checked == 105
     assert not (world["base"] / "typo").exists()  # a refused --models writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
 

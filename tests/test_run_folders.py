@@ -270,3 +270,12 @@ def test_a_folder_of_other_files_is_refused_and_left_alone(tmp_path, overwrite):
         f"error: --out {out} holds files that are no run's (config.json, curves.png, notes.txt); a run never writes "
         "over them (--overwrite replaces a run, not a folder): choose another --out"]
     assert file_hashes(out) == before and sorted(os.listdir(out)) == ["config.json", "curves.png", "notes.txt"]
+
+
+def test_a_run_folder_given_for_evaluation_means_its_best_checkpoint(tmp_path):
+    from models.loading import best_of
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert best_of(str(tmp_path)) == str(tmp_path)  # no best.pt yet: load_checkpoint reads last.pt
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert best_of(str(tmp_path)) == str(tmp_path / "best.pt")
+    assert best_of(str(tmp_path / "last.pt")) == str(tmp_path / "last.pt")

@@ -61,7 +61,7 @@ def init_from(model, path, classes):
     plain BatchNorm statistics fill every channel set's row); the rest keep their initialisation
     and are listed.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(best_of(path))
     check_classes(ckpt, classes)
     if ckpt.get("deployed"):
         raise UserError(f"{path} holds a deployed model; start from a training checkpoint")

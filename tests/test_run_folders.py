@@ -272,6 +272,16 @@ def test_a_folder_of_other_files_is_refused_and_left_alone(tmp_path, overwrite):
     assert file_hashes(out) == before and sorted(os.listdir(out)) == ["config.json", "curves.png", "notes.txt"]
 
 
+def test_a_file_named_like_the_set_aside_folder_is_refused(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / ".previous-run").write_text("mine")
+    before = file_hashes(run)
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(run), "--overwrite")
+    assert r.returncode == 2 and "holds files that are no run's (.previous-run)" in r.stderr, r.stderr
+    assert file_hashes(run) == before
+
+
 def test_a_run_folder_given_for_evaluation_means_its_best_checkpoint(tmp_path):
     from models.loading import best_of
     (tmp_path / "last.pt").write_bytes(b"")

@@ -118,7 +118,8 @@ def check_out_dir(out, continuing, overwrite):
     entries = os.listdir(out) if os.path.isdir(out) else []
     has_run = any(n in RUN_FILES for n in entries)  # else even a config.json is someone else's
     foreign = sorted(n for n in entries
-                     if not (_ours(n) if has_run else n in (LOCK, PREVIOUS) or n.startswith(".tmp-")))
+                     if not (_ours(n) if has_run else n in (LOCK, PREVIOUS) or n.startswith(".tmp-"))
+                     or (n == PREVIOUS and not _real_folder(os.path.join(out, n))))  # ours is a folder
     if foreign and not continuing:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise UserError(f"--out {out} holds files that are no run's ({shown}); a run never writes over them "
@@ -144,6 +145,10 @@ def check_out_dir(out, continuing, overwrite):
 def _ours(name):
     """Whether a run folder's entry is one a run (or the scripts that read it) writes."""
     return (name in (*REPLACED, LOCK, PREVIOUS, "eval", "export") or name.startswith((".tmp-", "eval-", "compare-")))
+
+
+def _real_folder(path):
+    return os.path.isdir(path) and not os.path.islink(path)
 
 
 def _header_only(path):

@@ -25,6 +25,7 @@ from models import deploy
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
 from utils.errors import Parser, UserError, at_least, cli, img_side
+from utils.files import write_atomic
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -121,18 +122,11 @@ def predict(model, files, top):
 
 
 def write_csv(path, rows):
-    """The whole file or none of it (a temporary file beside it, then renamed)."""
+    """The whole file or none of it (``write_atomic``)."""
     if os.path.isdir(path):
         raise UserError(f"cannot write --out {path}: a folder is there")
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([("image", "rank", "class", "probability"), *rows])
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError(f"cannot write --out {path}: {exc.strerror}") from None
+    header = ("image", "rank", "class", "probability")
+    write_atomic(path, lambda f: csv.writer(f, lineterminator="\n").writerows([header, *rows]))
     print(f"wrote {path}")
 
 

@@ -121,11 +121,11 @@ def main(argv=None):
     paths = list(args.checkpoints)
     if args.baseline and args.baseline not in paths:
         paths.insert(0, args.baseline)
-    for path in paths:  # every checkpoint read and checked before anything is evaluated or written
-        ckpt = load_checkpoint(best_of(path))
+    ckpts = [load_checkpoint(best_of(p)) for p in paths]  # all read and checked before anything is written
+    for ckpt in ckpts:
         if model_task(ckpt["model"]) != 2:
             raise UserError(f"{ckpt['path']} is a Task 1 model ({ckpt['model']!r}): evaluate it with test_dw.py")
-    spec = describe_root(data_root(args.data_root, load_checkpoint(best_of(paths[0]))))
+    spec = describe_root(data_root(args.data_root, ckpts[0]))
     saved = {}
     rows = [evaluate_checkpoint(p, spec, args, ctx, saved) for p in paths]
     per_class = pd.DataFrame({"class": range(len(spec.classes)), "name": spec.classes})

@@ -69,3 +69,6 @@ def test_predictions_written_as_csv_match_the_printed_ones(trained, tmp_path, ca
     with pytest.raises(SystemExit):  # a folder where the file should go: one line, nothing left behind
         predict.main(["--checkpoint", str(out), "--out", str(tmp_path), str(root / "images")])
     assert "cannot write --out" in capsys.readouterr().err and not list(tmp_path.parent.glob(".tmp-*"))
+    with pytest.raises(SystemExit):  # a folder that is not there
+        predict.main(["--checkpoint", str(out), "--out", str(tmp_path / "no" / "pred.csv"), str(root / "images")])
+    assert f"cannot write {tmp_path / 'no' / 'pred.csv'}" in capsys.readouterr().err

@@ -11,7 +11,10 @@ def write_atomic(path, write, binary=False):
     kill at any moment or a full disk leaves the old file or the new one, never a cut one. A link
     is followed (the file it names is replaced, the link stays)."""
     path = os.path.realpath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=os.path.dirname(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=os.path.dirname(path))
+    except OSError as exc:  # no folder there, or one that cannot be written
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)

@@ -142,9 +142,15 @@ def check_out_dir(out, continuing, overwrite):
         raise UserError(f"cannot write into --out {out}: {exc.strerror}") from None
 
 
+def _derived(name):
+    """Whether a run folder's entry is what the scripts that read the run wrote there: evaluations
+    (test_dw.py, test_rrdb.py, the results driver) and exports."""
+    return name in ("eval", "export") or name.startswith(("eval-", "compare-"))
+
+
 def _ours(name):
     """Whether a run folder's entry is one a run (or the scripts that read it) writes."""
-    return (name in (*REPLACED, LOCK, PREVIOUS, "eval", "export") or name.startswith((".tmp-", "eval-", "compare-")))
+    return name in (*REPLACED, LOCK, PREVIOUS) or name.startswith(".tmp-") or _derived(name)
 
 
 def _real_folder(path):
@@ -175,8 +181,7 @@ def set_aside_run(folder):
     shutil.rmtree(previous, ignore_errors=True)
     os.makedirs(previous)
     # its evaluations and exports too: they describe the old weights, not the new run's
-    derived = [n for n in os.listdir(folder) if n in ("eval", "export") or n.startswith(("eval-", "compare-"))]
-    for name in (*REPLACED, *derived):
+    for name in (*REPLACED, *filter(_derived, os.listdir(folder))):
         if os.path.lexists(os.path.join(folder, name)):
             os.replace(os.path.join(folder, name), os.path.join(previous, name))
 

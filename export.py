@@ -129,44 +129,39 @@ def main(argv=None):
         save_atomic(weights(ckpt, size, args.ema), path)
         print(f"wrote {path} (weights, config and classes: every script's --checkpoint takes it; "
               f"{os.path.getsize(path) / 2 ** 20:.1f} MB against {os.path.getsize(ckpt['path']) / 2 ** 20:.1f} MB)")
-    if not set(args.formats) - {"weights"}:
-        return 0
+    if set(args.formats) - {"weights"}:
+        export_graphs(args, ckpt, model, channels, size, out)
+    return 0
+
+
+def export_graphs(args, ckpt, model, channels, size, out):
+    """The ONNX and torch.export files for ``channels``, each checked against PyTorch on an image, and
+    their sidecar. Everything is written beside its final name and moved there only once every file
+    passed its check: a failed export leaves an earlier one in the folder whole, its .json still true."""
     net = deployed_for(model, channels)
     image, source = check_image(args, ckpt, size)
     x, _ = select(image, "".join(channels), getattr(model, "vocab", "RGB"))
-    # Two copies of the image: a batch of one would let the exporter fix the batch size at 1.
-    example = x.expand(2, *x.shape[1:]).contiguous()
     stem = os.path.join(out, f"{ckpt['model']}_{''.join(channels)}")
-    # Everything is written beside its final name and moved there only once every file passed its
-    # check: a failed export leaves an earlier one in the folder whole, its .json still true.
     written = {}
     try:
         with torch.no_grad():
             reference = model(x, channels) if hasattr(model, "for_channels") else model(x)
             if not torch.isfinite(reference).all():
                 raise UserError(f"{ckpt['path']}: the model's logits on {source} are not finite; nothing exported")
-            for fmt in [f for f in args.formats if f != "weights"]:  # written above
+            for fmt in [f for f in args.formats if f != "weights"]:  # written by main
                 path = f"{stem}.onnx" if fmt == "onnx" else f"{stem}.pt2"
                 written[path] = _temporary(path)
-                run = (export_onnx if fmt == "onnx" else export_torch)(net, example, written[path])
-                if run is None:
-                    continue
-                diff = (run(x) - reference).abs().max().item()
-                if not diff <= args.atol:
+                diff = _export_one(fmt, net, x, reference, written[path])
+                if diff is not None and not diff <= args.atol:
                     raise UserError(f"{path}: logits differ from PyTorch's by {diff:.2e} on {source} "
                                     f"(more than --atol {args.atol:g}); nothing exported")
-                top = int(reference.argmax(1))
-                print(f"checked {path}: matches PyTorch within {diff:.1e} on {source} "
-                      f"(top-1 {ckpt['classes'][top]})")
+                if diff is not None:
+                    print(f"checked {path}: matches PyTorch within {diff:.1e} on {source} "
+                          f"(top-1 {ckpt['classes'][int(reference.argmax(1))]})")
         written[f"{stem}.json"] = _temporary(f"{stem}.json")
         with open(written[f"{stem}.json"], "w") as f:
             json.dump(sidecar(ckpt, channels, size), f, indent=2)
-        for tmp in written.values():  # on the disk before any takes its name
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        for path, tmp in written.items():
-            os.replace(tmp, path)
-            print(f"wrote {path}")
+        _publish(written)
     except OSError as exc:  # a full disk, a folder we may not write
         raise UserError(f"cannot write the export into {out}: {exc.strerror or exc}; an earlier export there "
                         "is kept") from None
@@ -174,7 +169,25 @@ def main(argv=None):
         for tmp in written.values():
             if os.path.exists(tmp):
                 os.remove(tmp)
-    return 0
+
+
+def _export_one(fmt, net, x, reference, tmp):
+    """Export ``net`` to ``tmp``; -> its logits' largest difference from ``reference`` on ``x``, or
+    None when no runtime here can run the file."""
+    # Two copies of the image: a batch of one would let the exporter fix the batch size at 1.
+    example = x.expand(2, *x.shape[1:]).contiguous()
+    run = (export_onnx if fmt == "onnx" else export_torch)(net, example, tmp)
+    return None if run is None else (run(x) - reference).abs().max().item()
+
+
+def _publish(written):
+    """Every temporary file on the disk, then each moved to its name."""
+    for tmp in written.values():
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    for path, tmp in written.items():
+        os.replace(tmp, path)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

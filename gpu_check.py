@@ -15,6 +15,7 @@ Without CUDA it says so in one line and exits 0. `--cpu-smoke` runs the same seq
 CPU at toy sizes (small backbone, 32 px; the CUDA flags are then ignored with a warning), so
 that the script itself is tested where no GPU is.
 """
+import argparse
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import torch
 import models
 from data import build_dataset, describe_root
 from data.loaders import default_workers, eval_loader, train_loader
-from engine import train_one_epoch
+from engine import Run, State, train_one_epoch
 from losses import LabelLoss
 from utils.distributed import Context
 from utils.errors import Parser, at_least, cli
@@ -82,12 +83,13 @@ def throughput(backbone, model_name, spec, img_size, batch, steps, device, fed_b
         x, y = next(iter(torch.utils.data.DataLoader(dataset, batch, sampler=torch.utils.data.RandomSampler(
             dataset, replacement=True, num_samples=batch))))
         loader = [(x.to(device), y.to(device))] * steps
-    train_one_epoch(model, loader[:2] if isinstance(loader, list) else [next(iter(loader))], optimizer,
-                    scheduler, ctx, 0, LabelLoss())  # warm-up: cuDNN autotuning, allocator
+    run, state = Run(model, LabelLoss(), ctx=ctx), State(optimizer, scheduler)
+    # warm-up: cuDNN autotuning, allocator
+    train_one_epoch(run, state, loader[:2] if isinstance(loader, list) else [next(iter(loader))], 0)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.time()
-    train_one_epoch(model, loader, optimizer, scheduler, ctx, 1, LabelLoss())
+    train_one_epoch(run, state, loader, 1)
     if device == "cuda":
         torch.cuda.synchronize()
     return batch * steps / (time.time() - start)
@@ -110,19 +112,35 @@ def main(argv=None):
     if not torch.cuda.is_available() and not args.cpu_smoke:
         print("gpu-check: no CUDA device here; nothing to check (skipped)")
         return 0
-    smoke = args.cpu_smoke
-    device = "cpu" if smoke else "cuda"
-    backbone, img, batch = ("small", 32, 8) if smoke else ("densenet121", 224, 8)
-    spec = describe_root(args.data_root)
-    train_images = len(build_dataset(spec, "train", img, limit=args.limit))
-    epochs = max(1, round(args.steps / max(1, train_images // batch)))
-    runs = os.path.join(args.out, "runs")
-    common = ["--data-root", args.data_root, "--img-size", str(img), "--batch-size", str(batch),
-              "--epochs", str(epochs), "--device", device, "--overwrite"]
-    limit = ["--limit", str(args.limit)] if args.limit else []
-    common += limit
+    setup = plan_checks(args)
     checks = Checks(args.out)
-    steps = f"{epochs * (train_images // batch)} steps"
+    check_task1(checks, args, setup)
+    check_task2(checks, args, setup)
+    check_throughput(checks, setup)
+    name = torch.cuda.get_device_name() if setup.device == "cuda" else "CPU (smoke)"
+    df = write_results(checks.rows, args.out, "gpu_check", f"gpu-check on {name}, torch {torch.__version__}")
+    print(f"\ngpu-check on {name}\n{df.to_markdown(index=False)}\nwrote {args.out}/gpu_check.json and .md")
+    return 1 if (df["passed"] == False).any() else 0  # noqa: E712 (None: skipped, not failed)
+
+
+def plan_checks(args):
+    """The device, the sizes and the flags every checked run shares."""
+    smoke = args.cpu_smoke
+    setup = argparse.Namespace(smoke=smoke, device="cpu" if smoke else "cuda", runs=os.path.join(args.out, "runs"),
+                               limit=["--limit", str(args.limit)] if args.limit else [])
+    setup.backbone, setup.img, batch = ("small", 32, 8) if smoke else ("densenet121", 224, 8)
+    setup.spec = describe_root(args.data_root)
+    train_images = len(build_dataset(setup.spec, "train", setup.img, limit=args.limit))
+    setup.epochs = max(1, round(args.steps / max(1, train_images // batch)))
+    setup.steps = f"{setup.epochs * (train_images // batch)} steps"
+    setup.common = ["--data-root", args.data_root, "--img-size", str(setup.img), "--batch-size", str(batch),
+                    "--epochs", str(setup.epochs), "--device", setup.device, "--overwrite", *setup.limit]
+    return setup
+
+
+def check_task1(checks, args, setup):
+    """dwg trained with each GPU-only path, resumed, decoded on the device, evaluated; torchrun."""
+    smoke, runs, device = setup.smoke, setup.runs, setup.device
     if smoke:  # the CPU runs take these flags and ignore them: what they would check is not checked
         for what in ("bf16 autocast and channels-last", "fp16 with the gradient scaler", "NCCL", "nvjpeg decoding"):
             checks.add(what, None, "skipped on CPU (the run below takes the flag and ignores it)", 0.0)
@@ -134,41 +152,51 @@ def main(argv=None):
                                 ("dwg compile", ["--compile", *(["--compile-backend", "aot_eager"] if smoke else [])],
                                  "aot_eager backend on CPU"),
                                 ("dwg decode-on-device", ["--decode", "device"], None)]:
-        out = os.path.join(runs, name.split()[1])
         checks.command(f"train {name}" + (f" ({on_cpu})" if smoke and on_cpu else ""),
-                       "train_dw.py", "--model", "dwg", "--backbone", backbone, *common,
-                       *flags, "--out", out, figure=f"{backbone}, {img}px, {steps}")
+                       "train_dw.py", "--model", "dwg", "--backbone", setup.backbone, *setup.common,
+                       *flags, "--out", os.path.join(runs, name.split()[1]),
+                       figure=f"{setup.backbone}, {setup.img}px, {setup.steps}")
     fp16 = os.path.join(runs, "fp16")
     checks.command("resume dwg fp16 for one more epoch", "train_dw.py", "--resume", fp16, "--epochs",
-                   str(epochs + 1), "--device", device, figure=f"to epoch {epochs + 1}")
+                   str(setup.epochs + 1), "--device", device, figure=f"to epoch {setup.epochs + 1}")
     start = time.time()
     try:
-        checks.add("decode on the device against the workers", *decoded_alike(spec, img, device), time.time() - start)
+        checks.add("decode on the device against the workers", *decoded_alike(setup.spec, setup.img, device),
+                   time.time() - start)
     except Exception as exc:
         checks.add("decode on the device against the workers", False, f"{type(exc).__name__}: {exc}".splitlines()[0],
                    time.time() - start)
     checks.command("evaluate dwg on every combination", "test_dw.py", "--checkpoint", os.path.join(fp16, "best.pt"),
-                   "--data-root", args.data_root, "--device", device, "--out", os.path.join(fp16, "eval"), *limit,
-                   figure="RGB, RG, RB, GB, R, G, B")
+                   "--data-root", args.data_root, "--device", device, "--out", os.path.join(fp16, "eval"),
+                   *setup.limit, figure="RGB, RG, RB, GB, R, G, B")
+    checks.command("torchrun, 1 process (NCCL)" if not smoke else "torchrun, 1 process (gloo)",
+                   "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train_dw.py",
+                   "--model", "dwg", "--backbone", setup.backbone, *setup.common, "--epochs", "1",
+                   "--out", os.path.join(runs, "ddp"), figure="one epoch under DistributedDataParallel")
+
+
+def check_task2(checks, args, setup):
+    """shallow and resnet34 trained in bf16, then compared by test_rrdb.py."""
     task2 = []
     for model in ("shallow", "resnet34"):
-        out = os.path.join(runs, model)
-        if checks.command(f"train {model} bf16", "train_rrdb.py", "--model", model, *common, "--amp", "bf16",
-                          "--out", out, figure=steps):
+        out = os.path.join(setup.runs, model)
+        if checks.command(f"train {model} bf16", "train_rrdb.py", "--model", model, *setup.common, "--amp", "bf16",
+                          "--out", out, figure=setup.steps):
             task2.append(os.path.join(out, "best.pt"))
     if len(task2) == 2:
         checks.command("evaluate shallow against resnet34", "test_rrdb.py", "--checkpoints", *task2,
-                       "--data-root", args.data_root, "--device", device, "--out", os.path.join(runs, "task2"), *limit,
-                       figure="deployed shallow, ratio to resnet34")
-    checks.command("torchrun, 1 process (NCCL)" if not smoke else "torchrun, 1 process (gloo)",
-                   "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train_dw.py",
-                   "--model", "dwg", "--backbone", backbone, *common, "--epochs", "1",
-                   "--out", os.path.join(runs, "ddp"), figure="one epoch under DistributedDataParallel")
+                       "--data-root", args.data_root, "--device", setup.device, "--out",
+                       os.path.join(setup.runs, "task2"), *setup.limit, figure="deployed shallow, ratio to resnet34")
+
+
+def check_throughput(checks, setup):
+    """Images a second fed by the loader (decoded by workers or on the device) against the model's pace."""
     for model_name in ("dwg", "resnet34", "shallow"):
         start = time.time()
         try:
-            size = (64, 20) if not smoke else (8, 3)
-            fed, fed_device, resident = (throughput(backbone, model_name, spec, img, *size, device, *how)
+            size = (64, 20) if not setup.smoke else (8, 3)
+            fed, fed_device, resident = (throughput(setup.backbone, model_name, setup.spec, setup.img, *size,
+                                                    setup.device, *how)
                                          for how in [(True, "workers"), (True, "device"), (False,)])
             checks.add(f"images/s {model_name}: loader (workers decode), loader (device decodes), batch on device",
                        True, f"{fed:.0f}, {fed_device:.0f} vs {resident:.0f} ({fed / resident:.0%}, "
@@ -176,10 +204,6 @@ def main(argv=None):
         except Exception as exc:  # a failure here is a finding to report, not a crash
             checks.add(f"images/s {model_name}", False, f"{type(exc).__name__}: {exc}".splitlines()[0],
                        time.time() - start)
-    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke)"
-    df = write_results(checks.rows, args.out, "gpu_check", f"gpu-check on {name}, torch {torch.__version__}")
-    print(f"\ngpu-check on {name}\n{df.to_markdown(index=False)}\nwrote {args.out}/gpu_check.json and .md")
-    return 1 if (df["passed"] == False).any() else 0  # noqa: E712 (None: skipped, not failed)
 
 
 if __name__ == "__main__":

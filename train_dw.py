@@ -2,13 +2,13 @@
 import sys
 
 from data import DEFAULT_COMBOS
-from train import run
+from train import main as train
 from utils.errors import cli
 
 
 @cli
 def main(argv=None):
-    return run(argv, __doc__, default_model="dwg", val_combos=",".join(DEFAULT_COMBOS))
+    return train(argv, __doc__, default_model="dwg", val_combos=",".join(DEFAULT_COMBOS))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Train a Task 2 model (shallow networks against ResNet34). See README for examples."""
 import sys
 
-from train import run
+from train import main as train
 from utils.errors import cli
 
 
 @cli
 def main(argv=None):
-    return run(argv, __doc__, default_model="shallow", val_combos="RGB")
+    return train(argv, __doc__, default_model="shallow", val_combos="RGB")
 
 
 if __name__ == "__main__":

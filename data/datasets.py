@@ -5,6 +5,7 @@ per line, paths relative to ``<root>``. Line endings may be LF or CRLF (the real
 An optional ``<root>/classes.txt`` (``<wnid> <label> <name...>``) gives class names.
 """
 import functools
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -326,3 +327,15 @@ def build_dataset(spec, split, img_size, train=False, limit=None, seed=0):
     if spec.synthetic:
         return SyntheticShapes(split, transform, seed=seed, limit=limit)
     return ListDataset(spec.root, split, spec.classes, transform, limit=limit)
+
+
+def list_fingerprint(*datasets):
+    """Each split's list file in short (its images and a digest of its bytes), so that a resume
+    can tell the lists it was started with from edited ones."""
+    prints = {}
+    for d in datasets:
+        path = getattr(d, "list_path", None)  # the built-in synthetic data has none
+        if path:
+            with open(path, "rb") as f:
+                prints[os.path.basename(path)] = f"{len(d)} images, sha256 {hashlib.sha256(f.read()).hexdigest()[:12]}"
+    return prints

@@ -8,6 +8,7 @@ Each rank trains on its half of a fixed batch; ``--sync-every-pass`` ignores the
 batches micro-batches of one optimizer step; ``--packed`` makes each sandwich one forward. Rank 0
 writes OUT; ``one_process_weights`` is what it must equal.
 """
+import argparse
 import os
 import sys
 
@@ -17,7 +18,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
-from engine import train_one_epoch  # noqa: E402
+from engine import Run, State, train_one_epoch  # noqa: E402
 from losses import LabelLoss, SandwichLoss  # noqa: E402
 from utils.distributed import Context  # noqa: E402
 
@@ -78,8 +79,9 @@ def main(out, sync_every_pass=False, accumulate=False, packed=False):
     opt = torch.optim.SGD(ddp.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     shards = [(x.chunk(world)[rank], y.chunk(world)[rank]) for x, y in batch()]
-    train_one_epoch(ddp, shards, opt, sched, Context(rank, world), 1, criterion(packed),
-                    accum_steps=2 if accumulate else 1)
+    budget = argparse.Namespace(epochs=1, accum_steps=2 if accumulate else 1)
+    run = Run(ddp.module, criterion(packed), budget, Context(rank, world), net=ddp)
+    train_one_epoch(run, State(opt, sched), shards, 1)
     if rank == 0:
         torch.save({"rounds": len(rounds), "state_dict": ddp.module.state_dict()}, out)
     dist.destroy_process_group()

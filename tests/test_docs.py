@@ -68,10 +68,10 @@ def _parser(target):
     """The function that parses a script's flags, as the script itself calls it."""
     import importlib
     if target in ("train_dw.py", "train_rrdb.py"):
-        import train
+        import flags
         from data import DEFAULT_COMBOS
         task1 = target == "train_dw.py"
-        parser = train.build_parser("", "dwg" if task1 else "shallow", ",".join(DEFAULT_COMBOS) if task1 else "RGB")
+        parser = flags.build_parser("", "dwg" if task1 else "shallow", ",".join(DEFAULT_COMBOS) if task1 else "RGB")
         return parser.parse_args
     return importlib.import_module(target.removesuffix(".py").replace("/", ".")).parse_args
 

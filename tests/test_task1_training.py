@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import flags
 import models
-import train
+import optim
 import train_dw
 from data.datasets import normalize
-from engine import train_one_epoch
+from engine import Run, State, train_one_epoch
 from losses import LabelLoss, SandwichLoss, soft_cross_entropy
 from models.loading import init_from
 from models.norm import ComboBatchNorm2d, combo_index
 from utils.checkpoint import save_atomic
-from utils.distributed import Context
 from utils.errors import UserError
 
 
@@ -73,7 +73,7 @@ def test_sandwich_step_equals_the_hand_written_loss():
     crit = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    stats = train_one_epoch(model, [(images, y)], opt, sched, Context(), 1, crit)
+    stats = train_one_epoch(Run(model, crit), State(opt, sched), [(images, y)], 1)
     assert stats["step"] == 1
     assert (stats["loss"], stats["distill"]) == pytest.approx((label.item(), distill.item()), rel=1e-5)
     for name, p in model.named_parameters():
@@ -131,7 +131,7 @@ def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
     crit = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), **options)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    stats = train_one_epoch(model, list(zip(images, labels)), opt, sched, Context(), 1, crit)
+    stats = train_one_epoch(Run(model, crit), State(opt, sched), list(zip(images, labels)), 1)
     assert stats["step"] == 2 and crit.steps == 2
     assert stats["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)  # the label passes
     assert stats["distill"] == pytest.approx(sum(distills) / len(distills), rel=1e-4)  # the sandwich steps' rest
@@ -239,8 +239,8 @@ def test_per_set_affine_trains_only_the_set_it_ran_and_is_not_decayed(tmp_path):
     model(torch.randn(4, 1, 16, 16), ("R",)).sum().backward()
     touched = (first.weight.grad != 0).any(1).tolist()
     assert touched == [i == combo_index("R", "RGB") for i in range(7)]
-    args = train.build_parser("", "dwg", "RGB").parse_args([])
-    optimizer, _ = train.build_optimizer(model, args, 10)
+    args = flags.build_parser("", "dwg", "RGB").parse_args([])
+    optimizer, _ = optim.build_optimizer(model, args, 10)
     no_decay = {id(p) for p in optimizer.param_groups[1]["params"]}
     assert id(first.weight) in no_decay and id(first.bias) in no_decay
 

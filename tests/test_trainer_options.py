@@ -9,7 +9,7 @@ import torch
 import export
 import test_rrdb
 import train_rrdb
-from train import build_optimizer
+from optim import build_optimizer
 
 TINY = ["--data-root", "synthetic", "--limit", "48", "--img-size", "16", "--batch-size", "16", "--workers", "0",
         "--epochs", "1"]
@@ -113,9 +113,8 @@ class _Linear(torch.nn.Module):
 
 
 def test_ema_is_the_hand_computed_average_of_the_weights():
-    from engine import EMA, train_one_epoch
+    from engine import EMA, Run, State, train_one_epoch
     from losses import LabelLoss
-    from utils.distributed import Context
     batches = [(torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8), torch.randint(0, 3, (4,))) for _ in range(3)]
 
     def trainer(net):
@@ -124,13 +123,13 @@ def test_ema_is_the_hand_computed_average_of_the_weights():
     net, expected = _Linear(), None
     optimizer, scheduler = trainer(net)
     for batch in batches:  # one step at a time, the average by hand: the first copies, then 0.5 / 0.5
-        train_one_epoch(net, [batch], optimizer, scheduler, Context(), 1, LabelLoss())
+        train_one_epoch(Run(net, LabelLoss()), State(optimizer, scheduler), [batch], 1)
         w = net.fc.weight.detach().clone()
         expected = w if expected is None else 0.5 * expected + 0.5 * w
     again = _Linear()
     ema = EMA(again, 0.5)
     optimizer, scheduler = trainer(again)
-    train_one_epoch(again, batches, optimizer, scheduler, Context(), 1, LabelLoss(), ema=ema)
+    train_one_epoch(Run(again, LabelLoss()), State(optimizer, scheduler, ema=ema), batches, 1)
     torch.testing.assert_close(again.fc.weight, net.fc.weight)
     torch.testing.assert_close(ema.module.fc.weight, expected)
     assert int(ema.averaged.n_averaged) == 3
@@ -162,11 +161,10 @@ def test_mixed_targets_sum_to_one_and_the_sandwich_learns_them(mixup, cutmix):
     import torch.nn.functional as F
 
     from data.datasets import normalize
-    from engine import train_one_epoch
+    from engine import Run, State, train_one_epoch
     from losses import LabelLoss, SandwichLoss, soft_cross_entropy
     from tests.test_task1_training import _tiny_dwg
     from train import batch_mixing
-    from utils.distributed import Context
     mix = batch_mixing(argparse.Namespace(mixup=mixup, cutmix=cutmix), 4)
     u8, y = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 4, (8,))
     torch.manual_seed(3)
@@ -187,7 +185,7 @@ def test_mixed_targets_sum_to_one_and_the_sandwich_learns_them(mixup, cutmix):
     sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     torch.manual_seed(3)  # the same mixing draw inside the loop
     crit = SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), every=1)
-    train_one_epoch(model, [(u8, y)], opt, sched, Context(), 1, crit, mix=mix)
+    train_one_epoch(Run(model, crit), State(opt, sched), [(u8, y)], 1, mix=mix)
     for name, p in model.named_parameters():
         if name in expected:
             torch.testing.assert_close(p.detach(), expected[name], atol=1e-5, rtol=1e-4, msg=name)
@@ -207,9 +205,8 @@ def test_a_run_with_mixing_and_an_average_trains_and_evaluates(tmp_path, capsys)
 
 
 def test_accumulated_micro_batches_make_the_step_of_one_large_batch():
-    from engine import train_one_epoch
+    from engine import Run, State, train_one_epoch
     from losses import LabelLoss
-    from utils.distributed import Context
     images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
     labels = torch.randint(0, 3, (8,))
 
@@ -217,8 +214,9 @@ def test_accumulated_micro_batches_make_the_step_of_one_large_batch():
         net = _Linear()
         optimizer = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-        stats = train_one_epoch(net, batches, optimizer, scheduler, Context(), 1, LabelLoss(), accum_steps=accum,
-                                micro_batches=micro_batches)
+        run = Run(net, LabelLoss(), args=argparse.Namespace(epochs=1, accum_steps=accum),
+                  steps_per_epoch=micro_batches // accum if micro_batches else 0)
+        stats = train_one_epoch(run, State(optimizer, scheduler), batches, 1)
         return net, scheduler, stats
     whole, sched_whole, _ = run([(images, labels)], 1)
     halves = [(images[:4], labels[:4]), (images[4:], labels[4:])]

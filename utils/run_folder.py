@@ -219,3 +219,24 @@ def _remove(folder, names):
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.remove(path)
+
+
+def run_folder_of(path):
+    """The run folder of a checkpoint file; "." for a bare file name (resuming from inside it)."""
+    return os.path.dirname(path) or "."
+
+
+def claim_run_folder(out, resume, overwrite):
+    """Check, lock and tidy the run folder before anything is written; -> (the held lock, whether
+    the run replaces another one there: ``--overwrite``, acted on at the first write)."""
+    continuing = resume is not None and os.path.isdir(out) and os.path.samefile(out, run_folder_of(resume["path"]))
+    check_out_dir(out, continuing, overwrite)
+    lock = RunLock(out).acquire()
+    remove_stray_temporaries(out)
+    if continuing:
+        reconcile_best(out)
+    if resume is not None and not continuing:  # the log so far travels with the run
+        old_log = os.path.join(run_folder_of(resume["path"]), "log.csv")
+        if os.path.exists(old_log):
+            shutil.copyfile(old_log, os.path.join(out, "log.csv"))
+    return lock, overwrite and not continuing

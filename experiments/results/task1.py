@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-from train import BEFORE_FLAG
+from flags import BEFORE_FLAG
 from utils.checkpoint import load_checkpoint
 from utils.report import heatmap, markdown, write_results
 

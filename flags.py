@@ -25,30 +25,36 @@ BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every"
                "sandwich_stored": False}
 
 # The flags several scripts share, each defined here once: one name, meaning and help everywhere.
-def add_data_root(p, default_help=None):
-    """``--data-root``: $DATA_ROOT, else the current folder; an evaluation script may default to the
-    checkpoint's own data instead (``default_help`` says which)."""
-    if default_help:
-        p.add_argument("--data-root", default=None, help=f"folder with the list files and images/ (default: "
-                                                         f"{default_help}), or 'synthetic'")
+def add_data_root(p, fallback="."):
+    """``--data-root``: $DATA_ROOT, else ``fallback`` ("." the current folder, "synthetic" the built-in
+    shapes); any other ``fallback`` names what an evaluation script reads instead (the checkpoint's data)."""
+    if fallback in (".", "synthetic"):
+        told = "the current folder" if fallback == "." else "the built-in synthetic shapes"
+        p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", fallback),
+                       help=f"folder with train/val/test.txt and images/, or 'synthetic' (default: $DATA_ROOT, "
+                            f"else {told})")
     else:
-        p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
-                       help="folder with train/val/test.txt and images/ (default: $DATA_ROOT, else the current "
-                            "folder), or 'synthetic' for the built-in shapes")
+        p.add_argument("--data-root", default=None,
+                       help=f"folder with train/val/test.txt and images/, or 'synthetic' (default: {fallback})")
 
 
 def add_device(p):
-    """``--device``, kept as written ("auto" resolves where the script runs: a resumed run may move)."""
+    """``--device``, kept as written: "auto" is resolved where the script runs, so a resumed run may move."""
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when there is one")
 
 
-def add_loading(p, workers=None, limit_help="use this many images per split (evenly spaced)"):
-    """``--workers``, ``--decode`` and ``--limit``: how images are loaded, and how many."""
-    p.add_argument("--workers", type=at_least(0), default=workers,
-                   help=f"loader processes per process (default: its cores minus one, {default_workers()} here)"
-                   if workers is None else "loader processes per process")
+def add_workers(p, default=None, what="loader processes per process"):
+    p.add_argument("--workers", type=at_least(0), default=default,
+                   help=f"{what} (default: the cores minus one, {default_workers()} here)" if default is None
+                   else what)
+
+
+def add_decode(p):
     p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
-    p.add_argument("--limit", type=at_least(1), default=None, help=limit_help)
+
+
+def add_limit(p, what="use this many images per split (evenly spaced)"):
+    p.add_argument("--limit", type=at_least(1), default=None, help=what)
 
 
 def add_no_ema(p):
@@ -67,7 +73,9 @@ def build_parser(description, default_model, val_combos):
     p = Parser(description=description)
     g = {name: p.add_argument_group(name) for name in ("data", "model", "recipe", "channels", "run", "output")}
     add_data_root(g["data"])
-    add_loading(g["data"])
+    add_workers(g["data"])
+    add_decode(g["data"])
+    add_limit(g["data"])
     g["model"].add_argument("--model", default=None,
                             help=f"default {default_model}; one of: {', '.join(models.list_models(task))}")
     g["model"].add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", type=model_option,

@@ -52,3 +52,9 @@ def barrier(ctx):
 def shutdown():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def device_name(device):
+    """A device as the bench records it and the result driver's plan matches it: 'cpu', or
+    'cuda: ' and the GPU's name."""
+    return f"cuda: {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else "cpu"

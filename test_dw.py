@@ -95,6 +95,24 @@ def class_losses(per_class, combos, full="RGB", top=5):
     return table.sort_values("loss", ascending=False).head(top)
 
 
+def top_confusions(predictions, classes, top=5):
+    """The ``top`` most frequent mistakes of each (image size, combination), most frequent first:
+    true class, predicted class, images and their share of the true class's images (a confusion
+    figure of 50 classes cannot be read; this can)."""
+    rows = []
+    for size, results in predictions.items():
+        for combo, (targets, preds) in results.items():
+            counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+            np.add.at(counts, (targets, preds[:, 0]), 1)
+            images = counts.sum(axis=1)
+            np.fill_diagonal(counts, 0)
+            order = np.argsort(-counts, axis=None, kind="stable")[:top]
+            rows += [{"img_size": size, "combo": combo, "true": classes[t], "predicted": classes[p],
+                      "count": int(counts[t, p]), "share": counts[t, p] / images[t]}
+                     for t, p in zip(*np.unravel_index(order, counts.shape)) if counts[t, p]]
+    return pd.DataFrame(rows, columns=["img_size", "combo", "true", "predicted", "count", "share"])
+
+
 def write_confusions(predictions, df, classes, out, title):
     """Confusion matrices at the first image size: the full set's and the worst combination's."""
     size = df.img_size.iloc[0]
@@ -159,11 +177,20 @@ def report_one(ckpt, model, rows, predictions, spec, args, out):
               f"{', '.join(c for c in combos if set(c) != set('RGB'))}; {df.img_size.iloc[0]}px):")
         print(fmt_table(losers))
     confusions = write_confusions(predictions, df, spec.classes, out, ckpt["model"])
+    mistakes = top_confusions(predictions, spec.classes)
+    write_results(mistakes.to_dict("records"), out, "top_confusions",
+                  f"{ckpt['model']} on {spec.name}, {args.split} split: the most frequent confusions of each "
+                  "combination (share: of the true class's images)")
+    first = mistakes[mistakes.img_size == df.img_size.iloc[0]].groupby("combo", sort=False).head(1)
+    if len(first):
+        print(f"\nthe most frequent confusion of each combination ({df.img_size.iloc[0]}px; "
+              "top_confusions.md has the five most frequent):")
+        print(fmt_table(first.drop(columns="img_size")))
     if args.complexity:
         row, costs = print_complexity(model, ckpt["model"])
         write_results([row], out, stem="complexity")
         write_results(costs, out, stem="stem_cost")
-    return ["results.json, .csv, .md", "accuracy_by_combo.png", "per_class.csv",
+    return ["results.json, .csv, .md", "accuracy_by_combo.png", "per_class.csv", "top_confusions.json, .csv, .md",
             *[os.path.basename(p) for p in confusions]]
 
 

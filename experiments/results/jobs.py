@@ -15,7 +15,7 @@ import pandas as pd
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
-from .rows import EQUAL_TIME, ROWS, SIZE_ROWS, SIZES, TASK1_COMBOS, row_recipe, run_dir, schedule
+from .rows import ROWS, SIZE_ROWS, SIZES, TASK1_COMBOS, row_recipe, run_dir
 
 
 class Children:
@@ -57,17 +57,33 @@ def sh(*cmd, threads=None):
                         "are kept and the same command resumes the rest")
 
 
-def train(script, out, common, *extra, threads=None):
-    """Train unless a finished run is already there; resume an unfinished one."""
-    last = os.path.join(out, "last.pt")
+def train(run, threads=None):
+    """Train ``run`` unless a finished run is already in its folder; resume an unfinished one."""
+    last = os.path.join(run.out, "last.pt")
     if os.path.exists(last):
         done = load_checkpoint(last)
-        check_same_recipe(done, common)
+        check_same_recipe(done, run.common)
         if done["epoch"] >= done["args"]["epochs"] and done["step"] == 0:
             return
-        sh(script, "--resume", out, threads=threads)
+        sh(run.script, "--resume", run.out, threads=threads)
     else:
-        sh(script, *common, *extra, "--out", out, "--overwrite", threads=threads)
+        sh(run.script, *run.common, *run.extra, "--out", run.out, "--overwrite", threads=threads)
+
+
+def train_runs(args, runs):
+    """Train ``runs`` (each folder once), ``--jobs`` at a time in that order; a run that starts
+    from or distils from another (``after``) waits for it."""
+    runs = list({r.out: r for r in runs}.values())
+    done = {r.out: threading.Event() for r in runs}
+
+    def train_one(run, threads):
+        if run.after is not None and run.after.out in done:
+            done[run.after.out].wait()
+        try:
+            train(run, threads=threads)
+        finally:
+            done[run.out].set()
+    in_parallel(args.jobs, [functools.partial(train_one, r) for r in runs])
 
 
 def threads_per_run(jobs):
@@ -100,42 +116,9 @@ def in_parallel(jobs, tasks):
             f.result()
 
 
-def train_rows(args, wanted):
-    """Train the runs behind ``wanted`` (row, seed) pairs, ``--jobs`` at a time in that order; a
-    row that starts from another row's checkpoint waits for it."""
-    order = []  # runs to train, each after the runs it needs
-
-    def need(row, seed):
-        for name in (row.init, row.same_as):
-            if name:
-                need(ROWS[name], seed)
-        if not row.same_as and (row.name, seed) not in order:
-            order.append((row.name, seed))
-    for row, seed in wanted:
-        need(row, seed)
-    done = {key: threading.Event() for key in order}
-
-    def train_row(name, seed, threads):
-        row = ROWS[name]
-        flags = ["--model", row.model, *row.flags]
-        if args.pretrained and not row.init:
-            flags += ["--pretrained", args.pretrained]
-        if row.init:
-            done[(row.init, seed)].wait()
-            flags += ["--init-from", os.path.join(run_dir(args, ROWS[row.init], seed), "best.pt")]
-        try:
-            train("train_dw.py", run_dir(args, row, seed), row_recipe(args, row, seed), *flags,
-                  threads=threads)
-        finally:
-            done[(name, seed)].set()
-    in_parallel(args.jobs, [functools.partial(train_row, *key) for key in order])
-
-
-def task1_rows(args, rows, seeds):
-    """Train (``train_rows``) and evaluate ``rows``; -> DataFrame of evaluation rows."""
-    if args.models:  # a row's equal-time twin comes with it
-        rows = [r for r in rows if r.name.removesuffix(EQUAL_TIME) in args.models.split(",")]
-    wanted = schedule(rows, seeds)
+def task1_rows(args, wanted):
+    """Evaluate the runs behind ``wanted`` (row, seed) pairs (``wanted_rows``), trained by then, or
+    with ``--no-train`` those that have finished; -> DataFrame of evaluation rows."""
     if args.no_train:
         wanted = [(r, s) for r, s in wanted if finished(args, r, s)]
         if not wanted:
@@ -145,8 +128,6 @@ def task1_rows(args, rows, seeds):
             if not row.same_as:
                 check_same_recipe(load_checkpoint(os.path.join(run_dir(args, row, seed), "last.pt")),
                                   row_recipe(args, row, seed))
-    else:
-        train_rows(args, wanted)
     return evaluate_rows(args, wanted)
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
-from .rows import ROWS, SIZE_ROWS, SIZES, TASK1_COMBOS, row_recipe, run_dir
+from .rows import SIZE_ROWS, SIZES, TASK1_COMBOS, row_recipe, run_dir, trained_dir
 
 
 class Children:
@@ -133,7 +133,7 @@ def task1_rows(args, wanted):
 
 def finished(args, row, seed):
     """Whether the run behind ``row`` has trained all its epochs."""
-    return run_finished(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed))
+    return run_finished(trained_dir(args, row, seed))
 
 
 def run_finished(out):
@@ -149,7 +149,7 @@ def evaluate_rows(args, wanted):
     tasks, results = [], []
     for row, seed in wanted:
         ev = os.path.join(run_dir(args, row, seed), "eval")
-        best = os.path.join(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed), "best.pt")
+        best = os.path.join(trained_dir(args, row, seed), "best.pt")
         results.append((row, seed, ev))
         sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
         combos = [row.channel] if row.channel else TASK1_COMBOS

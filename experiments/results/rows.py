@@ -64,7 +64,6 @@ def equal_time_rows(epochs, same_epochs):
     rows = [Row(r.name + EQUAL_TIME, r.model, r.flags, recipe={"epochs": epochs}, channel=r.channel,
                 same_as=(r.same_as or r.name) if epochs == same_epochs else r.same_as and r.same_as + EQUAL_TIME)
             for r in TASK1_ROWS if r.model in ("plain_zero", "plain_mean") and not r.recipe]
-    ROWS.update({r.name: r for r in rows})
     return rows
 
 
@@ -166,6 +165,11 @@ def run_dir(args, row, seed):
     return os.path.join(args.runs, "task1", f"{row.name}-s{seed}")
 
 
+def trained_dir(args, row, seed):
+    """The run folder that holds ``row``'s checkpoints: its own, or that of the row it reuses."""
+    return os.path.join(args.runs, "task1", f"{row.same_as or row.name}-s{seed}")
+
+
 def schedule(rows, seeds):
     """(row, seed) pairs to evaluate: the rows of every seed first (seed by seed), then the
     first-seed-only rows, so that an interrupted command has whole seeds."""
@@ -216,12 +220,12 @@ class Run:
 def row_runs(args, wanted):
     """The runs behind ``wanted`` (row, seed) pairs, in that order, each after the run it starts
     from (first); a row that evaluates another row's checkpoint (``same_as``) needs that run."""
-    runs = {}
+    runs, known = {}, {**ROWS, **{r.name: r for r, _ in wanted}}  # equal-time and budget rows are made per call
 
     def need(row, seed):
         for name in (row.init, row.same_as):
             if name:
-                need(ROWS[name], seed)
+                need(known[name], seed)
         if row.same_as or (row.name, seed) in runs:
             return
         init = runs[(row.init, seed)] if row.init else None

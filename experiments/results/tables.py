@@ -8,7 +8,7 @@ import torch
 from utils.report import update_doc
 
 from .jobs import finished, threads_per_run
-from .rows import ROWS, run_dir
+from .rows import ROWS, trained_dir
 
 
 def paste(args, section, text):
@@ -57,13 +57,13 @@ def wall_minutes(log):
 
 def run_logs(args, name, seeds):
     """The log.csv of each finished run behind row ``name``, over ``seeds``."""
-    row = ROWS[ROWS[name].same_as] if ROWS[name].same_as else ROWS[name]
-    return [run_log(run_dir(args, row, s)) for s in seeds if finished(args, row, s)]
+    row = ROWS[name]
+    return [run_log(trained_dir(args, row, s)) for s in seeds if finished(args, row, s)]
 
 
 def train_seconds(args, row, seed):
     """Training time of a row's checkpoint from its log, plus that of the row it started from."""
-    row = ROWS[row.same_as] if row.same_as else row
-    return run_log(run_dir(args, row, seed))["seconds"].sum() + (train_seconds(args, ROWS[row.init], seed)
-                                                                 if row.init else 0)
+    source = ROWS.get(row.same_as, row)  # an equal-time row reuses one that is not in ROWS
+    return run_log(trained_dir(args, row, seed))["seconds"].sum() + (train_seconds(args, ROWS[source.init], seed)
+                                                                     if source.init else 0)
 

@@ -28,7 +28,7 @@ from .rows import (
     TASK1_ROWS,
     equal_time_rows,
     row_runs,
-    run_dir,
+    trained_dir,
     wanted_rows,
 )
 from .tables import budget, data_name, mean_std, paste, run_logs, train_seconds, wall_minutes
@@ -273,8 +273,7 @@ def bench_step_ratio(args, row, seed, backbone):
     """The bench's step cost, on ``backbone``, of the sandwich options ``row``'s run trained
     with; NaN for a row without the sandwich or an option the bench has not measured."""
     path = os.path.join(args.bench, "sandwich.json")
-    run = ROWS[row.same_as] if row.same_as else row
-    trained = load_checkpoint(os.path.join(run_dir(args, run, seed), "last.pt"))["args"]
+    trained = load_checkpoint(os.path.join(trained_dir(args, row, seed), "last.pt"))["args"]
     if trained["channel_aug"] != "sandwich" or not os.path.exists(path):
         return float("nan")
     options = [trained.get(f"sandwich_{k}", BEFORE_FLAG[f"sandwich_{k}"]) for k in ("fraction", "scale", "every")]

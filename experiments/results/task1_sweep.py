@@ -17,7 +17,7 @@ from utils.errors import UserError
 from utils.report import markdown, plt, save_figure, write_results
 
 from .jobs import evaluate_rows, finished
-from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_runs, run_dir
+from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_runs, run_dir, trained_dir
 from .tables import data_name, machine, paste, run_log, wall_minutes
 from .task2 import saturation
 
@@ -25,11 +25,9 @@ EXPERT = "single-channel expert"
 
 
 def budget_row(row, epochs):
-    """``row`` trained for ``epochs`` (its run folder named for the budget), registered in ROWS."""
-    new = dataclasses.replace(row, name=f"{row.name}-e{epochs}", recipe={**row.recipe, "epochs": epochs},
-                              same_as=row.same_as and f"{row.same_as}-e{epochs}")
-    ROWS[new.name] = new
-    return new
+    """``row`` trained for ``epochs`` (its run folder named for the budget)."""
+    return dataclasses.replace(row, name=f"{row.name}-e{epochs}", recipe={**row.recipe, "epochs": epochs},
+                               same_as=row.same_as and f"{row.same_as}-e{epochs}")
 
 
 def sweep_rows(args):
@@ -99,10 +97,11 @@ def task1_sweep(args, seeds):
         raise UserError(f"no finished run of the Task 1 sweep under {args.runs}/task1; "
                          "run the same command without --no-train")
     df = evaluate_rows(args, done)
+    budget = {r.name: r.recipe["epochs"] for r, _ in done}
     df = df[df.img_size == args.img_size].assign(
-        epochs=[int(ROWS[m].recipe["epochs"]) for m in df.model], row=[sweep_name(m) for m in df.model])
+        epochs=[int(budget[m]) for m in df.model], row=[sweep_name(m) for m in df.model])
     minutes = pd.DataFrame([{"row": sweep_name(r.name), "epochs": r.recipe["epochs"], "seed": s,
-                             "minutes": wall_minutes(run_log(run_dir(args, ROWS[r.same_as] if r.same_as else r, s)))}
+                             "minutes": wall_minutes(run_log(trained_dir(args, r, s)))}
                             for r, s in done])
     verdict = (f"plain_zero saturates at {saturated} epochs (doubling gains under 1 point of RGB validation "
                "accuracy)" if saturated else

@@ -57,14 +57,21 @@ def sh(*cmd, threads=None):
                         "are kept and the same command resumes the rest")
 
 
+def finished_run(run):
+    """Whether ``run``'s folder holds it, finished; a run there with another recipe is refused."""
+    last = os.path.join(run.out, "last.pt")
+    if not os.path.exists(last):
+        return False
+    done = load_checkpoint(last)
+    check_same_recipe(done, run.common)
+    return done["epoch"] >= done["args"]["epochs"] and done["step"] == 0
+
+
 def train(run, threads=None):
     """Train ``run`` unless a finished run is already in its folder; resume an unfinished one."""
-    last = os.path.join(run.out, "last.pt")
-    if os.path.exists(last):
-        done = load_checkpoint(last)
-        check_same_recipe(done, run.common)
-        if done["epoch"] >= done["args"]["epochs"] and done["step"] == 0:
-            return
+    if finished_run(run):
+        return
+    if os.path.exists(os.path.join(run.out, "last.pt")):
         sh(run.script, "--resume", run.out, threads=threads)
     else:
         sh(run.script, *run.common, *run.extra, "--out", run.out, "--overwrite", threads=threads)
@@ -74,7 +81,11 @@ def train_runs(args, runs):
     """Train ``runs`` (each folder once), ``--jobs`` at a time in that order; a run that starts
     from or distils from another (``after``) waits for it."""
     runs = list({r.out: r for r in runs}.values())
-    done = {r.out: threading.Event() for r in runs}
+    # Finished runs are checked first, so that "k of N" and the estimate count only runs that train.
+    left = [r for r in runs if not finished_run(r)]
+    if len(left) < len(runs):
+        print(f"{len(runs) - len(left)} of {len(runs)} runs already finished, reused", flush=True)
+    done = {r.out: threading.Event() for r in left}
 
     def train_one(run, threads):
         if run.after is not None and run.after.out in done:
@@ -83,7 +94,7 @@ def train_runs(args, runs):
             train(run, threads=threads)
         finally:
             done[run.out].set()
-    in_parallel(args.jobs, [functools.partial(train_one, r) for r in runs])
+    in_parallel(args.jobs, [functools.partial(train_one, r) for r in left])
 
 
 def threads_per_run(jobs):

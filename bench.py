@@ -34,7 +34,7 @@ from losses import LabelLoss, SandwichLoss
 from models.stems import ChannelHyperStem, SeedDWGStem
 from utils.complexity import complexity_row, stem_cost
 from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, choice_list, cli, img_side, int_list
-from utils.report import update_doc, write_results, write_text
+from utils.report import check_doc_sections, update_doc, write_results, write_text
 
 PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
 
@@ -421,6 +421,8 @@ def main(argv=None):
         args.model_img_size, args.model_batch = 64, 4
     torch.set_num_threads(args.threads)
     parts = args.parts
+    if args.update_docs and not args.quick:  # every page checked before the first table is replaced
+        check_doc_sections([p for p in ("loader", "complexity") if p in parts], args.docs)
     env = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine(),
            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}

@@ -34,7 +34,7 @@ from models import deploy
 from models.loading import init_from, load_model
 from models.norm import ComboBatchNorm2d
 from utils import distributed
-from utils.checkpoint import check_classes, load_checkpoint, save_atomic
+from utils.checkpoint import RESUME, check_classes, check_fields, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, between, img_side, non_empty
 from utils.files import write_atomic
 from utils.metrics import classification_metrics
@@ -50,6 +50,7 @@ from utils.run_folder import (
     restore_previous_run,
     set_aside_run,
 )
+from utils.validate import file_field, log_row, read_log
 
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
 SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "log_every", "tensorboard",
@@ -193,7 +194,7 @@ def model_option(text):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
         value = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
         value = value.strip()
     return key.strip(), value
 
@@ -226,11 +227,27 @@ def check_input_size(model, size, device):
 
 def restore_rng(state, chan_gen):
     """The RNG states saved by a stop inside an epoch (``rng_state``, the channel generator)."""
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]["python"]))
-    name, keys, pos, has_gauss, cached = state["rng"]["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["rng"]["torch"])
-    chan_gen.set_state(state["chan_gen"])
+    rng = file_field(state["path"], state, "rng", dict)
+
+    def restore(_):
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(rng["torch"])
+        chan_gen.set_state(state["chan_gen"])
+    load_part(state, "rng", restore)
+
+
+def load_part(ckpt, name, load):
+    """``load`` the checkpoint's field ``name``; a state that does not fit this run is one line
+    naming the checkpoint and the field, not a traceback."""
+    try:
+        load(ckpt[name])
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # past a header line
+        raise UserError(f"{ckpt['path']}: field {name!r} does not fit this run ({reason}); "
+                        "a damaged checkpoint, or one of another run") from None
 
 
 def model_config(args):
@@ -269,15 +286,23 @@ def resolved(args, config):
 def start_log(path, header, epochs_done):
     """A fresh log, or the old one cut back to the epochs the resumed checkpoint holds (a kill
     between the log line and the checkpoint would otherwise leave a row twice)."""
-    rows = []
-    if epochs_done and os.path.exists(path):
-        with open(path, newline="") as f:
-            # Blank or cut lines (a kill mid-line, an editor's trailing newline) are no epoch's.
-            rows = [r for r in list(csv.reader(f))[1:] if r and r[0].isdigit() and int(r[0]) <= epochs_done]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    os.replace(tmp, path)
+    rows = earlier_log(path, header, epochs_done)
+    write_atomic(path, lambda f: csv.writer(f).writerows([header, *rows]))
+
+
+def earlier_log(path, header, epochs_done):
+    """The rows of the log at ``path`` that a run with ``epochs_done`` keeps; a log that cannot
+    be read is one line (``_run`` reads it before anything is written, to say so in time)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder where the run's log goes; move it away")
+    if not epochs_done or not os.path.exists(path):
+        return []
+    # Blank or cut lines (a kill mid-line, an editor's trailing newline) are no epoch's.
+    return [r for r in read_log(path)[1] if log_row(r, header, epochs_done)]
+
+
+def log_header(run):
+    return [*LOG_COLUMNS[:5], *[f"val_acc_{c}" for c in run.val_combos], *LOG_COLUMNS[5:]]
 
 
 def amp_settings(args, ctx):
@@ -364,7 +389,8 @@ def resolve_args(args, given, parser, default_model):
         raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
     if "optimizer" not in resume:
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
-    stored = {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}  # defaults: flags added since
+    check_fields(resume, resume["path"], needed=RESUME)
+    stored = stored_recipe(parser, resume)
     refused = sorted(k for k in given - {"resume", "model", "overwrite", *SAFE_ON_RESUME}
                      if getattr(args, k) != stored.get(k))
     if refused:
@@ -376,11 +402,46 @@ def resolve_args(args, given, parser, default_model):
         if v != stored.get(k):
             # --epochs stretches the cosine schedule from the step the run has reached
             print(f"resuming {resume['path']} with {_flag(k)} {v} (was {stored.get(k)})")
+    if changed.get("epochs", stored["epochs"]) < resume["epoch"] + (resume["step"] > 0):
+        raise UserError(f"--epochs {changed['epochs']}: {resume['path']} has done {resume['epoch']} epoch(s)"
+                        f"{' and part of the next' if resume['step'] else ''}; a resume trains on, never back")
     out = args.out if "out" in given else _folder(resume["path"])
-    args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume,
-                                 "overwrite": args.overwrite,
-                                 "pretrained": None, "init_from": None})  # weights: the checkpoint's
+    args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume, "overwrite": args.overwrite})
     return args, resume
+
+
+def stored_recipe(parser, resume):
+    """The flags the checkpoint was trained with (a flag added since at the value runs had before
+    it), each one checked as the flag checks the command line: a checkpoint cannot resume a run
+    with a value its flag refuses (a batch of 10^9 images, an LR that is a string)."""
+    for action in parser._actions:
+        if action.dest in resume["args"]:
+            problem = flag_problem(action, resume["args"][action.dest])
+            if problem:
+                raise UserError(f"{resume['path']}: field 'args.{action.dest}' {problem}; a damaged checkpoint")
+    return {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}
+
+
+def flag_problem(action, value):
+    """Why ``value`` is not one that ``action`` (a flag of ``build_parser``) gives; None if it is."""
+    if value is None and action.default is None:
+        return None
+    if action.nargs == 0:  # --flag, --flag/--no-flag
+        return None if isinstance(value, bool) else f"is {value!r}, not true or false"
+    if action.type is model_option:
+        pairs = isinstance(value, (list, tuple)) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) for p in value)
+        return None if pairs else f"is {value!r}, not a list of (KEY, VALUE) pairs"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"is {value!r}, not a value {_flag(action.dest)} takes"
+    if action.choices is not None and value not in action.choices:
+        return f"is {value!r}, not one of {', '.join(map(str, action.choices))}"
+    try:
+        parsed = (action.type or str)(str(value))
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        return f"is {value!r}: {exc}"
+    return None if parsed == value and type(parsed) is type(value) else \
+        f"is {value!r} ({type(value).__name__}), not what {_flag(action.dest)} gives"
 
 
 def _folder(path):
@@ -401,7 +462,7 @@ def claim_out_dir(args, resume):
         reconcile_best(args.out)
     if resume is not None and not continuing:  # the log so far travels with the run
         old_log = os.path.join(_folder(resume["path"]), "log.csv")
-        if os.path.exists(old_log):
+        if os.path.isfile(old_log):
             shutil.copyfile(old_log, os.path.join(args.out, "log.csv"))
     return lock, args.overwrite and not continuing
 
@@ -504,6 +565,7 @@ def _run(args, resume, ctx, replacing=False):
     # After the EMA's copy (training_state), which is then evaluated as it is, uncompiled.
     run.net = distribute_and_compile(model, args, ctx)
     if ctx.main:
+        earlier_log(os.path.join(args.out, "log.csv"), log_header(run), state.epoch)
         if replacing:  # only now: a refusal above leaves the old run where it was
             set_aside_run(args.out)
         write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(resolved(args, config), f, indent=2))
@@ -537,16 +599,22 @@ def build_model(args, spec, resume, ctx):
     """-> (the model, its constructor's arguments), with the weights it starts from."""
     config = model_config(args)
     seed_everything(args.seed)
-    model = models.create_model(args.model, len(spec.classes), **config).to(ctx.device)
+    # A resumed run's weights are its checkpoint's: --pretrained and --init-from are its history.
+    start = {**config, "pretrained": None} if resume is not None and "pretrained" in config else config
+    try:
+        model = models.create_model(args.model, len(spec.classes), **start).to(ctx.device)
+    except (TypeError, ValueError) as exc:  # the model's own check of its options
+        given = f"{resume['path']} (its args.model_opt)" if resume is not None else "--model-opt"
+        raise UserError(f"model {args.model!r} refuses {given}: {exc}") from None
     config.pop("pretrained", None)  # the checkpoint carries the weights themselves
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
     check_input_size(model, args.img_size, ctx.device)
-    if args.init_from:
+    if args.init_from and resume is None:
         init_from(model, args.init_from, spec.classes)
     if resume is not None:
         check_classes(resume, spec.classes)
-        model.load_state_dict(resume["state_dict"])
+        load_part(resume, "state_dict", model.load_state_dict)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, config
@@ -607,16 +675,16 @@ def training_state(run, resume):
     count too), then the optimizer's state, LR included, is restored."""
     args = run.args
     run.amp_dtype, scaler = amp_settings(args, run.ctx)
-    done = resume["scheduler"]["last_epoch"] if resume is not None else 0
+    done = check_position(run, resume) if resume is not None else 0
     optimizer, scheduler = build_optimizer(run.model, args, run.steps_per_epoch, done)
     state = State(optimizer, scheduler, scaler)
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
+        load_part(resume, "optimizer", functools.partial(load_optimizer, optimizer))
         # The saved LR is the old schedule's: a finished run extended with --epochs would go on at 0.
         for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = lr
         if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+            load_part(resume, "scaler", scaler.load_state_dict)
         state.epoch, state.step, state.best_acc = resume["epoch"], resume["step"], resume["best_acc"]
         state.best_epoch, state.tally = resume.get("best_epoch"), resume.get("epoch_tally")
         if isinstance(run.criterion, SandwichLoss):
@@ -628,11 +696,38 @@ def training_state(run, resume):
         if args.sandwich_stored:
             run.criterion.stored = StoredTargets(len(run.train_set), len(run.spec.classes), run.ctx.device)
             if resume is not None and resume.get("stored_targets"):
-                run.criterion.stored.load_state_dict(resume["stored_targets"])
+                load_part(resume, "stored_targets", run.criterion.stored.load_state_dict)
     state.ema = EMA(run.model, args.ema) if args.ema else None
     if state.ema is not None and resume is not None and resume.get("ema"):
-        state.ema.load_state_dict(resume["ema"])
+        load_part(resume, "ema", state.ema.load_state_dict)
     return state
+
+
+def check_position(run, resume):
+    """-> the optimizer steps the resumed run has done, once its place is one this run has: a
+    step inside an epoch, and a schedule position, that its data and batch size can reach (moving
+    the schedule on is a loop of that many steps); a stop inside an epoch, RNG states that restore."""
+    micro_batches = run.steps_per_epoch * run.args.accum_steps
+    if resume["step"] >= micro_batches:
+        raise UserError(f"{resume['path']}: field 'step' {resume['step']} is beyond the {micro_batches} batches of "
+                        "an epoch of this run; a damaged checkpoint")
+    if resume["step"] and "chan_gen" in resume:
+        # Restored here once, before anything is written; the epoch re-seeds, then restores them.
+        restore_rng(resume, torch.Generator())
+    steps = run.args.epochs * run.steps_per_epoch
+    return file_field(resume["path"], resume["scheduler"], "last_epoch", int, within="scheduler", low=0, high=steps)
+
+
+def load_optimizer(optimizer, state):
+    """``optimizer.load_state_dict``, which checks the groups' sizes but not the shapes of the
+    states it copies (a momentum buffer of another shape would fail at the first step)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise ValueError(f"its {name} of shape {tuple(value.shape)} is for a weight of "
+                                     f"shape {tuple(p.shape)}")
 
 
 def distribute_and_compile(model, args, ctx):
@@ -710,8 +805,7 @@ def train_epochs(run, state, resume, replacing):
     args, ctx = run.args, run.ctx
     log_path = os.path.join(args.out, "log.csv")
     if ctx.main:
-        start_log(log_path, [*LOG_COLUMNS[:5], *[f"val_acc_{c}" for c in run.val_combos], *LOG_COLUMNS[5:]],
-                  state.epoch)
+        start_log(log_path, log_header(run), state.epoch)
     val_loader = eval_loader(run.val_set, args.batch_size, args.workers, ctx, args.decode)
     loader = train_loader(run.train_set, args.batch_size, args.workers, args.seed, ctx, args.decode)
     mix = batch_mixing(args, len(run.spec.classes))

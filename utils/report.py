@@ -130,20 +130,33 @@ DOC_PAGES = {"task1-headline": "../README.md", "task1-sweep-headline": "../READM
              "task2": "task2.md", "complexity": "speed.md", "loader": "speed.md"}
 
 
-def update_doc(section, text, docs="docs"):
-    """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->`` in the
-    page of ``docs`` that holds ``section`` (``DOC_PAGES``), or in ``docs`` itself if it is a file."""
+def _doc_page(section, docs):
+    """-> (path, text) of the page of ``docs`` that holds ``section``, which must have its markers."""
     page = DOC_PAGES.get(section) or DOC_PAGES[section.split("-")[0]]
     path = docs if os.path.isfile(docs) else os.path.normpath(os.path.join(docs, page))
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     try:
         with open(path) as f:
-            page = f.read()
+            text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} to update its {section} section "
                         f"({getattr(exc, 'strerror', None) or exc}); --docs names the pages' folder") from None
-    if start not in page or end not in page:
-        raise UserError(f"{path} has no {start} ... {end} markers")
+    if f"<!-- {section}:start -->" not in text or f"<!-- {section}:end -->" not in text:
+        raise UserError(f"{path} has no <!-- {section}:start --> ... <!-- {section}:end --> markers")
+    return path, text
+
+
+def check_doc_sections(sections, docs="docs"):
+    """Refuse, before anything is published, a section of ``sections`` that ``update_doc`` could
+    not paste: tables and figures are then not replaced while the pages keep the old ones."""
+    for section in sections:
+        _doc_page(section, docs)
+
+
+def update_doc(section, text, docs="docs"):
+    """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->`` in the
+    page of ``docs`` that holds ``section`` (``DOC_PAGES``), or in ``docs`` itself if it is a file."""
+    path, page = _doc_page(section, docs)
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     head, rest = page.split(start, 1)
     _, tail = rest.split(end, 1)
     write_text(path, f"{head}{start}\n{text}\n{end}{tail}")

@@ -22,6 +22,7 @@ task2.py (what they share in tables.py); this module reads the command line.
 import os
 
 from utils.errors import Parser, UserError, at_least, cli, img_side, int_list, non_empty
+from utils.report import check_doc_sections
 
 from .rows import ABLATION_NAMES, RESNET18_ROWS, SANDWICH_ROWS, SWEEP_ROWS, TASK1_ROWS
 from .task1 import task1, task1_ablation, task1_resnet18, task1_sandwich
@@ -104,13 +105,36 @@ PARTS = {"task1": task1, "task1-sweep": task1_sweep, "task1-ablation": task1_abl
 ALL = [p for p in PARTS if p != "task2-headline"]
 
 
+def doc_sections(part, tag=""):
+    """The sections of docs/ that ``part`` pastes its tables into (``--update-docs``); the
+    front page's headlines come from the main setting only (no ``--tag``)."""
+    front = not tag
+    return {"task1": ["task1" + tag, *["task1-headline"] * front],
+            "task1-sweep": ["task1-sweep" + tag, *["task1-sweep-headline"] * front],
+            "task1-ablation": ["task1-ablation"], "task1-sandwich": ["task1-sandwich"],
+            "task1-resnet18": ["task1-resnet18"], "task2": ["task2"], "task2-sweep": ["task2-sweep", "task2-headline"],
+            "task2-recipe": ["task2-recipe"], "task2-headline": ["task2-headline"]}[part]
+
+
+def check_destinations(args, parts):
+    """Publishing is all or nothing: every page section and folder it writes is checked before
+    the first table is replaced."""
+    if args.update_docs:
+        check_doc_sections([s for part in parts for s in doc_sections(part, args.tag)], args.docs)
+    for folder, flag in ((args.results, "--results"), (args.figs, "--figs")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write into {flag} {folder}: {exc.strerror or exc}") from None
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
     if args.models:
         check_models(args)
-    os.makedirs(args.results, exist_ok=True)
-    os.makedirs(args.figs, exist_ok=True)
-    for part in ALL if args.part == "all" else [args.part]:
+    parts = ALL if args.part == "all" else [args.part]
+    check_destinations(args, parts)
+    for part in parts:
         PARTS[part](args, args.seeds)
     return 0

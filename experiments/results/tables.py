@@ -5,7 +5,9 @@ import os
 import pandas as pd
 import torch
 
+from utils.errors import UserError
 from utils.report import update_doc
+from utils.validate import log_row, read_log
 
 from .jobs import finished, threads_per_run
 from .rows import ROWS, run_dir
@@ -46,8 +48,12 @@ def mean_std(df, keys, values):
 
 
 def run_log(out):
-    """The log.csv of the run in folder ``out``, a row per epoch."""
-    return pd.read_csv(os.path.join(out, "log.csv"))
+    """The log.csv of the run in folder ``out``, a row per whole epoch (a cut or damaged row left out)."""
+    path = os.path.join(out, "log.csv")
+    header, rows = read_log(path)
+    if not {"epoch", "val_acc", "seconds"} <= set(header):
+        raise UserError(f"{path}: no epoch, val_acc and seconds columns; not the log of a run")
+    return pd.DataFrame([r for r in rows if log_row(r, header)], columns=header).astype(float)
 
 
 def wall_minutes(log):

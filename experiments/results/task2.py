@@ -2,13 +2,13 @@
 recipe options."""
 import argparse
 import functools
-import json
 import os
 
 import pandas as pd
 
 from utils.errors import UserError
 from utils.report import markdown, plt, save_figure, write_results
+from utils.validate import read_rows
 
 from .jobs import evaluate_side_by_side, in_parallel, run_finished, train
 from .rows import RECIPES, SWEEP_MODELS, TASK2_MODELS, recipe
@@ -71,16 +71,16 @@ def task2_sweep(args, seeds):
     sweep_dir = os.path.join(args.runs, "task2-sweep")
 
     def run(model, epochs, *extra, name=None):
-        out = os.path.join(sweep_dir, f"{name or model}-e{epochs}-s{seed}")
-        return functools.partial(train, "train_rrdb.py", out,
-                                 ["--model", model, *recipe(args, seed, epochs=epochs), *extra]), out
+        """-> (out, flags) of one run of the sweep."""
+        return (os.path.join(sweep_dir, f"{name or model}-e{epochs}-s{seed}"),
+                ["--model", model, *recipe(args, seed, epochs=epochs), *extra])
 
     planned = {(m, e): run(m, e) for e in args.budgets for m in SWEEP_MODELS}
     if not args.no_train:
-        in_parallel(args.jobs, [task for task, _ in planned.values()])
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", *job) for job in planned.values()])
     # A sweep runs across sessions: a budget is reported once its ResNet34 has finished, and a
     # shallow model still training there is left blank rather than holding the row back.
-    outs = {key: out for key, (_, out) in planned.items() if run_finished(out)}
+    outs = {key: out for key, (out, flags) in planned.items() if run_finished(out, "train_rrdb.py", flags)}
     budgets = [e for e in args.budgets if ("resnet34", e) in outs]
     if not budgets:
         raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
@@ -101,10 +101,11 @@ def task2_sweep(args, seeds):
     kd_done = False
     if kd_epochs is not None:
         teacher = os.path.join(outs[("resnet34", kd_epochs)], "best.pt")
-        task, out = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")
+        out, flags = run("shallow", kd_epochs, "--teacher", teacher, name="shallow_kd")
         if not args.no_train:
-            in_parallel(args.jobs, [task])  # the threads of every other run
-        kd_done = run_finished(out)
+            # the threads of every other run
+            in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", out, flags)])
+        kd_done = run_finished(out, "train_rrdb.py", flags)
         if kd_done:
             ev = os.path.join(sweep_dir, f"eval-kd-e{kd_epochs}-s{seed}")
             rows += [{**r, "epochs": kd_epochs, "minutes": wall_minutes(run_log(out))}
@@ -156,8 +157,13 @@ def task2_headline(args):
     path = os.path.join(args.results, "task2_sweep")
     if not os.path.exists(path + ".json"):
         raise UserError(f"{path}.json: no Task 2 sweep table yet; run --part task2-sweep first")
-    title = open(path + ".md").readline().strip()
-    table = pd.DataFrame(json.load(open(path + ".json")))
+    table = pd.DataFrame(read_rows(path + ".json", ("epochs",)))
+    try:
+        with open(path + ".md", encoding="utf-8") as f:
+            title = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}.md, the sweep table's title: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
     cols = [c for c in ["epochs", "resnet34", "shallow", "shallow+kd", "shallow / resnet34",
                         "shallow+kd / resnet34"] if c in table]
     paste(args, "task2-headline", f"{title}; test accuracy ([every model and the Task 2 table](docs/task2.md))"
@@ -170,11 +176,10 @@ def task2_recipe(args, seeds):
     seed = seeds[0]
     outs = {name: os.path.join(args.runs, "task2-recipe", f"shallow-{name}-e{args.epochs}-s{seed}")
             for name in RECIPES}
+    flags = {name: ["--model", "shallow", *recipe(args, seed), *extra] for name, extra in RECIPES.items()}
     if not args.no_train:
-        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", outs[name],
-                                                  ["--model", "shallow", *recipe(args, seed), *flags])
-                                for name, flags in RECIPES.items()])
-    done = [name for name in RECIPES if run_finished(outs[name])]
+        in_parallel(args.jobs, [functools.partial(train, "train_rrdb.py", outs[name], flags[name]) for name in RECIPES])
+    done = [name for name in RECIPES if run_finished(outs[name], "train_rrdb.py", flags[name])]
     if "plain" not in done:
         raise UserError(f"{outs['plain']}: the plain recipe has not finished; run without --no-train")
     evaluation = evaluate_side_by_side(args, os.path.join(args.runs, "task2-recipe", f"eval-e{args.epochs}-s{seed}"),

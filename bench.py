@@ -44,7 +44,7 @@ from utils import distributed
 from utils.complexity import complexity_row, stem_cost
 from utils.distributed import device_name, resolve_device
 from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, choice_list, cli, img_side, int_list
-from utils.report import update_doc, write_results, write_text
+from utils.report import check_doc_sections, page_path, update_doc, write_results, write_text
 
 PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
 
@@ -81,7 +81,7 @@ def parse_args(argv):
 def paste(args, section, text):
     """Into its marked section of docs/speed.md, when asked (``--update-docs``)."""
     if args.update_docs:
-        update_doc(section, text, args.docs)
+        update_doc(section, text, page_path(args.docs, "speed.md"))
 
 
 def median_seconds(fn, args):
@@ -497,6 +497,8 @@ def main(argv=None):
         args.model_img_size, args.model_batch, args.model_backbones = 32, 2, ["small"]
     torch.set_num_threads(args.threads)
     parts = args.parts
+    if args.update_docs and not args.quick:  # every page checked before the first table is replaced
+        check_doc_sections({p: page_path(args.docs, "speed.md") for p in ("loader", "complexity") if p in parts})
     env = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine(),
            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}

@@ -100,11 +100,13 @@ def sidecar(ckpt, channels, size):
 def weights(ckpt, size, ema=True):
     """The checkpoint without what only resuming needs (optimizer, scheduler, RNG states): the
     weights of every channel set (their moving average, if the run kept one and ``ema``), the
-    model's config, its classes and data, its training size."""
-    kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "deployed") if k in ckpt}
+    model's config, its classes and data, its training size. ``averaged`` says the weights are the
+    moving average alone: the raw ones (``--no-ema``) are then not in the file."""
+    kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "deployed", "averaged") if k in ckpt}
     told = {k: ckpt["args"][k] for k in ("teacher", "epochs", "seed") if k in ckpt["args"]}
-    state = ckpt["ema"]["state_dict"] if ema and ckpt.get("ema") else ckpt["state_dict"]
-    return {**kept, "args": {**told, "img_size": size}, "state_dict": state}
+    if ema and ckpt.get("ema"):
+        return {**kept, "args": {**told, "img_size": size}, "state_dict": ckpt["ema"]["state_dict"], "averaged": True}
+    return {**kept, "args": {**told, "img_size": size}, "state_dict": ckpt["state_dict"]}
 
 
 def _temporary(path):

@@ -9,7 +9,7 @@ import os
 import models
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from optim import DEFAULT_LR, SCHEDULES
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.errors import Parser, UserError, at_least, between, img_side, non_empty
 from utils.run_folder import run_folder_of
 
@@ -197,7 +197,7 @@ def model_option(text):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
         value = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
         value = value.strip()
     return key.strip(), value
 
@@ -235,7 +235,8 @@ def resolve_args(args, given, parser, default_model):
         raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
     if "optimizer" not in resume:
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
-    stored = {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}  # defaults: flags added since
+    check_fields(resume, resume["path"], needed=RESUME)
+    stored = stored_recipe(parser, resume)
     refused = sorted(k for k in given - {"resume", "model", "overwrite", *SAFE_ON_RESUME}
                      if getattr(args, k) != stored.get(k))
     if refused:
@@ -247,11 +248,47 @@ def resolve_args(args, given, parser, default_model):
         if v != stored.get(k):
             # --epochs stretches the cosine schedule from the step the run has reached
             print(f"resuming {resume['path']} with {flag_name(k)} {v} (was {stored.get(k)})")
+    if changed.get("epochs", stored["epochs"]) < resume["epoch"] + (resume["step"] > 0):
+        raise UserError(f"--epochs {changed['epochs']}: {resume['path']} has done {resume['epoch']} epoch(s)"
+                        f"{' and part of the next' if resume['step'] else ''}; a resume trains on, never back")
     out = args.out if "out" in given else run_folder_of(resume["path"])
-    args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume,
-                                 "overwrite": args.overwrite,
-                                 "pretrained": None, "init_from": None})  # weights: the checkpoint's
+    args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume, "overwrite": args.overwrite})
     return args, resume
+
+
+def stored_recipe(parser, resume):
+    """The flags the checkpoint was trained with (a flag added since at the value runs had before
+    it), each one checked as the flag checks the command line: a checkpoint cannot resume a run
+    with a value its flag refuses (a batch of 10^9 images, an LR that is a string)."""
+    for action in parser._actions:
+        if action.dest in resume["args"]:
+            problem = flag_problem(action, resume["args"][action.dest])
+            if problem:
+                raise UserError(f"{resume['path']}: field 'args.{action.dest}' {problem}; a damaged checkpoint")
+    return {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}
+
+
+def flag_problem(action, value):
+    """Why ``value`` is not one that ``action`` (a flag of ``build_parser``) gives; None if it is."""
+    if value is None and action.default is None:
+        return None
+    if action.nargs == 0:  # --flag, --flag/--no-flag
+        return None if isinstance(value, bool) else f"is {value!r}, not true or false"
+    if action.type is model_option:
+        pairs = isinstance(value, (list, tuple)) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) for p in value)
+        return None if pairs else f"is {value!r}, not a list of (KEY, VALUE) pairs"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"is {value!r}, not a value {flag_name(action.dest)} takes"
+    if action.choices is not None and value not in action.choices:
+        return f"is {value!r}, not one of {', '.join(map(str, action.choices))}"
+    try:
+        parsed = (action.type or str)(str(value))
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        return f"is {value!r}: {exc}"
+    if parsed == value and type(parsed) is type(value):
+        return None
+    return f"is {value!r} ({type(value).__name__}), not what {flag_name(action.dest)} gives"
 
 
 def model_config(args):

@@ -57,3 +57,15 @@ def amp_settings(args, ctx):
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     return dtype, scaler
+
+
+def load_optimizer(optimizer, state):
+    """``optimizer.load_state_dict``, which checks the groups' sizes but not the shapes of the
+    states it copies (a momentum buffer of another shape would fail at the first step)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise ValueError(f"its {name} of shape {tuple(value.shape)} is for a weight of "
+                                     f"shape {tuple(p.shape)}")

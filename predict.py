@@ -20,12 +20,13 @@ import torch
 from torchvision.transforms import v2 as T
 
 from data.channels import parse_combo, select
-from data.datasets import decode_image, load_image
+from data.datasets import decode_image, eval_resize, load_image
 from models import deploy
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
-from utils.errors import Parser, UserError, at_least, cli, img_side
+from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, cli, img_side
 from utils.files import write_atomic
+from utils.validate import file_field, mapping_of
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -78,6 +79,51 @@ class CheckpointModel:
         return self.model(x, names)[0].float().cpu()
 
 
+def read_sidecar(path):
+    """The .json export.py writes beside an .onnx file, each field predict.py uses checked: the
+    channels are letters of RGB, one mean and one std for each, a resize that can hold the crop
+    and no more than the largest image side (``MAX_IMG_SIZE``) calls for, class names."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = mapping_of(path, json.load(f), "its JSON")
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, not UTF-8, a 5000-digit number
+        raise UserError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    channels = file_field(path, meta, "channels", str)
+    try:
+        parse_combo(channels, "RGB")
+    except UserError as exc:
+        raise UserError(f"{path}: field 'channels': {exc}") from None
+    crop = file_field(path, meta, "crop", int, low=8, high=MAX_IMG_SIZE)
+    file_field(path, meta, "resize", int, low=crop, high=eval_resize(MAX_IMG_SIZE))
+    file_field(path, meta, "antialias", bool)
+    file_field(path, meta, "scale", float, low=1e-6, high=1)
+    file_field(path, meta, "mean", list, low=-10, high=10, each=float, length=len(channels))
+    file_field(path, meta, "std", list, low=1e-6, high=10, each=float, length=len(channels))
+    if not file_field(path, meta, "classes", list, each=str):
+        raise UserError(f"{path}: field 'classes' is empty")
+    file_field(path, meta, "input", str)
+    return meta
+
+
+def check_graph(path, session, meta, meta_path):
+    """The ONNX model takes what its .json prepares: its input by that name, with as many channels
+    and that crop, and gives one logit per class named (where the graph fixes those sizes)."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    if meta["input"] not in inputs:
+        raise UserError(f"{meta_path}: field 'input' {meta['input']!r} is not an input of {path} "
+                        f"({', '.join(inputs)})")
+    fixed = [(what, want, got) for what, want, got in zip(
+        ("channels", "height", "width"), (len(meta["channels"]), meta["crop"], meta["crop"]), inputs[meta["input"]][1:])
+             if isinstance(got, int) and got != want]
+    classes = session.get_outputs()[0].shape[-1]
+    if isinstance(classes, int) and classes != len(meta["classes"]):
+        fixed.append(("classes", len(meta["classes"]), classes))
+    if fixed:
+        what, want, got = fixed[0]
+        raise UserError(f"{meta_path} does not describe {path}: {want} {what} in the .json, {got} in the model; "
+                        "an export's two files belong together")
+
+
 class OnnxModel:
     """An export of export.py, run by ONNX Runtime with the preprocessing its .json records."""
 
@@ -86,14 +132,19 @@ class OnnxModel:
         meta_path = os.path.splitext(path)[0] + ".json"
         if not os.path.isfile(meta_path):
             raise UserError(f"{path}: no {meta_path} beside it (export.py writes one); it says how to prepare images")
-        with open(meta_path) as f:
-            meta = json.load(f)
+        meta = read_sidecar(meta_path)
         if channels and "".join(parse_combo(channels, "RGB")) != meta["channels"]:
             raise UserError(f"{path} was exported for channels {meta['channels']}, not {channels}")
         if img_size and img_size != meta["crop"]:
             raise UserError(f"{path} was exported for {meta['crop']}px images, not --img-size {img_size}")
         self.meta, self.classes = meta, meta["classes"]
-        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort
+        try:
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except (ort.Fail, ort.InvalidArgument, ort.InvalidGraph, ort.InvalidProtobuf, ort.NoSuchFile,
+                ort.NotImplemented) as exc:  # a file that is no ONNX model, or not one this runtime runs
+            raise UserError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
+        check_graph(path, self.session, meta, meta_path)
         self.geometry = T.Compose([T.Resize(meta["resize"], interpolation=T.InterpolationMode.BILINEAR,
                                             antialias=meta["antialias"]), T.CenterCrop(meta["crop"])])
         self.keep = ["RGB".index(c) for c in meta["channels"]]

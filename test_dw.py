@@ -16,7 +16,7 @@ import pandas as pd
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from engine import evaluate_split, recalibrate
-from models.loading import load_model
+from models.loading import check_distinct, load_model
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint
 from utils.complexity import complexity_row, stem_cost
@@ -224,6 +224,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.as_model and len(args.checkpoints) > 1:
         raise UserError("--as-model takes one checkpoint")
+    check_distinct(args.checkpoints, "--checkpoints")
     ctx = distributed.init(args.device)
     first = load_checkpoint(args.checkpoints[0])
     spec = describe_root(data_root(args.data_root, first))

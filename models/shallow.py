@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 from utils.errors import UserError
+from utils.validate import check
 
 from .backbones import conv_bn_relu
 from .registry import register
@@ -132,6 +133,22 @@ class DeepTrainedConv(nn.Module):
         return self
 
 
+# Bounds on the options (--model-opt): far above any design here, far below what fails only once
+# memory runs out (2048 x 2048 x 3 x 3 weights are 150 MB).
+MAX_WIDTH, MAX_KERNEL = 2048, 15
+
+
+def check_shallow_options(widths, first_kernel, dropout, deploy, deep_train):
+    """TypeError or ValueError for an option ``ShallowNet`` cannot be built with."""
+    check("widths", widths, list, 1, MAX_WIDTH, each=int, length=3)
+    check("first_kernel", first_kernel, int, 1, MAX_KERNEL)
+    if first_kernel % 2 == 0:  # the 1x1 branch folds into the centre of the kernel
+        raise ValueError(f"first_kernel must be odd, got {first_kernel}")
+    check("dropout", dropout, float, 0, 0.99)
+    check("deploy", deploy, bool)
+    check("deep_train", deep_train, float, 0, 1)
+
+
 class ShallowNet(nn.Module):
     """Three wide re-parameterised convolutions and a linear classifier: 4 weighted layers.
 
@@ -143,6 +160,7 @@ class ShallowNet(nn.Module):
     def __init__(self, num_classes, widths=(96, 256, 512), first_kernel=5, dropout=0.1, deploy=False,
                  deep_train=0.0):
         super().__init__()
+        check_shallow_options(widths, first_kernel, dropout, deploy, deep_train)
         w0, w1, w2 = widths
         # deep_train: the fraction of training over which each layer's inner activation becomes
         # the identity (VanillaNet); 0 trains each layer as one RepConv.
@@ -237,14 +255,14 @@ def rrdb_rnn(num_classes):
 @register("repshallow", task=2, max_layers=4)
 def repshallow(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False):
     """Ours: 3 RepVGG-style convolutions + linear, 4 weighted layers once deployed."""
-    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy))
+    return RGBOnly(ShallowNet(num_classes, widths, first_kernel, deploy=deploy))
 
 
 @register("shallow_deep", task=2, max_layers=4)
 def shallow_deep(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False, deep_train=0.5):
     """``shallow`` deep-trained: each layer two convolutions whose activation fades over the first
     ``deep_train`` of training, merged into one for deployment (4 weighted layers)."""
-    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy, deep_train=deep_train))
+    return RGBOnly(ShallowNet(num_classes, widths, first_kernel, deploy=deploy, deep_train=deep_train))
 
 
 @register("shallow", task=2, max_layers=4)

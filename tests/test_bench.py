@@ -24,7 +24,7 @@ def test_a_cut_bench_json_is_replaced_and_missing_pages_are_one_line(tmp_path, c
     from utils.errors import UserError
     from utils.report import update_doc
     with pytest.raises(UserError, match="cannot read .*no-docs.* to update its complexity section"):
-        update_doc("complexity", "a table", str(tmp_path / "no-docs"))  # --update-docs without the pages
+        update_doc("complexity", "a table", str(tmp_path / "no-docs" / "speed.md"))  # --update-docs without the pages
 
 
 def test_quick_epoch_part_times_every_sweep_recipe(tmp_path):

@@ -137,6 +137,20 @@ def test_a_run_from_before_the_sandwich_options_resumes_with_the_recipe_it_had(t
     assert (args["sandwich_fraction"], args["sandwich_scale"], args["sandwich_every"]) == (1.0, 1.0, 1)
 
 
+def test_a_resumed_run_keeps_the_weights_it_started_from_in_its_recipe(tmp_path, finished):
+    """--pretrained and --init-from are read once, when a run starts; a resume neither reads them
+    again (the file may be gone) nor forgets them, so that the driver can tell such a run apart."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["args"].update(pretrained=str(tmp_path / "gone.pth"), init_from=str(tmp_path / "gone.pt"))
+    save_atomic(ckpt, run / "last.pt")
+    r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    args = torch.load(run / "last.pt", weights_only=False)["args"]
+    assert (args["pretrained"], args["init_from"]) == (str(tmp_path / "gone.pth"), str(tmp_path / "gone.pt"))
+
+
 def test_a_live_lock_refuses_a_stale_one_is_taken_over(tmp_path, finished):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -216,7 +230,7 @@ def test_best_and_last_agree_after_a_kill_between_the_two_writes(tmp_path, finis
     shutil.copytree(finished, run)
     last = torch.load(run / "last.pt", weights_only=False)
     assert last["best_epoch"] == last["epoch"] == 1
-    stale = {**last, "epoch": 0}  # what best.pt held before the kill: an earlier epoch
+    stale = {**last, "epoch": 0, "best_epoch": None}  # what best.pt held before the kill: an earlier epoch
     save_atomic(stale, run / "best.pt")
     reconcile_best(str(run))
     assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()

@@ -108,9 +108,11 @@ def test_deployed_checkpoint_from_test_rrdb_loads_back(tmp_path):
                            "--save-deployed", str(tmp_path / "deployed")]) == 0
     # two checkpoints of one model: two files, the first not overwritten by the second
     assert sorted(os.listdir(tmp_path / "deployed")) == ["resnet34.pt", "shallow-2.pt", "shallow.pt"]
-    ckpt, model = load_model(str(tmp_path / "deployed" / "shallow.pt"), list(range(6)))
+    from data import describe_root
+    classes = describe_root("synthetic").classes
+    ckpt, model = load_model(str(tmp_path / "deployed" / "shallow.pt"), classes)
     assert ckpt["deployed"] and count_weighted_layers(model, 16) == 4
-    _, trained = load_model(str(tmp_path / "s" / "best.pt"), list(range(6)))
+    _, trained = load_model(str(tmp_path / "s" / "best.pt"), classes)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), models.deploy(trained).eval()(x), atol=1e-4, rtol=1e-4)

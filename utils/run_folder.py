@@ -1,5 +1,7 @@
 """A run folder belongs to one run: one live process at a time (a lock file), no temporary files
-left by a killed save, and ``best.pt`` in agreement with ``last.pt`` about the best epoch."""
+left by a killed save, ``best.pt`` in agreement with ``last.pt`` about the best epoch, and a
+``log.csv`` of the epochs its checkpoint holds."""
+import csv
 import glob
 import os
 import shutil
@@ -8,6 +10,8 @@ import time
 
 from .checkpoint import load_checkpoint
 from .errors import UserError
+from .files import write_atomic
+from .validate import log_row, read_log
 
 RUN_FILES = ("last.pt", "best.pt", "log.csv")
 REPLACED = (*RUN_FILES, "config.json", "curves.png", "tensorboard")  # what --overwrite replaces
@@ -237,6 +241,31 @@ def claim_run_folder(out, resume, overwrite):
         reconcile_best(out)
     if resume is not None and not continuing:  # the log so far travels with the run
         old_log = os.path.join(run_folder_of(resume["path"]), "log.csv")
-        if os.path.exists(old_log):
+        if os.path.isfile(old_log):
             shutil.copyfile(old_log, os.path.join(out, "log.csv"))
     return lock, overwrite and not continuing
+
+
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "seconds", "train_seconds", "train_distill"]
+
+
+def log_header(val_combos):
+    return [*LOG_COLUMNS[:5], *[f"val_acc_{c}" for c in val_combos], *LOG_COLUMNS[5:]]
+
+
+def start_log(path, header, epochs_done):
+    """A fresh log, or the old one cut back to the epochs the resumed checkpoint holds (a kill
+    between the log line and the checkpoint would otherwise leave a row twice)."""
+    rows = earlier_log(path, header, epochs_done)
+    write_atomic(path, lambda f: csv.writer(f).writerows([header, *rows]))
+
+
+def earlier_log(path, header, epochs_done):
+    """The rows of the log at ``path`` that a run with ``epochs_done`` keeps; a log that cannot
+    be read is one line (the run reads it before anything is written, to say so in time)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder where the run's log goes; move it away")
+    if not epochs_done or not os.path.exists(path):
+        return []
+    # Blank or cut lines (a kill mid-line, an editor's trailing newline) are no epoch's.
+    return [r for r in read_log(path)[1] if log_row(r, header, epochs_done)]

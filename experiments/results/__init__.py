@@ -26,11 +26,13 @@ import os
 
 from flags import add_amp, add_data_root, add_limit, add_workers
 from utils.errors import Parser, UserError, at_least, cli, img_side, int_list, non_empty
+from utils.report import check_doc_sections
 
 from .jobs import train_runs
-from .parts import PARTS, parts_of
+from .parts import PARTS, doc_sections, parts_of
 from .plan import print_plan
 from .rows import ABLATION_NAMES, RESNET18_ROWS, SANDWICH_ROWS, SWEEP_ROWS, TASK1_ROWS
+from .tables import doc_page
 
 
 def parse_args(argv):
@@ -104,6 +106,18 @@ def check_models(args):
     args.models = ",".join(names)
 
 
+def check_destinations(args, parts):
+    """Publishing is all or nothing: every page section and folder it writes is checked before
+    the first table is replaced."""
+    if args.update_docs:
+        check_doc_sections({s: doc_page(args, s) for part in parts for s in doc_sections(part, args.tag)})
+    for folder, flag in ((args.results, "--results"), (args.figs, "--figs")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write into {flag} {folder}: {exc.strerror or exc}") from None
+
+
 @cli
 def main(argv=None):
     args = parse_args(argv)
@@ -114,8 +128,7 @@ def main(argv=None):
     if args.plan:
         print_plan(args)
         return 0
-    os.makedirs(args.results, exist_ok=True)
-    os.makedirs(args.figs, exist_ok=True)
+    check_destinations(args, parts_of(args))
     for part in parts_of(args):
         if not args.no_train:  # each stage once the stages before it have trained
             for stage in PARTS[part].runs(args, args.seeds):

@@ -12,7 +12,7 @@ import models
 from data import describe_root
 from data.datasets import SYNTHETIC_SIZES, read_list
 from flags import model_config
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.distributed import device_name
 from utils.errors import UserError
 from utils.report import fmt_table
@@ -70,7 +70,8 @@ def run_state(run):
         return "new", 0
     try:
         ckpt = load_checkpoint(last)
-        check_same_recipe(ckpt, run.common)
+        check_fields(ckpt, last, needed=RESUME)
+        check_same_recipe(ckpt, run.script, [*run.common, *run.extra])
     except UserError as exc:
         return f"refused: {exc}", 0
     if ckpt["epoch"] >= run.epochs and ckpt["step"] == 0:

@@ -1,7 +1,6 @@
 """Task 1's tables and figures: the main table (with its equal-time rows), ablation, sandwich
 cost options, ResNet-18."""
 import dataclasses
-import json
 import os
 
 import pandas as pd
@@ -9,6 +8,7 @@ import pandas as pd
 from flags import BEFORE_FLAG
 from utils.checkpoint import load_checkpoint
 from utils.report import heatmap, markdown, write_results
+from utils.validate import read_rows
 
 from .jobs import task1_rows
 from .rows import (
@@ -73,7 +73,7 @@ def bench_epoch_ratio(args, dwg_recipe):
     path = os.path.join(args.bench, "epoch.json")
     if not os.path.exists(path):
         return None
-    for row in json.load(open(path)):
+    for row in read_rows(path, ("model", "data", "img_size", "batch")):
         if row["model"] == "dwg" and row["data"] == data_name(args) and row["img_size"] == args.img_size \
                 and row["batch"] == args.batch_size \
                 and all(dwg_recipe.get(k, BEFORE_FLAG.get(k)) == v for k, v in row.items()
@@ -277,7 +277,7 @@ def bench_step_ratio(args, row, seed, backbone):
     if trained["channel_aug"] != "sandwich" or not os.path.exists(path):
         return float("nan")
     options = [trained.get(f"sandwich_{k}", BEFORE_FLAG[f"sandwich_{k}"]) for k in ("fraction", "scale", "every")]
-    for r in json.load(open(path)):
+    for r in read_rows(path, ("backbone", "ratio_to_plain")):
         if r["backbone"] == backbone and [r.get(k) for k in ("fraction", "scale", "every")] == options:
             return r["ratio_to_plain"]
     return float("nan")

@@ -8,13 +8,13 @@ train every seed of ``--seeds`` for the rows that claim something (``every_seed`
 sandwich trains at the saturated budget (the longest finished one while none is saturated).
 """
 import dataclasses
-import json
 import os
 
 import pandas as pd
 
 from utils.errors import UserError
 from utils.report import markdown, plt, save_figure, write_results
+from utils.validate import read_rows
 
 from .jobs import evaluate_rows, finished
 from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_runs, run_dir, trained_dir
@@ -117,7 +117,7 @@ def bench_costs(args):
     path = os.path.join(args.bench, "epoch.json")
     if not os.path.exists(path):
         return {}
-    rows = json.load(open(path))
+    rows = read_rows(path, ("model", "data", "img_size", "batch"))
     return {r["model"]: r["val_every_epoch_ratio"] for r in rows if "val_every_epoch_ratio" in r
             and r["data"] == data_name(args) and r["img_size"] == args.img_size and r["batch"] == args.batch_size}
 

@@ -1,15 +1,15 @@
 """Task 2's tables and figures: the main table, the budget sweep and its front-page rows, the
 recipe options."""
 import argparse
-import json
 import os
 
 import pandas as pd
 
 from utils.errors import UserError
 from utils.report import markdown, plt, save_figure, write_results
+from utils.validate import read_rows
 
-from .jobs import evaluate_side_by_side, run_finished
+from .jobs import evaluate_side_by_side, finished_run
 from .rows import RECIPES, SWEEP_MODELS, TASK2_MODELS, Run, recipe
 from .tables import budget, data_name, machine, mean_std, paste, run_log, wall_minutes
 
@@ -86,7 +86,7 @@ def resnet_val(args, seed):
     the checkpoint it kept (saturation, and so the teacher, is judged on validation; the test
     split only reports)."""
     runs = {e: sweep_run(args, "resnet34", e, seed) for e in args.budgets}
-    return {e: run_log(r.out)["val_acc"].max() for e, r in runs.items() if run_finished(r.out)}
+    return {e: run_log(r.out)["val_acc"].max() for e, r in runs.items() if finished_run(r)}
 
 
 def kd_budget(args, val):
@@ -119,8 +119,8 @@ def task2_sweep(args, seeds):
     sweep_dir = os.path.join(args.runs, "task2-sweep")
     # A sweep runs across sessions: a budget is reported once its ResNet34 has finished, and a
     # shallow model still training there is left blank rather than holding the row back.
-    outs = {(m, e): sweep_run(args, m, e, seed).out for e in args.budgets for m in SWEEP_MODELS}
-    outs = {key: out for key, out in outs.items() if run_finished(out)}
+    runs = {(m, e): sweep_run(args, m, e, seed) for e in args.budgets for m in SWEEP_MODELS}
+    outs = {key: r.out for key, r in runs.items() if finished_run(r)}
     budgets = [e for e in args.budgets if ("resnet34", e) in outs]
     if not budgets:
         raise UserError(f"no budget of {args.budgets} has a finished resnet34 run under {args.runs}")
@@ -137,8 +137,8 @@ def task2_sweep(args, seeds):
     kd_done = False
     if kd_epochs is not None:
         teacher = sweep_run(args, "resnet34", kd_epochs, seed)
-        out = sweep_run(args, "shallow", kd_epochs, seed, name="shallow_kd", teacher=teacher).out
-        kd_done = run_finished(out)
+        kd = sweep_run(args, "shallow", kd_epochs, seed, name="shallow_kd", teacher=teacher)
+        out, kd_done = kd.out, finished_run(kd)
         if kd_done:
             ev = os.path.join(sweep_dir, f"eval-kd-e{kd_epochs}-s{seed}")
             rows += [{**r, "epochs": kd_epochs, "minutes": wall_minutes(run_log(out))}
@@ -191,8 +191,13 @@ def task2_headline(args):
     path = os.path.join(args.results, "task2_sweep")
     if not os.path.exists(path + ".json"):
         raise UserError(f"{path}.json: no Task 2 sweep table yet; run --part task2-sweep first")
-    title = open(path + ".md").readline().strip()
-    table = pd.DataFrame(json.load(open(path + ".json")))
+    table = pd.DataFrame(read_rows(path + ".json", ("epochs",)))
+    try:
+        with open(path + ".md", encoding="utf-8") as f:
+            title = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}.md, the sweep table's title: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
     cols = [c for c in ["epochs", "resnet34", "shallow", "shallow+kd", "shallow / resnet34",
                         "shallow+kd / resnet34"] if c in table]
     paste(args, "task2-headline", f"{title}; test accuracy ([every model and the Task 2 table](docs/task2.md))"
@@ -210,8 +215,9 @@ def task2_recipe(args, seeds):
     """The recipe options on ``shallow`` (first seed), trained all at once (``--jobs``), so that
     their minutes are measured under the same load."""
     seed = seeds[0]
-    outs = {name: r.out for name, r in recipe_runs(args, seed).items()}
-    done = [name for name in RECIPES if run_finished(outs[name])]
+    runs = recipe_runs(args, seed)
+    outs = {name: r.out for name, r in runs.items()}
+    done = [name for name in RECIPES if finished_run(runs[name])]
     if "plain" not in done:
         raise UserError(f"{outs['plain']}: the plain recipe has not finished; run without --no-train")
     evaluation = evaluate_side_by_side(args, os.path.join(args.runs, "task2-recipe", f"eval-e{args.epochs}-s{seed}"),

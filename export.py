@@ -20,6 +20,7 @@ import torch
 from data import build_dataset, describe_root
 from data.channels import parse_combo, select
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, normalize
+from flags import add_data_root, add_no_ema
 from models import deploy
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint, save_atomic
@@ -38,9 +39,8 @@ def parse_args(argv):
     p.add_argument("--img-size", type=img_side, default=None, help="default: the checkpoint's training size")
     p.add_argument("--image", default=None,
                    help="image to check the export on (default: the first test image of --data-root)")
-    p.add_argument("--data-root", default=None, help="default: the checkpoint's data")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_data_root(p, "the checkpoint's data")
+    add_no_ema(p)
     p.add_argument("--out", default=None, help="folder (default: <run folder>/export)")
     p.add_argument("--atol", type=at_least(0.0, float), default=1e-4, help="largest logit difference accepted")
     return p.parse_args(argv)

@@ -28,14 +28,10 @@ BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every"
 def add_data_root(p, fallback="."):
     """``--data-root``: $DATA_ROOT, else ``fallback`` ("." the current folder, "synthetic" the built-in
     shapes); any other ``fallback`` names what an evaluation script reads instead (the checkpoint's data)."""
-    if fallback in (".", "synthetic"):
-        told = "the current folder" if fallback == "." else "the built-in synthetic shapes"
-        p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", fallback),
-                       help=f"folder with train/val/test.txt and images/, or 'synthetic' (default: $DATA_ROOT, "
-                            f"else {told})")
-    else:
-        p.add_argument("--data-root", default=None,
-                       help=f"folder with train/val/test.txt and images/, or 'synthetic' (default: {fallback})")
+    told = {".": "$DATA_ROOT, else the current folder", "synthetic": "$DATA_ROOT, else the built-in synthetic shapes"}
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", fallback) if fallback in told else None,
+                   help="folder with train/val/test.txt and images/, or 'synthetic' "
+                        f"(default: {told.get(fallback, fallback)})")
 
 
 def add_device(p):
@@ -46,7 +42,7 @@ def add_device(p):
 def add_workers(p, default=None, what="loader processes per process"):
     p.add_argument("--workers", type=at_least(0), default=default,
                    help=f"{what} (default: the cores minus one, {default_workers()} here)" if default is None
-                   else what)
+                   else f"{what} (default: {default})")
 
 
 def add_decode(p):

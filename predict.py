@@ -21,9 +21,11 @@ from torchvision.transforms import v2 as T
 
 from data.channels import parse_combo, select
 from data.datasets import decode_image, eval_resize, load_image
+from flags import add_device, add_no_ema
 from models import deploy
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
+from utils.distributed import resolve_device
 from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, cli, img_side
 from utils.files import write_atomic
 from utils.validate import file_field, mapping_of
@@ -38,13 +40,12 @@ def parse_args(argv):
                    help="best.pt / last.pt, a run folder (its best.pt), or an exported .onnx")
     p.add_argument("--channels", default=None,
                    help="channels the model sees, e.g. RG or B (Task 1 models; default RGB, or the export's)")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_no_ema(p)
     p.add_argument("--top", type=at_least(1), default=5)
     p.add_argument("--out", default=None, metavar="FILE.csv",
                    help="also write the predictions as CSV (image, rank, class, probability)")
     p.add_argument("--img-size", type=img_side, default=None, help="default: the checkpoint's training size")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    add_device(p)
     return p.parse_args(argv)
 
 
@@ -187,7 +188,7 @@ def main(argv=None):
     if args.checkpoint.endswith(".onnx"):
         model = OnnxModel(args.checkpoint, args.channels, args.img_size)
     else:
-        model = CheckpointModel(args.checkpoint, args.channels, args.img_size, args.device, args.ema)
+        model = CheckpointModel(args.checkpoint, args.channels, args.img_size, resolve_device(args.device), args.ema)
     ranked, failed = predict(model, image_files(args.images), args.top)
     for path, best in ranked.items():
         print(f"{path}: " + ", ".join(f"{model.classes[i]} {p:.1%}" for i, p in best))

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
-from data.loaders import DECODE, DECODE_HELP, default_workers
+from data.loaders import default_workers
 from engine import evaluate_split, recalibrate
+from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
 from models.loading import check_distinct, load_model
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint
@@ -32,12 +33,11 @@ def parse_args(argv):
     p = Parser(description=__doc__)
     p.add_argument("--checkpoints", "--checkpoint", nargs="+", required=True,
                    help="best.pt / last.pt, or run folders (their best.pt); several make one table")
-    p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
+    add_data_root(p, "the first checkpoint's data")
     p.add_argument("--as-model", default=None,
                    help="evaluate the weights as this model, e.g. a plain_zero checkpoint as plain_mean "
                         "(they train identically; the fill rule acts only when channels are missing)")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_no_ema(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--combos", default=",".join(DEFAULT_COMBOS), type=non_empty)
     p.add_argument("--img-sizes", default=None, type=int_list(8, MAX_IMG_SIZE),
@@ -47,10 +47,10 @@ def parse_args(argv):
                         "eval-as-<model>-<split> with --as-model, or <first run folder>/compare-<split> for "
                         "several checkpoints)")
     p.add_argument("--batch-size", type=at_least(1), default=128)
-    p.add_argument("--workers", type=at_least(0), default=default_workers())
-    p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
-    p.add_argument("--limit", type=at_least(1), default=None, help="evaluate this many images (evenly spaced)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_workers(p, default_workers(), "loader processes")
+    add_decode(p)
+    add_limit(p, "evaluate this many images (evenly spaced)")
+    add_device(p)
     p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")
     p.add_argument("--recalibrate", type=at_least(0), default=0, metavar="N",
                    help="first re-estimate BatchNorm statistics per channel set from N training images")

@@ -12,8 +12,9 @@ import sys
 import pandas as pd
 
 from data import describe_root
-from data.loaders import DECODE, DECODE_HELP, default_workers
+from data.loaders import default_workers
 from engine import evaluate_split
+from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
 from models import deploy
 from models.loading import best_of, check_distinct, checkpoint_file, load_model
 from models.registry import max_layers, model_task
@@ -35,17 +36,16 @@ def parse_args(argv):
     p.add_argument("--checkpoints", nargs="+", required=True, help="best.pt / last.pt, or run folders (their best.pt)")
     p.add_argument("--baseline", default=None,
                    help="checkpoint whose accuracy the others are divided by (e.g. the ResNet34)")
-    p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_data_root(p, "the first checkpoint's data")
+    add_no_ema(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--img-size", type=img_side, default=None, help="default: each checkpoint's training size")
     p.add_argument("--out", default=None, help="default: <first run folder>/compare-<split>")
     p.add_argument("--batch-size", type=at_least(1), default=128)
-    p.add_argument("--workers", type=at_least(0), default=default_workers())
-    p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
-    p.add_argument("--limit", type=at_least(1), default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_workers(p, default_workers(), "loader processes")
+    add_decode(p)
+    add_limit(p, "evaluate this many images (evenly spaced)")
+    add_device(p)
     p.add_argument("--save-deployed", default=None, metavar="DIR",
                    help="also write each evaluated model, deployed, as DIR/<model>.pt (the second checkpoint of a "
                         "model as DIR/<model>-2.pt, and so on; loads like any checkpoint)")

@@ -186,7 +186,7 @@ def build_step(step, body, size, batch, args):
               train_set=range(batch), steps_per_epoch=1)
     build_criterion(run)
     if step.teacher:  # only Task 2 runs distil here, whose criterion is the label loss
-        teacher = models.deploy(models.create_model(step.teacher, 50)).to(ctx.device).eval().requires_grad_(False)
+        teacher = models.inference_form(models.create_model(step.teacher, 50)).to(ctx.device).requires_grad_(False)
         run.criterion = DistillationLoss(run.criterion, teacher, targs.kd_alpha, targs.kd_temperature)
     state = training_state(run, None)
     if isinstance(run.criterion, SandwichLoss):
@@ -468,7 +468,7 @@ def bench_complexity(args):
         model = models.create_model(name, 50, **kw)
         if hasattr(model, "set_progress"):  # deep training's end, where its layers merge
             model.set_progress(1.0)
-        model = models.deploy(model)
+        model = models.inference_form(model)
         rows.append({"model": name, "backbone": kw.get("backbone", "-"), **complexity_row(model)})
     stems = []
     for name in ("dwg", "seed_dwg", "plain_zero"):

@@ -21,7 +21,7 @@ from data import build_dataset, describe_root
 from data.channels import parse_combo, select
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, normalize
 from flags import add_data_root, add_no_ema
-from models import deploy
+from models import inference_form
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, choice_list, cli, img_side
@@ -47,12 +47,11 @@ def parse_args(argv):
 
 
 def deployed_for(model, channels):
-    """The plain inference network for ``channels``; Task 2 models take RGB only."""
-    if hasattr(model, "for_channels"):
-        return model.for_channels(channels)
-    if channels != tuple("RGB"):
-        raise UserError(f"--channels {''.join(channels)}: this is a Task 2 model, it takes RGB only")
-    return deploy(model).eval()
+    """The plain inference network for ``channels`` (``models.inference_form``)."""
+    try:
+        return inference_form(model, channels)
+    except ValueError:
+        raise UserError(f"--channels {''.join(channels)}: this is a Task 2 model, it takes RGB only") from None
 
 
 def check_image(args, ckpt, size):

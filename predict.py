@@ -22,7 +22,7 @@ from torchvision.transforms import v2 as T
 from data.channels import parse_combo, select
 from data.datasets import decode_image, eval_resize, load_image
 from flags import add_device, add_no_ema
-from models import deploy
+from models import inference_form
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
 from utils.distributed import resolve_device
@@ -69,7 +69,7 @@ class CheckpointModel:
 
     def __init__(self, path, channels, img_size, device, ema=True):
         ckpt = load_checkpoint(best_of(path))
-        self.model = deploy(model_from_checkpoint(ckpt, ema)).to(device).eval()
+        self.model = inference_form(model_from_checkpoint(ckpt, ema)).to(device)
         self.vocab = getattr(self.model, "vocab", "RGB")
         self.combo = "".join(parse_combo(channels or "RGB", self.vocab))
         self.size, self.device, self.classes = image_size(ckpt, img_size), device, ckpt["classes"]

@@ -15,7 +15,7 @@ from data import describe_root
 from data.loaders import default_workers
 from engine import evaluate_split
 from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
-from models import deploy
+from models import inference_form
 from models.loading import best_of, check_distinct, checkpoint_file, load_model
 from models.registry import max_layers, model_task
 from utils import distributed
@@ -67,7 +67,7 @@ def add_ratios(rows, baseline_accuracy, classes):
 
 def evaluate_checkpoint(path, spec, args, ctx, saved):
     ckpt, model = load_model(path, spec.classes, ema=args.ema)
-    model = deploy(model).to(ctx.device)
+    model = inference_form(model).to(ctx.device)
     teacher = ckpt["args"].get("teacher")
     name = f"{ckpt['model']}+kd" if teacher else ckpt["model"]
     if args.save_deployed and ctx.main:

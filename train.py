@@ -24,7 +24,7 @@ from data.loaders import default_workers, eval_loader, train_loader
 from engine import EMA, Run, State, StopRequest, evaluate, train_one_epoch
 from flags import build_parser, describe_recipe, flag_name, given_flags, model_config, resolve_args, resolved
 from losses import DistillationLoss, LabelLoss, SandwichLoss, StoredTargets
-from models import deploy
+from models import inference_form
 from models.loading import init_from, load_model
 from optim import amp_settings, build_optimizer, load_optimizer
 from utils import distributed
@@ -178,7 +178,7 @@ def build_criterion(run):
     run.criterion = LabelLoss(args.label_smoothing)
     if args.teacher:
         _, teacher = load_model(args.teacher, run.spec.classes)
-        teacher = deploy(teacher).to(run.ctx.device).eval().requires_grad_(False)
+        teacher = inference_form(teacher).to(run.ctx.device).requires_grad_(False)
         run.criterion = DistillationLoss(run.criterion, teacher, args.kd_alpha, args.kd_temperature)
     run.augment = AUGMENTATIONS.get(args.channel_aug)
     if args.channel_aug == "subset":

@@ -1,40 +1,14 @@
-"""Task 2: shallow networks against a from-scratch ResNet34.
-
-Layers are counted by ``utils.complexity.count_weighted_layers``: every convolution or linear
-layer applied in a forward pass of the deployed model (a recurrent layer counts once per step).
+"""Task 2: our shallow networks (at most 4 weighted layers once deployed) against a
+from-scratch ResNet34: RepVGG-style re-parameterised convolutions, optionally deep-trained.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
-from utils.errors import UserError
 from utils.validate import check
 
-from .backbones import conv_bn_relu
 from .registry import register
-
-
-class RGBOnly(nn.Module):
-    """Gives an RGB classifier the ``model(x, channels)`` call of the Task 1 models."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x, channels=None):
-        if channels is not None and "".join(channels) != "RGB":
-            raise UserError(f"this model takes RGB input only, got {''.join(channels)!r}")
-        return self.net(x)
-
-    def deploy(self):
-        if hasattr(self.net, "deploy"):
-            self.net.deploy()
-        return self
-
-    def set_progress(self, fraction):
-        if hasattr(self.net, "set_progress"):
-            self.net.set_progress(fraction)
+from .rgb_only import RGBOnly
 
 
 def fold_bn(weight, bn):
@@ -188,68 +162,6 @@ class ShallowNet(nn.Module):
             if isinstance(m, (DeepTrainedConv, RepConv)):
                 m.deploy()
         return self
-
-
-class ResidualDenseBlock(nn.Module):
-    """Dense connections inside, a 1x1 local fusion back to the input width, a residual outside."""
-
-    def __init__(self, channels, growth=32, layers=4):
-        super().__init__()
-        self.layers = nn.ModuleList(conv_bn_relu(channels + i * growth, growth) for i in range(layers))
-        self.fuse = nn.Conv2d(channels + layers * growth, channels, 1)
-
-    def forward(self, x):
-        feats = [x]
-        for layer in self.layers:
-            feats.append(layer(torch.cat(feats, 1)))
-        return x + self.fuse(torch.cat(feats, 1))
-
-
-class RecurrentConv(nn.Module):
-    """One 3x3 convolution applied ``steps`` times with shared weights (the RNN variant)."""
-
-    def __init__(self, channels, steps=3):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(steps))
-
-    def forward(self, x):
-        h = x
-        for bn in self.bns:
-            h = F.relu(bn(self.conv(h)) + x)
-        return h
-
-
-class RRDBNet(nn.Module):
-    """The original's shallow model rebuilt: stem, one residual dense block, transition, classifier."""
-
-    def __init__(self, num_classes, channels=64, growth=32, width=128, recurrent_steps=0):
-        super().__init__()
-        self.features = nn.Sequential(
-            conv_bn_relu(3, channels, 3, stride=2),
-            ResidualDenseBlock(channels, growth),
-            conv_bn_relu(channels, width, 1), nn.AvgPool2d(2),
-            RecurrentConv(width, recurrent_steps) if recurrent_steps else nn.Identity())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-@register("resnet34", task=2)
-def resnet34(num_classes):
-    """torchvision's ResNet34, randomly initialised (never pretrained)."""
-    return RGBOnly(torchvision.models.resnet34(weights=None, num_classes=num_classes))
-
-
-@register("rrdb", task=2)
-def rrdb(num_classes):
-    return RGBOnly(RRDBNet(num_classes))
-
-
-@register("rrdb_rnn", task=2)
-def rrdb_rnn(num_classes):
-    return RGBOnly(RRDBNet(num_classes, recurrent_steps=3))
 
 
 @register("repshallow", task=2, max_layers=4)

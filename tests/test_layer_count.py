@@ -9,7 +9,7 @@ import models
 import test_rrdb
 import train_rrdb
 from models.registry import _MODELS, register
-from models.shallow import RGBOnly
+from models.rgb_only import RGBOnly
 from utils.complexity import count_weighted_layers
 
 
@@ -65,7 +65,7 @@ def test_every_application_of_a_weight_counts_once(case):
 
 def test_task1_and_task2_models_count_what_they_run():
     assert count_weighted_layers(models.create_model("shallow", 10)) == 7  # k x k and 1 x 1 branches
-    assert count_weighted_layers(models.deploy(models.create_model("shallow", 10))) == 4
+    assert count_weighted_layers(models.inference_form(models.create_model("shallow", 10))) == 4
     assert count_weighted_layers(models.create_model("resnet34", 10)) == 37
     # dwg's stem generates its kernel from the channel embeddings: one convolution on the data
     n, ops = count_weighted_layers(models.create_model("dwg", 10, backbone="small"), ops=True)

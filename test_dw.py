@@ -18,6 +18,7 @@ from data.loaders import default_workers
 from engine import evaluate_split, recalibrate
 from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
 from models.loading import check_distinct, load_model
+from models.registry import model_task
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint
 from utils.complexity import complexity_row, stem_cost
@@ -140,6 +141,8 @@ def print_complexity(model, model_name):
 def evaluate_checkpoint(path, spec, args, ctx):
     """-> (checkpoint, model, rows, {img_size: {combo: (targets, top-k)}}) on every combination."""
     ckpt, model = load_model(path, spec.classes, args.as_model, args.ema)
+    if model_task(ckpt["model"]) != 1:
+        raise UserError(f"{ckpt['path']} is a Task 2 model ({ckpt['model']!r}): evaluate it with test_rrdb.py")
     model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
     if args.recalibrate:

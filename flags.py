@@ -10,7 +10,7 @@ import models
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from optim import DEFAULT_LR, SCHEDULES
 from utils.checkpoint import RESUME, check_fields, load_checkpoint
-from utils.errors import Parser, UserError, at_least, between, img_side, non_empty
+from utils.errors import MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Parser, UserError, at_least, between, img_side, non_empty
 from utils.run_folder import run_folder_of
 
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
@@ -40,7 +40,7 @@ def add_device(p):
 
 
 def add_workers(p, default=None, what="loader processes per process"):
-    p.add_argument("--workers", type=at_least(0), default=default,
+    p.add_argument("--workers", type=at_least(0, high=MAX_WORKERS), default=default,
                    help=f"{what} (default: the cores minus one, {default_workers()} here)" if default is None
                    else f"{what} (default: {default})")
 
@@ -113,7 +113,7 @@ def add_run_flags(p, task, val_combos):
 
 def add_recipe_flags(p):
     """Budget, optimizer, schedule and regularisation: the same for both tasks."""
-    p.add_argument("--epochs", type=at_least(1), default=30, help="the schedule's length")
+    p.add_argument("--epochs", type=at_least(1, high=MAX_EPOCHS), default=30, help="the schedule's length")
     p.add_argument("--batch-size", type=at_least(1), default=64,
                    help="per process (per micro-batch with --accum-steps)")
     p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
@@ -141,7 +141,7 @@ def add_recipe_flags(p):
     p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
     p.add_argument("--kd-alpha", type=between(0, 1), default=0.5, help="weight of the distillation loss")
     p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0, help="softens both logits")
-    p.add_argument("--seed", type=at_least(0), default=0, help="weights, data order and augmentation")
+    p.add_argument("--seed", type=at_least(0, high=MAX_SEED), default=0, help="weights, data order and augmentation")
 
 
 def add_task1_flags(p, channels):
@@ -227,6 +227,10 @@ def resolve_args(args, given, parser, default_model):
             args.val_combos = args.train_channels
         return args, None
     resume = load_checkpoint(args.resume)
+    if resume["model"] in models.list_models() and models.registry.model_task(resume["model"]) != task:
+        script = "train_dw.py" if task == 2 else "train_rrdb.py"
+        raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, a Task {3 - task} model; "
+                        f"resume it with {script}")
     if args.model and resume["model"] != args.model:
         raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
     if "optimizer" not in resume:
@@ -256,6 +260,10 @@ def stored_recipe(parser, resume):
     """The flags the checkpoint was trained with (a flag added since at the value runs had before
     it), each one checked as the flag checks the command line: a checkpoint cannot resume a run
     with a value its flag refuses (a batch of 10^9 images, an LR that is a string)."""
+    odd = [k for k in resume["args"] if not isinstance(k, str)]
+    if odd:
+        raise UserError(f"{resume['path']}: field 'args' has the key {odd[0]!r}, not a flag's name; "
+                        "a damaged checkpoint")
     for action in parser._actions:
         if action.dest in resume["args"]:
             problem = flag_problem(action, resume["args"][action.dest])

@@ -173,11 +173,28 @@ def predict(model, files, top):
     return ranked, failed
 
 
-def write_csv(path, rows):
-    """The whole file or none of it (``write_atomic``)."""
+HEADER = ("image", "rank", "class", "probability")
+
+
+def check_out(path, inputs):
+    """``--out`` replaces only a table of ours: never a folder, an input, or another file."""
     if os.path.isdir(path):
         raise UserError(f"cannot write --out {path}: a folder is there")
-    header = ("image", "rank", "class", "probability")
+    if any(os.path.exists(p) and os.path.samefile(path, p) for p in inputs if os.path.exists(path)):
+        raise UserError(f"--out {path} is one of the files it reads; pass another name")
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                ours = f.readline().rstrip("\n") == ",".join(HEADER)
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise UserError(f"--out {path} exists and is not a table predict.py wrote; pass another name")
+
+
+def write_csv(path, rows):
+    """The whole file or none of it (``write_atomic``)."""
+    header = HEADER
     write_atomic(path, lambda f: csv.writer(f, lineterminator="\n").writerows([header, *rows]))
     print(f"wrote {path}")
 
@@ -185,6 +202,8 @@ def write_csv(path, rows):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    if args.out:
+        check_out(args.out, [args.checkpoint, *args.images])
     if args.checkpoint.endswith(".onnx"):
         model = OnnxModel(args.checkpoint, args.channels, args.img_size)
     else:

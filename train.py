@@ -153,6 +153,8 @@ def check_input_size(model, size, device):
         model.eval()(torch.zeros(1, 3, size, size, device=device))
     except RuntimeError as exc:
         raise UserError(f"--img-size {size} is too small for this model ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # e.g. a --model-opt vocab of other channels than the data's R, G, B
+        raise UserError(f"this model does not take the data's RGB images: {exc}") from None
     finally:
         model.train(was_training)
 

@@ -101,6 +101,11 @@ def made_files(base, run):
         (base / "tables" / name).mkdir(parents=True)
         (base / "tables" / name / "task2_sweep.json").write_text(text)
         (base / "tables" / name / "task2_sweep.md").write_text("a title\n")
+    rate = {"step": "shallow", "backbone": "-", "img_size": 32, "amp": "off", "device": "cpu", "batch": 16}
+    for name, value in {"zero": 0, "word": "fast", "negative": -5}.items():
+        (base / f"rates_{name}.json").write_text(json.dumps([{**rate, "images_per_s": value}]))
+    (base / "pages").mkdir()
+    (base / "pages" / "README.md").write_text("<!-- task2-headline:end -->\nold\n<!-- task2-headline:start -->\n")
 
 
 # A run stopped inside the first of its two epochs, each field then damaged (one folder each).
@@ -119,6 +124,10 @@ DAMAGED = {
     "config_list": lambda c: c.update(config=[]),
     "img_size_huge": lambda c: c["args"].update(img_size=10 ** 6),
     "averaged": lambda c: c.update(averaged=True),  # an export of the moving average alone
+    "args_int_key": lambda c: c["args"].update({1: 2}),
+    "momentum_str": lambda c: c["optimizer"]["param_groups"][0].update(momentum="x"),
+    "epoch_huge": lambda c: c.update(epoch=10 ** 20),
+    "task2_model": lambda c: c.update(model="shallow"),
 }
 
 
@@ -300,7 +309,26 @@ def cases(w):
          "no_epochs/task2_sweep.json: a row has no field 'epochs'"),
         ("test_rrdb", ["--checkpoints", ck, run], "are the same checkpoint"),
     ]
-    return listed + damaged_cases(w) + model_option_cases(w) + sidecar_cases(w)
+    return listed + damaged_cases(w) + model_option_cases(w) + sidecar_cases(w) + bound_cases(w)
+
+
+def bound_cases(w):
+    """Numbers beyond what the machine holds, outputs that would replace an input, rates that
+    are no rates, a page whose markers are out of order."""
+    ck, image, typo = str(w["run"] / "best.pt"), str(w["images"] / "float.tiff"), str(w["base"] / "typo")
+    plan = ["--part", "task2", "--plan", "--out", typo, "--plan-rates"]
+    return [("train_dw", [*TINY, "--epochs", "1" + "0" * 20], "argument --epochs: must be at most 100000"),
+            ("train_dw", [*TINY, "--seed", "1" + "0" * 20], "argument --seed: must be at most 9223372036854775807"),
+            ("test_rrdb", ["--checkpoints", ck, "--workers", "100000"], "argument --workers: must be at most 256"),
+            ("train_dw", [*TINY, "--out", typo, "--model", "dwg", "--model-opt", "vocab='RGBXYZ'"],
+             "does not take the data's RGB images"),
+            ("predict", ["--checkpoint", ck, "--out", ck, image], "is one of the files it reads"),
+            ("predict", ["--checkpoint", ck, "--out", str(w["file"]), image], "exists and is not a table predict.py"),
+            ("results", [*plan, str(w["base"] / "rates_zero.json")], "images_per_s must be at least 1e-09, got 0"),
+            ("results", [*plan, str(w["base"] / "rates_word.json")], "images_per_s must be a number, got 'fast'"),
+            ("results", [*plan, str(w["base"] / "rates_negative.json")], "images_per_s must be at least 1e-09"),
+            ("results", ["--part", "task2-headline", "--update-docs", "--docs", str(w["base"] / "pages" / "README.md"),
+                         "--results", typo], "markers, in that order and once")]
 
 
 def damaged_cases(w):
@@ -318,7 +346,11 @@ def damaged_cases(w):
                "model_opt_bad": "(its args.model_opt): combo_bn must be true or false, got 5 (int)",
                "log_folder": "log.csv is a folder where the run's log goes",
                "log_huge": "cannot read the run's log",
-               "model_int": "field 'model' must be a string, got 5 (int)"}
+               "model_int": "field 'model' must be a string, got 5 (int)",
+               "args_int_key": "field 'args' has the key 1, not a flag's name",
+               "momentum_str": "field 'optimizer' does not fit this run (its momentum 'x' is not a finite number",
+               "epoch_huge": "field 'epoch' must be in [0, 100000]",
+               "task2_model": "a Task 2 model; resume it with train_rrdb.py"}
     return [*[("train_dw", ["--resume", made[name]], message) for name, message in resumed.items()],
             ("train_dw", ["--resume", made["lr_str"], "--epochs", "1"], "field 'args.lr' is 'abc'"),
             ("train_dw", ["--resume", made["step_huge"], "--epochs", "1"],
@@ -379,7 +411,7 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 153
+    assert checked == 167
     assert not (world["base"] / "typo").exists()  # a refused --models, --model-opt or page writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
     assert file_hashes(world["base"] / "made") == made  # nor a damaged run it refused to resume

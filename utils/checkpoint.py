@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from numpy._core import multiarray as np_multiarray
 
-from .errors import MAX_IMG_SIZE, UserError
+from .errors import MAX_EPOCHS, MAX_IMG_SIZE, UserError
 from .files import write_atomic
 from .validate import file_field, mapping_of
 
@@ -23,7 +23,7 @@ from .validate import file_field, mapping_of
 FIELDS = {
     "model": {"kind": str}, "config": {"kind": dict}, "classes": {"kind": list, "each": str},
     "state_dict": {"kind": dict}, "args": {"kind": dict, "optional": True},
-    "ema": {"kind": dict, "optional": True}, "epoch": {"kind": int, "low": 0, "optional": True},
+    "ema": {"kind": dict, "optional": True}, "epoch": {"kind": int, "low": 0, "high": MAX_EPOCHS, "optional": True},
     "step": {"kind": int, "low": 0, "optional": True},
     "best_acc": {"kind": float, "low": -1, "high": 1, "optional": True},
     "best_epoch": {"kind": int, "low": 1, "optional": True}, "optimizer": {"kind": dict, "optional": True},
@@ -37,7 +37,7 @@ FIELDS = {
 }
 # Fields inside those above, checked when the field that holds them is there.
 INNER = {
-    ("args", "epochs"): {"kind": int, "low": 1, "optional": True},
+    ("args", "epochs"): {"kind": int, "low": 1, "high": MAX_EPOCHS, "optional": True},
     ("args", "img_size"): {"kind": int, "low": 1, "high": MAX_IMG_SIZE, "optional": True},
     ("args", "seed"): {"kind": int, "low": 0, "optional": True},
     ("args", "teacher"): {"kind": str, "optional": True},

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass
 class Context:
@@ -56,6 +58,8 @@ def shutdown():
 
 def resolve_device(flag):
     """``--device`` as written -> "cuda" or "cpu" ("auto": CUDA when there is one)."""
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this machine has no CUDA device torch can use (--device cpu or auto)")
     return "cuda" if flag == "cuda" or (flag == "auto" and torch.cuda.is_available()) else "cpu"
 
 

@@ -136,8 +136,10 @@ def _marked_page(section, path):
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} to update its {section} section "
                         f"({getattr(exc, 'strerror', None) or exc}); --docs names the pages' folder") from None
-    if f"<!-- {section}:start -->" not in text or f"<!-- {section}:end -->" not in text:
-        raise UserError(f"{path} has no <!-- {section}:start --> ... <!-- {section}:end --> markers")
+    start, end = text.find(f"<!-- {section}:start -->"), text.find(f"<!-- {section}:end -->")
+    if start < 0 or end < start or text.count(f"<!-- {section}:start -->") > 1:
+        raise UserError(f"{path} has no <!-- {section}:start --> ... <!-- {section}:end --> markers, in that order "
+                        "and once")
     return text
 
 

@@ -25,7 +25,7 @@ plan.py; this module reads the command line.
 import os
 
 from flags import add_amp, add_data_root, add_limit, add_workers
-from utils.errors import Parser, UserError, at_least, cli, img_side, int_list, non_empty
+from utils.errors import MAX_EPOCHS, Parser, UserError, at_least, cli, img_side, int_list, non_empty
 from utils.report import check_doc_sections
 
 from .jobs import train_runs
@@ -49,7 +49,7 @@ def parse_args(argv):
     p.add_argument("--backbone", default="small", help="body of the Task 1 rows: small|resnet18|densenet121")
     p.add_argument("--pretrained", default=None, help="Task 1 rows start from these weights (e.g. imagenet); "
                                                       "Task 2 trains from scratch")
-    p.add_argument("--epochs", type=at_least(1), default=6)
+    p.add_argument("--epochs", type=at_least(1, high=MAX_EPOCHS), default=6)
     p.add_argument("--img-size", type=img_side, default=64)
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--lr", type=at_least(0.0, float, high=1e30), default=None,

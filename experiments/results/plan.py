@@ -16,6 +16,7 @@ from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.distributed import device_name
 from utils.errors import UserError
 from utils.report import fmt_table
+from utils.validate import check
 
 from .jobs import check_same_recipe
 from .parts import PARTS, parts_of
@@ -121,7 +122,9 @@ def load_rates(args):
         if not isinstance(rows, list) or not all(isinstance(r, dict) and RATE_KEYS <= r.keys() for r in rows):
             raise ValueError("no training-step rates of python -m bench --parts model (rows with "
                              f"{', '.join(sorted(RATE_KEYS))})")
-    except (OSError, ValueError) as exc:
+        for r in rows:
+            check("images_per_s", r["images_per_s"], float, low=1e-9)
+    except (OSError, ValueError, TypeError) as exc:
         if args.plan_rates:
             raise UserError(f"--plan-rates {path}: {exc}") from None
         return [], f"{path}: {exc}"

@@ -50,10 +50,11 @@ def test_the_plan_lists_exactly_the_runs_that_training_starts(tmp_path, monkeypa
 
 def fake_run(run, epoch, **changed):
     """A last.pt in ``run``'s folder as train.py leaves it after ``epoch`` epochs, trained with
-    ``run``'s shared flags but ``changed`` (the plan reads only its counters and flags)."""
-    trained = {flag.lstrip("-").replace("-", "_"): value for flag, value in zip(run.common[::2], run.common[1::2])}
+    ``run``'s flags but ``changed`` (the plan reads only its counters and flags)."""
+    from experiments.results.jobs import trained_recipe
     ckpt = {"model": run.model, "config": {}, "classes": ["a"], "state_dict": {"w": torch.zeros(1)},
-            "args": {**trained, **changed}, "epoch": epoch, "step": 0}
+            "args": {**trained_recipe(run.script, [*run.common, *run.extra]), **changed}, "epoch": epoch, "step": 0,
+            "best_acc": 0.0, "optimizer": {"state": {}, "param_groups": []}, "scheduler": {"last_epoch": 0}}
     os.makedirs(run.out)
     torch.save(ckpt, os.path.join(run.out, "last.pt"))
 
@@ -67,7 +68,7 @@ def test_the_plan_says_where_each_run_stands_and_what_it_costs(tmp_path, capsys)
     plain, ema, mix = [run for _, run in plan.planned(results.parse_args(flags))]
     fake_run(plain, 2)
     fake_run(ema, 1)
-    fake_run(mix, 2, epochs="5")
+    fake_run(mix, 2, epochs=5)
     elsewhere = [{"step": step, "backbone": "-", "img_size": 16, "amp": "off", "device": "another machine", "batch": 4,
                   "images_per_s": 0.1} for step in ("shallow", "shallow --ema 0.998")]
     (tmp_path / "bench").mkdir()

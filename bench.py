@@ -1,5 +1,6 @@
-"""Benchmarks: stem and whole-model speed, the sandwich's training step, whole training epochs,
-data-pipeline throughput, and the complexity table.
+"""Benchmarks: stem speed, a training step of every model as the result tables train it (with its
+peak GPU memory), the sandwich's training step, whole training epochs, data-pipeline throughput,
+and the complexity table.
 
     python -m bench [--parts stem,profile,model,sandwich,epoch,data,complexity] [--threads 2] [--quick]
 
@@ -8,9 +9,11 @@ alternated training runs), with the thread count fixed; every speed is reported 
 plain counterpart measured in the same run, because absolute times drift on shared machines.
 Writes <out>/<part>.md|json|csv and bench.json (default runs/bench); --update-docs publishes
 instead: the tables into results/bench/, whose epoch and sandwich ratios the result tables read,
-and the complexity and loader tables into docs/speed.md.
+and the complexity and loader tables into docs/speed.md. The model part's images/s are what
+``python -m experiments.results --plan`` turns into hours.
 """
 import functools
+import importlib
 import json
 import os
 import platform
@@ -24,17 +27,24 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 import models
-from data import build_dataset, describe_root
+from data import DEFAULT_VOCAB, DataSpec, build_dataset, describe_root, parse_combo
 from data.channels import sample_subset
+from engine import Run, train_one_epoch
+from experiments.results import parse_args as results_args
+from experiments.results.plan import Step, planned, step_of
 from experiments.results.rows import SWEEP_RECIPES, SWEEP_VAL
-from losses import LabelLoss, SandwichLoss
+from flags import add_amp, add_data_root, add_device, build_parser
+from losses import DistillationLoss, LabelLoss, SandwichLoss
+from models.backbones import BACKBONES
 from models.stems import ChannelHyperStem, SeedDWGStem
+from train import batch_mixing, build_criterion, build_model, training_state
+from utils import distributed
 from utils.complexity import complexity_row, stem_cost
+from utils.distributed import device_name, resolve_device
 from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, choice_list, cli, img_side, int_list
-from utils.report import update_doc, write_results, write_text
+from utils.report import check_doc_sections, page_path, update_doc, write_results, write_text
 
 PARTS = ["stem", "profile", "model", "sandwich", "epoch", "data", "loader", "complexity"]
 
@@ -43,12 +53,16 @@ def parse_args(argv):
     p = Parser(description=__doc__)
     p.add_argument("--parts", default="stem,profile,model,sandwich,data,complexity", type=choice_list(PARTS))
     p.add_argument("--threads", type=at_least(1), default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    add_device(p)
     p.add_argument("--batch-sizes", default="1,32,128", type=int_list(1))
     p.add_argument("--img-sizes", default="64,224", type=int_list(8, MAX_IMG_SIZE))
     p.add_argument("--model-img-size", type=img_side, default=None, help="default 224 on CUDA, 128 on CPU")
     p.add_argument("--model-batch", type=at_least(1), default=None, help="default 64 on CUDA, 16 on CPU")
-    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "synthetic"))
+    p.add_argument("--model-backbones", default="densenet121,small", type=choice_list(list(BACKBONES)),
+                   help="model part: the bodies of the Task 1 steps not bound to one")
+    add_amp(p)
+    p.add_argument("--channels-last", action="store_true", help="model part: channels-last memory format (CUDA)")
+    add_data_root(p, "synthetic")
     p.add_argument("--epoch-img-size", type=img_side, default=64, help="epoch part: image size")
     p.add_argument("--epoch-limit", type=at_least(1), default=None, help="epoch part: images per split (default all)")
     p.add_argument("--repeats", type=at_least(1), default=3, help="epoch part: runs of each model, alternated")
@@ -59,6 +73,8 @@ def parse_args(argv):
                    help="publish: tables into results/bench/ and the complexity and loader tables into docs/speed.md")
     p.add_argument("--docs", default="docs", help="the folder whose marked sections are replaced")
     args = p.parse_args(argv)
+    if args.device == "auto":  # "cuda" stays as asked: main refuses it on a machine without CUDA
+        args.device = resolve_device(args.device)
     args.out = args.out or ("results/bench" if args.update_docs else os.path.join("runs", "bench"))
     return args
 
@@ -66,11 +82,11 @@ def parse_args(argv):
 def paste(args, section, text):
     """Into its marked section of docs/speed.md, when asked (``--update-docs``)."""
     if args.update_docs:
-        update_doc(section, text, args.docs)
+        update_doc(section, text, page_path(args.docs, "speed.md"))
 
 
 def median_seconds(fn, args):
-    for _ in range(3):  # warm-up: allocator, caches, lazy init
+    for _ in range(1 if args.quick else 3):  # warm-up: allocator, caches, lazy init
         fn()
     if args.device == "cuda":
         torch.cuda.synchronize()
@@ -121,41 +137,102 @@ def bench_profile(args, calls=200):
               for e in ops)]
 
 
+ANY_BODY = "<body>"  # stands for the command's --backbone when the runs are listed
+
+
+def trained_steps():
+    """Every distinct training step python -m experiments.results trains (its own run lists, every
+    part) with the body it is bound to (None: the command's --backbone), then the default step of
+    every registered model those runs leave out: -> [(Step, body or None)]."""
+    with tempfile.TemporaryDirectory() as empty:  # no runs there: every run is listed as new
+        args = results_args(["--part", "all", "--seeds", "0", "--budgets", "1", "--backbone", ANY_BODY,
+                             "--data-root", "synthetic", "--out", empty, "--bench", empty])
+        runs = [run for _, run in planned(args)]
+    steps = {(step_of(run), None if run.flag("--backbone") in (ANY_BODY, None) else run.flag("--backbone")): None
+             for run in runs}
+    for name in models.list_models():
+        if name not in {step.flags[1] for step, _ in steps}:
+            script = "train_dw.py" if models.registry.model_task(name) == 1 else "train_rrdb.py"
+            steps[(Step(script, ("--model", name)), None)] = None
+    return list(steps)
+
+
+class SameBatch:
+    """A training loader of one batch ``steps`` times over, which tells the batch's image indices
+    as the training sampler does (stored targets are kept by image)."""
+
+    def __init__(self, x, y, steps):
+        self.batches, self.sampler = [(x, y)] * steps, self
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def batch_indices(self, step):
+        return torch.arange(len(self.batches[0][1]))
+
+
+def build_step(step, body, size, batch, args):
+    """A run of ``step`` as train.py builds it, on 50 classes: -> (engine.Run, engine.State)."""
+    script = importlib.import_module(step.script.removesuffix(".py"))
+    flags = [*step.flags, "--img-size", str(size), "--batch-size", str(batch), "--amp", args.amp,
+             "--device", args.device, *(["--backbone", body] if step.script == "train_dw.py" else []),
+             *(["--channels-last"] if args.channels_last else [])]
+    targs = build_parser(None, **script.DEFAULTS).parse_args(flags)
+    targs.model = targs.model or script.DEFAULTS["default_model"]
+    spec = DataSpec("synthetic", [f"class {i}" for i in range(50)], True)
+    ctx = distributed.Context(device=torch.device(args.device))
+    model, config = build_model(targs, spec, None, ctx)
+    combo = "".join(parse_combo(targs.train_channels, DEFAULT_VOCAB)) if targs.train_channels else None
+    run = Run(model, args=targs, ctx=ctx, spec=spec, config=config, val_combos=[], train_combo=combo,
+              train_set=range(batch), steps_per_epoch=1)
+    build_criterion(run)
+    if step.teacher:  # only Task 2 runs distil here, whose criterion is the label loss
+        teacher = models.inference_form(models.create_model(step.teacher, 50)).to(ctx.device).requires_grad_(False)
+        run.criterion = DistillationLoss(run.criterion, teacher, targs.kd_alpha, targs.kd_temperature)
+    state = training_state(run, None)
+    if isinstance(run.criterion, SandwichLoss):
+        run.criterion.start = 0  # a delayed sandwich timed as it runs once started, its costlier part
+    return run, state
+
+
+def time_step(step, body, size, batch, args):
+    """Median seconds of one optimizer step of ``step`` (engine.train_one_epoch on a batch already
+    on the device, a sandwich timed with the plain steps of its cycle), and the step's peak CUDA
+    memory in MB."""
+    run, state = build_step(step, body, size, batch, args)
+    dev = run.ctx.device
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev)
+    y = torch.randint(0, 50, (batch,), device=dev)
+    cycle = getattr(run.criterion, "every", 1)
+    loader, mix = SameBatch(x, y, cycle), batch_mixing(run.args, 50)
+
+    def steps():
+        train_one_epoch(run, state, loader, 1, mix=mix)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = median_seconds(steps, args) / cycle
+    return seconds, torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else "n/a (CPU)"
+
+
 def bench_model(args):
-    """Training step and inference throughput: our stem against the plain model."""
-    dev, rows = torch.device(args.device), []
+    """A training step of every model as python -m experiments.results trains it (``trained_steps``:
+    its model, channel recipe, optimizer, EMA, batch mixing and teacher, built by train.py), every
+    registered model included; Task 1 steps on each of --model-backbones unless bound to a body:
+    images/s, the ratio to plain_zero's step on the same body (Task 1) or resnet34's (Task 2), and
+    on CUDA the peak memory. The result tables' --plan reads these rates."""
     size = args.model_img_size or (224 if args.device == "cuda" else 128)
     bs = args.model_batch or (64 if args.device == "cuda" else 16)
-    pairs = [("densenet121", size, bs), ("small", 64, 64)]
-    for backbone, img, batch in pairs:
-        torch.manual_seed(0)
-        plain = (torchvision.models.densenet121(num_classes=50) if backbone == "densenet121"
-                 else models.create_model("plain_zero", 50, backbone="small"))
-        nets = {"plain": plain, "dwg": models.create_model("dwg", 50, backbone=backbone)}
-        x = torch.randn(batch, 3, img, img, device=dev)
-        y = torch.randint(0, 50, (batch,), device=dev)
-        times = {}
-        for name, net in nets.items():
-            net = net.to(dev)
-            if name == "plain" and backbone == "densenet121":
-                fwd = functools.partial(net, x)  # torchvision's model takes no channel names
-            else:
-                fwd = functools.partial(net, x, ("R", "G", "B"))
-            opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(fwd(), y).backward()
-                opt.step()
-
-            net.train()
-            times[(name, "train step")] = median_seconds(step, args)
-            net.eval()
-            with torch.no_grad():
-                times[(name, "inference")] = median_seconds(fwd, args)
-        for (name, mode), t in times.items():
-            rows.append({"backbone": backbone, "img_size": img, "batch": batch, "model": name, "mode": mode,
-                         "images_per_s": batch / t, "ratio_to_plain": t / times[("plain", mode)]})
+    rows = []
+    for step, body in trained_steps():
+        task1 = step.script == "train_dw.py"
+        for backbone in ([body] if body else args.model_backbones) if task1 else ["-"]:
+            seconds, memory = time_step(step, backbone, size, bs, args)
+            rows.append({"step": step.label, "model": step.flags[1], "task": 1 if task1 else 2, "backbone": backbone,
+                         "img_size": size, "batch": bs, "amp": args.amp, "device": device_name(args.device),
+                         "images_per_s": bs / seconds, "ms_per_step": 1e3 * seconds, "peak_memory_mb": memory})
+    plain = {(r["task"], r["backbone"]): r["ms_per_step"] for r in rows if r["step"] in ("plain_zero", "resnet34")}
+    for r in rows:
+        r["ratio_to_plain"] = r["ms_per_step"] / plain.get((r["task"], r["backbone"]), float("nan"))
     return rows
 
 
@@ -328,8 +405,8 @@ def bench_loader(args):
     from data.datasets import decode_image, encoded_image, read_image, reference_transform
     spec = describe_root(args.data_root)
     if spec.synthetic:
-        raise UserError("the loader part reads image files: pass --data-root "
-                        "(e.g. ../shared/data/mini-imagenet-sample)")
+        raise UserError("the loader part reads image files: pass --data-root (a folder of list files and "
+                        "JPEGs, e.g. the mini-ImageNet root) or set $DATA_ROOT")
     files = build_dataset(spec, "train", 224).samples
     rounds = 1 if args.quick else 7
     torch.set_num_threads(1)  # per core: what one loader worker does
@@ -392,7 +469,7 @@ def bench_complexity(args):
         model = models.create_model(name, 50, **kw)
         if hasattr(model, "set_progress"):  # deep training's end, where its layers merge
             model.set_progress(1.0)
-        model = models.deploy(model)
+        model = models.inference_form(model)
         rows.append({"model": name, "backbone": kw.get("backbone", "-"), **complexity_row(model)})
     stems = []
     for name in ("dwg", "seed_dwg", "plain_zero"):
@@ -418,9 +495,11 @@ def main(argv=None):
         raise UserError("--device cuda: no CUDA device here")
     if args.quick:
         args.batch_sizes, args.img_sizes, args.min_time = [1, 8], [32], 0.05
-        args.model_img_size, args.model_batch = 64, 4
+        args.model_img_size, args.model_batch, args.model_backbones = 32, 2, ["small"]
     torch.set_num_threads(args.threads)
     parts = args.parts
+    if args.update_docs and not args.quick:  # every page checked before the first table is replaced
+        check_doc_sections({p: page_path(args.docs, "speed.md") for p in ("loader", "complexity") if p in parts})
     env = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine(),
            "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}

@@ -20,7 +20,8 @@ import torch
 from data import build_dataset, describe_root
 from data.channels import parse_combo, select
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, normalize
-from models import deploy
+from flags import add_data_root, add_no_ema
+from models import inference_form
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, choice_list, cli, img_side
@@ -38,21 +39,19 @@ def parse_args(argv):
     p.add_argument("--img-size", type=img_side, default=None, help="default: the checkpoint's training size")
     p.add_argument("--image", default=None,
                    help="image to check the export on (default: the first test image of --data-root)")
-    p.add_argument("--data-root", default=None, help="default: the checkpoint's data")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_data_root(p, "the checkpoint's data")
+    add_no_ema(p)
     p.add_argument("--out", default=None, help="folder (default: <run folder>/export)")
     p.add_argument("--atol", type=at_least(0.0, float), default=1e-4, help="largest logit difference accepted")
     return p.parse_args(argv)
 
 
 def deployed_for(model, channels):
-    """The plain inference network for ``channels``; Task 2 models take RGB only."""
-    if hasattr(model, "for_channels"):
-        return model.for_channels(channels)
-    if channels != tuple("RGB"):
-        raise UserError(f"--channels {''.join(channels)}: this is a Task 2 model, it takes RGB only")
-    return deploy(model).eval()
+    """The plain inference network for ``channels`` (``models.inference_form``)."""
+    try:
+        return inference_form(model, channels)
+    except ValueError:
+        raise UserError(f"--channels {''.join(channels)}: this is a Task 2 model, it takes RGB only") from None
 
 
 def check_image(args, ckpt, size):
@@ -100,11 +99,13 @@ def sidecar(ckpt, channels, size):
 def weights(ckpt, size, ema=True):
     """The checkpoint without what only resuming needs (optimizer, scheduler, RNG states): the
     weights of every channel set (their moving average, if the run kept one and ``ema``), the
-    model's config, its classes and data, its training size."""
-    kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "deployed") if k in ckpt}
+    model's config, its classes and data, its training size. ``averaged`` says the weights are the
+    moving average alone: the raw ones (``--no-ema``) are then not in the file."""
+    kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "deployed", "averaged") if k in ckpt}
     told = {k: ckpt["args"][k] for k in ("teacher", "epochs", "seed") if k in ckpt["args"]}
-    state = ckpt["ema"]["state_dict"] if ema and ckpt.get("ema") else ckpt["state_dict"]
-    return {**kept, "args": {**told, "img_size": size}, "state_dict": state}
+    if ema and ckpt.get("ema"):
+        return {**kept, "args": {**told, "img_size": size}, "state_dict": ckpt["ema"]["state_dict"], "averaged": True}
+    return {**kept, "args": {**told, "img_size": size}, "state_dict": ckpt["state_dict"]}
 
 
 def _temporary(path):

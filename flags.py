@@ -9,8 +9,8 @@ import os
 import models
 from data.loaders import DECODE, DECODE_HELP, default_workers
 from optim import DEFAULT_LR, SCHEDULES
-from utils.checkpoint import load_checkpoint
-from utils.errors import Parser, UserError, at_least, between, img_side, non_empty
+from utils.checkpoint import RESUME, check_fields, load_checkpoint
+from utils.errors import MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Parser, UserError, at_least, between, img_side, non_empty
 from utils.run_folder import run_folder_of
 
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
@@ -25,30 +25,32 @@ BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every"
                "sandwich_stored": False}
 
 # The flags several scripts share, each defined here once: one name, meaning and help everywhere.
-def add_data_root(p, default_help=None):
-    """``--data-root``: $DATA_ROOT, else the current folder; an evaluation script may default to the
-    checkpoint's own data instead (``default_help`` says which)."""
-    if default_help:
-        p.add_argument("--data-root", default=None, help=f"folder with the list files and images/ (default: "
-                                                         f"{default_help}), or 'synthetic'")
-    else:
-        p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "."),
-                       help="folder with train/val/test.txt and images/ (default: $DATA_ROOT, else the current "
-                            "folder), or 'synthetic' for the built-in shapes")
+def add_data_root(p, fallback="."):
+    """``--data-root``: $DATA_ROOT, else ``fallback`` ("." the current folder, "synthetic" the built-in
+    shapes); any other ``fallback`` names what an evaluation script reads instead (the checkpoint's data)."""
+    told = {".": "$DATA_ROOT, else the current folder", "synthetic": "$DATA_ROOT, else the built-in synthetic shapes"}
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", fallback) if fallback in told else None,
+                   help="folder with train/val/test.txt and images/, or 'synthetic' "
+                        f"(default: {told.get(fallback, fallback)})")
 
 
 def add_device(p):
-    """``--device``, kept as written ("auto" resolves where the script runs: a resumed run may move)."""
+    """``--device``, kept as written: "auto" is resolved where the script runs, so a resumed run may move."""
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when there is one")
 
 
-def add_loading(p, workers=None, limit_help="use this many images per split (evenly spaced)"):
-    """``--workers``, ``--decode`` and ``--limit``: how images are loaded, and how many."""
-    p.add_argument("--workers", type=at_least(0), default=workers,
-                   help=f"loader processes per process (default: its cores minus one, {default_workers()} here)"
-                   if workers is None else "loader processes per process")
+def add_workers(p, default=None, what="loader processes per process"):
+    p.add_argument("--workers", type=at_least(0, high=MAX_WORKERS), default=default,
+                   help=f"{what} (default: the cores minus one, {default_workers()} here)" if default is None
+                   else f"{what} (default: {default})")
+
+
+def add_decode(p):
     p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
-    p.add_argument("--limit", type=at_least(1), default=None, help=limit_help)
+
+
+def add_limit(p, what="use this many images per split (evenly spaced)"):
+    p.add_argument("--limit", type=at_least(1), default=None, help=what)
 
 
 def add_no_ema(p):
@@ -67,7 +69,9 @@ def build_parser(description, default_model, val_combos):
     p = Parser(description=description)
     g = {name: p.add_argument_group(name) for name in ("data", "model", "recipe", "channels", "run", "output")}
     add_data_root(g["data"])
-    add_loading(g["data"])
+    add_workers(g["data"])
+    add_decode(g["data"])
+    add_limit(g["data"])
     g["model"].add_argument("--model", default=None,
                             help=f"default {default_model}; one of: {', '.join(models.list_models(task))}")
     g["model"].add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", type=model_option,
@@ -109,7 +113,7 @@ def add_run_flags(p, task, val_combos):
 
 def add_recipe_flags(p):
     """Budget, optimizer, schedule and regularisation: the same for both tasks."""
-    p.add_argument("--epochs", type=at_least(1), default=30, help="the schedule's length")
+    p.add_argument("--epochs", type=at_least(1, high=MAX_EPOCHS), default=30, help="the schedule's length")
     p.add_argument("--batch-size", type=at_least(1), default=64,
                    help="per process (per micro-batch with --accum-steps)")
     p.add_argument("--accum-steps", type=at_least(1), default=1, metavar="N",
@@ -137,7 +141,7 @@ def add_recipe_flags(p):
     p.add_argument("--teacher", default=None, help="checkpoint to distil from (e.g. our own ResNet34)")
     p.add_argument("--kd-alpha", type=between(0, 1), default=0.5, help="weight of the distillation loss")
     p.add_argument("--kd-temperature", type=at_least(1e-3, float), default=4.0, help="softens both logits")
-    p.add_argument("--seed", type=at_least(0), default=0, help="weights, data order and augmentation")
+    p.add_argument("--seed", type=at_least(0, high=MAX_SEED), default=0, help="weights, data order and augmentation")
 
 
 def add_task1_flags(p, channels):
@@ -189,7 +193,7 @@ def model_option(text):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
         value = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
         value = value.strip()
     return key.strip(), value
 
@@ -223,11 +227,16 @@ def resolve_args(args, given, parser, default_model):
             args.val_combos = args.train_channels
         return args, None
     resume = load_checkpoint(args.resume)
+    if resume["model"] in models.list_models() and models.registry.model_task(resume["model"]) != task:
+        script = "train_dw.py" if task == 2 else "train_rrdb.py"
+        raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, a Task {3 - task} model; "
+                        f"resume it with {script}")
     if args.model and resume["model"] != args.model:
         raise UserError(f"{resume['path']} is a checkpoint of {resume['model']!r}, not {args.model!r}")
     if "optimizer" not in resume:
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
-    stored = {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}  # defaults: flags added since
+    check_fields(resume, resume["path"], needed=RESUME)
+    stored = stored_recipe(parser, resume)
     refused = sorted(k for k in given - {"resume", "model", "overwrite", *SAFE_ON_RESUME}
                      if getattr(args, k) != stored.get(k))
     if refused:
@@ -239,11 +248,51 @@ def resolve_args(args, given, parser, default_model):
         if v != stored.get(k):
             # --epochs stretches the cosine schedule from the step the run has reached
             print(f"resuming {resume['path']} with {flag_name(k)} {v} (was {stored.get(k)})")
+    if changed.get("epochs", stored["epochs"]) < resume["epoch"] + (resume["step"] > 0):
+        raise UserError(f"--epochs {changed['epochs']}: {resume['path']} has done {resume['epoch']} epoch(s)"
+                        f"{' and part of the next' if resume['step'] else ''}; a resume trains on, never back")
     out = args.out if "out" in given else run_folder_of(resume["path"])
-    args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume,
-                                 "overwrite": args.overwrite,
-                                 "pretrained": None, "init_from": None})  # weights: the checkpoint's
+    args = argparse.Namespace(**{**stored, **changed, "out": out, "resume": args.resume, "overwrite": args.overwrite})
     return args, resume
+
+
+def stored_recipe(parser, resume):
+    """The flags the checkpoint was trained with (a flag added since at the value runs had before
+    it), each one checked as the flag checks the command line: a checkpoint cannot resume a run
+    with a value its flag refuses (a batch of 10^9 images, an LR that is a string)."""
+    odd = [k for k in resume["args"] if not isinstance(k, str)]
+    if odd:
+        raise UserError(f"{resume['path']}: field 'args' has the key {odd[0]!r}, not a flag's name; "
+                        "a damaged checkpoint")
+    for action in parser._actions:
+        if action.dest in resume["args"]:
+            problem = flag_problem(action, resume["args"][action.dest])
+            if problem:
+                raise UserError(f"{resume['path']}: field 'args.{action.dest}' {problem}; a damaged checkpoint")
+    return {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}
+
+
+def flag_problem(action, value):
+    """Why ``value`` is not one that ``action`` (a flag of ``build_parser``) gives; None if it is."""
+    if value is None and action.default is None:
+        return None
+    if action.nargs == 0:  # --flag, --flag/--no-flag
+        return None if isinstance(value, bool) else f"is {value!r}, not true or false"
+    if action.type is model_option:
+        pairs = isinstance(value, (list, tuple)) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) for p in value)
+        return None if pairs else f"is {value!r}, not a list of (KEY, VALUE) pairs"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"is {value!r}, not a value {flag_name(action.dest)} takes"
+    if action.choices is not None and value not in action.choices:
+        return f"is {value!r}, not one of {', '.join(map(str, action.choices))}"
+    try:
+        parsed = (action.type or str)(str(value))
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        return f"is {value!r}: {exc}"
+    if parsed == value and type(parsed) is type(value):
+        return None
+    return f"is {value!r} ({type(value).__name__}), not what {flag_name(action.dest)} gives"
 
 
 def model_config(args):

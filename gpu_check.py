@@ -27,21 +27,21 @@ import models
 from data import build_dataset, describe_root
 from data.loaders import default_workers, eval_loader, train_loader
 from engine import Run, State, train_one_epoch
+from flags import add_data_root, add_limit
 from losses import LabelLoss
 from utils.distributed import Context
 from utils.errors import Parser, at_least, cli
 from utils.report import write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(HERE, "..", "shared", "data", "mini-imagenet-sample")
 
 
 def parse_args(argv):
     p = Parser(description=__doc__)
-    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT") or SAMPLE)
+    add_data_root(p, "synthetic")
     p.add_argument("--out", default="runs/gpu_check")
     p.add_argument("--steps", type=at_least(1), default=24, help="training steps per run (about)")
-    p.add_argument("--limit", type=at_least(1), default=None, help="use this many images per split")
+    add_limit(p)
     p.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (tests the script)")
     return p.parse_args(argv)
 

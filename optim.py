@@ -1,4 +1,5 @@
 """The optimizer, its learning-rate schedule and mixed precision's loss scaler."""
+import math
 import warnings
 
 import torch
@@ -57,3 +58,33 @@ def amp_settings(args, ctx):
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     return dtype, scaler
+
+
+def load_optimizer(optimizer, state):
+    """``optimizer.load_state_dict``, which checks the groups' sizes but not the shapes of the
+    states it copies (a momentum buffer of another shape would fail at the first step), nor the
+    kinds of the hyperparameters (a momentum that is a string would fail there too)."""
+    for group, saved in zip(optimizer.param_groups, state["param_groups"]):
+        for key, value in group.items():
+            numeric = _kind(value).startswith(("finite", "sequence of finite"))
+            if numeric and key in saved and _kind(saved[key]) != _kind(value):
+                raise ValueError(f"its {key} {saved[key]!r} is not a {_kind(value)} as this optimizer's")
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise ValueError(f"its {name} of shape {tuple(value.shape)} is for a weight of "
+                                     f"shape {tuple(p.shape)}")
+
+
+def _kind(value):
+    """What an optimizer hyperparameter is, as far as the step's arithmetic cares (the numbers
+    are checked; flags such as ``foreach`` may differ between torch versions)."""
+    if isinstance(value, bool) or value is None:
+        return type(value).__name__
+    if isinstance(value, (int, float)):
+        return "finite number" if math.isfinite(value) else "non-finite number"
+    if isinstance(value, (list, tuple)):
+        return "sequence of " + ", ".join(_kind(v) for v in value)
+    return type(value).__name__

@@ -20,12 +20,15 @@ import torch
 from torchvision.transforms import v2 as T
 
 from data.channels import parse_combo, select
-from data.datasets import decode_image, load_image
-from models import deploy
+from data.datasets import decode_image, eval_resize, load_image
+from flags import add_device, add_no_ema
+from models import inference_form
 from models.loading import best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
-from utils.errors import Parser, UserError, at_least, cli, img_side
+from utils.distributed import resolve_device
+from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, cli, img_side
 from utils.files import write_atomic
+from utils.validate import file_field, mapping_of
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -37,13 +40,12 @@ def parse_args(argv):
                    help="best.pt / last.pt, a run folder (its best.pt), or an exported .onnx")
     p.add_argument("--channels", default=None,
                    help="channels the model sees, e.g. RG or B (Task 1 models; default RGB, or the export's)")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_no_ema(p)
     p.add_argument("--top", type=at_least(1), default=5)
     p.add_argument("--out", default=None, metavar="FILE.csv",
                    help="also write the predictions as CSV (image, rank, class, probability)")
     p.add_argument("--img-size", type=img_side, default=None, help="default: the checkpoint's training size")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    add_device(p)
     return p.parse_args(argv)
 
 
@@ -67,7 +69,7 @@ class CheckpointModel:
 
     def __init__(self, path, channels, img_size, device, ema=True):
         ckpt = load_checkpoint(best_of(path))
-        self.model = deploy(model_from_checkpoint(ckpt, ema)).to(device).eval()
+        self.model = inference_form(model_from_checkpoint(ckpt, ema)).to(device)
         self.vocab = getattr(self.model, "vocab", "RGB")
         self.combo = "".join(parse_combo(channels or "RGB", self.vocab))
         self.size, self.device, self.classes = image_size(ckpt, img_size), device, ckpt["classes"]
@@ -78,6 +80,51 @@ class CheckpointModel:
         return self.model(x, names)[0].float().cpu()
 
 
+def read_sidecar(path):
+    """The .json export.py writes beside an .onnx file, each field predict.py uses checked: the
+    channels are letters of RGB, one mean and one std for each, a resize that can hold the crop
+    and no more than the largest image side (``MAX_IMG_SIZE``) calls for, class names."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = mapping_of(path, json.load(f), "its JSON")
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, not UTF-8, a 5000-digit number
+        raise UserError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    channels = file_field(path, meta, "channels", str)
+    try:
+        parse_combo(channels, "RGB")
+    except UserError as exc:
+        raise UserError(f"{path}: field 'channels': {exc}") from None
+    crop = file_field(path, meta, "crop", int, low=8, high=MAX_IMG_SIZE)
+    file_field(path, meta, "resize", int, low=crop, high=eval_resize(MAX_IMG_SIZE))
+    file_field(path, meta, "antialias", bool)
+    file_field(path, meta, "scale", float, low=1e-6, high=1)
+    file_field(path, meta, "mean", list, low=-10, high=10, each=float, length=len(channels))
+    file_field(path, meta, "std", list, low=1e-6, high=10, each=float, length=len(channels))
+    if not file_field(path, meta, "classes", list, each=str):
+        raise UserError(f"{path}: field 'classes' is empty")
+    file_field(path, meta, "input", str)
+    return meta
+
+
+def check_graph(path, session, meta, meta_path):
+    """The ONNX model takes what its .json prepares: its input by that name, with as many channels
+    and that crop, and gives one logit per class named (where the graph fixes those sizes)."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    if meta["input"] not in inputs:
+        raise UserError(f"{meta_path}: field 'input' {meta['input']!r} is not an input of {path} "
+                        f"({', '.join(inputs)})")
+    fixed = [(what, want, got) for what, want, got in zip(
+        ("channels", "height", "width"), (len(meta["channels"]), meta["crop"], meta["crop"]), inputs[meta["input"]][1:])
+             if isinstance(got, int) and got != want]
+    classes = session.get_outputs()[0].shape[-1]
+    if isinstance(classes, int) and classes != len(meta["classes"]):
+        fixed.append(("classes", len(meta["classes"]), classes))
+    if fixed:
+        what, want, got = fixed[0]
+        raise UserError(f"{meta_path} does not describe {path}: {want} {what} in the .json, {got} in the model; "
+                        "an export's two files belong together")
+
+
 class OnnxModel:
     """An export of export.py, run by ONNX Runtime with the preprocessing its .json records."""
 
@@ -86,14 +133,19 @@ class OnnxModel:
         meta_path = os.path.splitext(path)[0] + ".json"
         if not os.path.isfile(meta_path):
             raise UserError(f"{path}: no {meta_path} beside it (export.py writes one); it says how to prepare images")
-        with open(meta_path) as f:
-            meta = json.load(f)
+        meta = read_sidecar(meta_path)
         if channels and "".join(parse_combo(channels, "RGB")) != meta["channels"]:
             raise UserError(f"{path} was exported for channels {meta['channels']}, not {channels}")
         if img_size and img_size != meta["crop"]:
             raise UserError(f"{path} was exported for {meta['crop']}px images, not --img-size {img_size}")
         self.meta, self.classes = meta, meta["classes"]
-        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort
+        try:
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except (ort.Fail, ort.InvalidArgument, ort.InvalidGraph, ort.InvalidProtobuf, ort.NoSuchFile,
+                ort.NotImplemented) as exc:  # a file that is no ONNX model, or not one this runtime runs
+            raise UserError(f"cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
+        check_graph(path, self.session, meta, meta_path)
         self.geometry = T.Compose([T.Resize(meta["resize"], interpolation=T.InterpolationMode.BILINEAR,
                                             antialias=meta["antialias"]), T.CenterCrop(meta["crop"])])
         self.keep = ["RGB".index(c) for c in meta["channels"]]
@@ -121,11 +173,28 @@ def predict(model, files, top):
     return ranked, failed
 
 
-def write_csv(path, rows):
-    """The whole file or none of it (``write_atomic``)."""
+HEADER = ("image", "rank", "class", "probability")
+
+
+def check_out(path, inputs):
+    """``--out`` replaces only a table of ours: never a folder, an input, or another file."""
     if os.path.isdir(path):
         raise UserError(f"cannot write --out {path}: a folder is there")
-    header = ("image", "rank", "class", "probability")
+    if any(os.path.exists(p) and os.path.samefile(path, p) for p in inputs if os.path.exists(path)):
+        raise UserError(f"--out {path} is one of the files it reads; pass another name")
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                ours = f.readline().rstrip("\n") == ",".join(HEADER)
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise UserError(f"--out {path} exists and is not a table predict.py wrote; pass another name")
+
+
+def write_csv(path, rows):
+    """The whole file or none of it (``write_atomic``)."""
+    header = HEADER
     write_atomic(path, lambda f: csv.writer(f, lineterminator="\n").writerows([header, *rows]))
     print(f"wrote {path}")
 
@@ -133,10 +202,12 @@ def write_csv(path, rows):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    if args.out:
+        check_out(args.out, [args.checkpoint, *args.images])
     if args.checkpoint.endswith(".onnx"):
         model = OnnxModel(args.checkpoint, args.channels, args.img_size)
     else:
-        model = CheckpointModel(args.checkpoint, args.channels, args.img_size, args.device, args.ema)
+        model = CheckpointModel(args.checkpoint, args.channels, args.img_size, resolve_device(args.device), args.ema)
     ranked, failed = predict(model, image_files(args.images), args.top)
     for path, best in ranked.items():
         print(f"{path}: " + ", ".join(f"{model.classes[i]} {p:.1%}" for i, p in best))

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
-from data.loaders import DECODE, DECODE_HELP, default_workers
+from data.loaders import default_workers
 from engine import evaluate_split, recalibrate
-from models.loading import load_model
+from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
+from models.loading import check_distinct, load_model
+from models.registry import model_task
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint
 from utils.complexity import complexity_row, stem_cost
@@ -32,12 +34,11 @@ def parse_args(argv):
     p = Parser(description=__doc__)
     p.add_argument("--checkpoints", "--checkpoint", nargs="+", required=True,
                    help="best.pt / last.pt, or run folders (their best.pt); several make one table")
-    p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
+    add_data_root(p, "the first checkpoint's data")
     p.add_argument("--as-model", default=None,
                    help="evaluate the weights as this model, e.g. a plain_zero checkpoint as plain_mean "
                         "(they train identically; the fill rule acts only when channels are missing)")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_no_ema(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--combos", default=",".join(DEFAULT_COMBOS), type=non_empty)
     p.add_argument("--img-sizes", default=None, type=int_list(8, MAX_IMG_SIZE),
@@ -47,10 +48,10 @@ def parse_args(argv):
                         "eval-as-<model>-<split> with --as-model, or <first run folder>/compare-<split> for "
                         "several checkpoints)")
     p.add_argument("--batch-size", type=at_least(1), default=128)
-    p.add_argument("--workers", type=at_least(0), default=default_workers())
-    p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
-    p.add_argument("--limit", type=at_least(1), default=None, help="evaluate this many images (evenly spaced)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_workers(p, default_workers(), "loader processes")
+    add_decode(p)
+    add_limit(p, "evaluate this many images (evenly spaced)")
+    add_device(p)
     p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")
     p.add_argument("--recalibrate", type=at_least(0), default=0, metavar="N",
                    help="first re-estimate BatchNorm statistics per channel set from N training images")
@@ -95,6 +96,24 @@ def class_losses(per_class, combos, full="RGB", top=5):
     return table.sort_values("loss", ascending=False).head(top)
 
 
+def top_confusions(predictions, classes, top=5):
+    """The ``top`` most frequent mistakes of each (image size, combination), most frequent first:
+    true class, predicted class, images and their share of the true class's images (a confusion
+    figure of 50 classes cannot be read; this can)."""
+    rows = []
+    for size, results in predictions.items():
+        for combo, (targets, preds) in results.items():
+            counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+            np.add.at(counts, (targets, preds[:, 0]), 1)
+            images = counts.sum(axis=1)
+            np.fill_diagonal(counts, 0)
+            order = np.argsort(-counts, axis=None, kind="stable")[:top]
+            rows += [{"img_size": size, "combo": combo, "true": classes[t], "predicted": classes[p],
+                      "count": int(counts[t, p]), "share": counts[t, p] / images[t]}
+                     for t, p in zip(*np.unravel_index(order, counts.shape)) if counts[t, p]]
+    return pd.DataFrame(rows, columns=["img_size", "combo", "true", "predicted", "count", "share"])
+
+
 def write_confusions(predictions, df, classes, out, title):
     """Confusion matrices at the first image size: the full set's and the worst combination's."""
     size = df.img_size.iloc[0]
@@ -122,6 +141,8 @@ def print_complexity(model, model_name):
 def evaluate_checkpoint(path, spec, args, ctx):
     """-> (checkpoint, model, rows, {img_size: {combo: (targets, top-k)}}) on every combination."""
     ckpt, model = load_model(path, spec.classes, args.as_model, args.ema)
+    if model_task(ckpt["model"]) != 1:
+        raise UserError(f"{ckpt['path']} is a Task 2 model ({ckpt['model']!r}): evaluate it with test_rrdb.py")
     model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
     if args.recalibrate:
@@ -159,11 +180,20 @@ def report_one(ckpt, model, rows, predictions, spec, args, out):
               f"{', '.join(c for c in combos if set(c) != set('RGB'))}; {df.img_size.iloc[0]}px):")
         print(fmt_table(losers))
     confusions = write_confusions(predictions, df, spec.classes, out, ckpt["model"])
+    mistakes = top_confusions(predictions, spec.classes)
+    write_results(mistakes.to_dict("records"), out, "top_confusions",
+                  f"{ckpt['model']} on {spec.name}, {args.split} split: the most frequent confusions of each "
+                  "combination (share: of the true class's images)")
+    first = mistakes[mistakes.img_size == df.img_size.iloc[0]].groupby("combo", sort=False).head(1)
+    if len(first):
+        print(f"\nthe most frequent confusion of each combination ({df.img_size.iloc[0]}px; "
+              "top_confusions.md has the five most frequent):")
+        print(fmt_table(first.drop(columns="img_size")))
     if args.complexity:
         row, costs = print_complexity(model, ckpt["model"])
         write_results([row], out, stem="complexity")
         write_results(costs, out, stem="stem_cost")
-    return ["results.json, .csv, .md", "accuracy_by_combo.png", "per_class.csv",
+    return ["results.json, .csv, .md", "accuracy_by_combo.png", "per_class.csv", "top_confusions.json, .csv, .md",
             *[os.path.basename(p) for p in confusions]]
 
 
@@ -197,6 +227,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.as_model and len(args.checkpoints) > 1:
         raise UserError("--as-model takes one checkpoint")
+    check_distinct(args.checkpoints, "--checkpoints")
     ctx = distributed.init(args.device)
     first = load_checkpoint(args.checkpoints[0])
     spec = describe_root(data_root(args.data_root, first))

@@ -12,10 +12,11 @@ import sys
 import pandas as pd
 
 from data import describe_root
-from data.loaders import DECODE, DECODE_HELP, default_workers
+from data.loaders import default_workers
 from engine import evaluate_split
-from models import deploy
-from models.loading import best_of, load_model
+from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
+from models import inference_form
+from models.loading import best_of, check_distinct, checkpoint_file, load_model
 from models.registry import max_layers, model_task
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint, save_atomic
@@ -35,17 +36,16 @@ def parse_args(argv):
     p.add_argument("--checkpoints", nargs="+", required=True, help="best.pt / last.pt, or run folders (their best.pt)")
     p.add_argument("--baseline", default=None,
                    help="checkpoint whose accuracy the others are divided by (e.g. the ResNet34)")
-    p.add_argument("--data-root", default=None, help="default: the first checkpoint's data")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="the raw weights, not their moving average (for a run trained with --ema)")
+    add_data_root(p, "the first checkpoint's data")
+    add_no_ema(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--img-size", type=img_side, default=None, help="default: each checkpoint's training size")
     p.add_argument("--out", default=None, help="default: <first run folder>/compare-<split>")
     p.add_argument("--batch-size", type=at_least(1), default=128)
-    p.add_argument("--workers", type=at_least(0), default=default_workers())
-    p.add_argument("--decode", default="workers", choices=DECODE, help=DECODE_HELP)
-    p.add_argument("--limit", type=at_least(1), default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_workers(p, default_workers(), "loader processes")
+    add_decode(p)
+    add_limit(p, "evaluate this many images (evenly spaced)")
+    add_device(p)
     p.add_argument("--save-deployed", default=None, metavar="DIR",
                    help="also write each evaluated model, deployed, as DIR/<model>.pt (the second checkpoint of a "
                         "model as DIR/<model>-2.pt, and so on; loads like any checkpoint)")
@@ -67,7 +67,7 @@ def add_ratios(rows, baseline_accuracy, classes):
 
 def evaluate_checkpoint(path, spec, args, ctx, saved):
     ckpt, model = load_model(path, spec.classes, ema=args.ema)
-    model = deploy(model).to(ctx.device)
+    model = inference_form(model).to(ctx.device)
     teacher = ckpt["args"].get("teacher")
     name = f"{ckpt['model']}+kd" if teacher else ckpt["model"]
     if args.save_deployed and ctx.main:
@@ -75,7 +75,8 @@ def evaluate_checkpoint(path, spec, args, ctx, saved):
         kept = {k: ckpt[k] for k in ("model", "config", "classes", "data", "args", "epoch") if k in ckpt}
         saved[name] = saved.get(name, 0) + 1  # two runs of one model must not share a file
         file = f"{name}.pt" if saved[name] == 1 else f"{name}-{saved[name]}.pt"
-        save_atomic({**kept, "state_dict": model.state_dict(), "deployed": True},
+        averaged = bool(ckpt.get("averaged") or (args.ema and ckpt.get("ema")))  # the raw weights stay behind
+        save_atomic({**kept, "state_dict": model.state_dict(), "deployed": True, "averaged": averaged},
                     os.path.join(args.save_deployed, file))
     size = image_size(ckpt, args.img_size)
     [metrics], results = evaluate_split(model, spec, args.split, size, ["RGB"], ctx, args.batch_size,
@@ -118,9 +119,13 @@ def report(rows, per_class, base, spec, args, out):
 def main(argv=None):
     args = parse_args(argv)
     ctx = distributed.init(args.device)
+    check_distinct(args.checkpoints, "--checkpoints")
     paths = list(args.checkpoints)
-    if args.baseline and args.baseline not in paths:
-        paths.insert(0, args.baseline)
+    baseline = args.baseline
+    if baseline:  # one of the checkpoints, under any of its names, or else one more in front of them
+        baseline = next((p for p in paths if checkpoint_file(p) == checkpoint_file(baseline)), baseline)
+        if baseline not in paths:
+            paths.insert(0, baseline)
     ckpts = [load_checkpoint(best_of(p)) for p in paths]  # all read and checked before anything is written
     for ckpt in ckpts:
         if model_task(ckpt["model"]) != 2:
@@ -131,7 +136,7 @@ def main(argv=None):
     per_class = pd.DataFrame({"class": range(len(spec.classes)), "name": spec.classes})
     for i, r in enumerate(rows):  # one column per checkpoint, named by its model
         per_class[r["model"] if r["model"] not in per_class else f"{r['model']} ({i + 1})"] = r.pop("per_class")
-    base = rows[paths.index(args.baseline)] if args.baseline else None
+    base = rows[paths.index(baseline)] if baseline else None
     if base is not None:
         add_ratios(rows, base["accuracy"], len(spec.classes))
     if not ctx.main:

@@ -24,11 +24,11 @@ from data.loaders import default_workers, eval_loader, train_loader
 from engine import EMA, Run, State, StopRequest, evaluate, train_one_epoch
 from flags import build_parser, describe_recipe, flag_name, given_flags, model_config, resolve_args, resolved
 from losses import DistillationLoss, LabelLoss, SandwichLoss, StoredTargets
-from models import deploy
+from models import inference_form
 from models.loading import init_from, load_model
-from optim import amp_settings, build_optimizer
+from optim import amp_settings, build_optimizer, load_optimizer
 from utils import distributed
-from utils.checkpoint import check_classes, save_atomic
+from utils.checkpoint import check_classes, load_part, save_atomic
 from utils.errors import UserError
 from utils.files import write_atomic
 from utils.metrics import classification_metrics
@@ -38,10 +38,14 @@ from utils.rng import restore_rng, rng_state, seed_everything
 from utils.run_folder import (
     claim_run_folder,
     discard_previous_run,
+    earlier_log,
+    log_header,
     remove_unfinished_run,
     restore_previous_run,
     set_aside_run,
+    start_log,
 )
+from utils.validate import file_field
 
 
 def main(argv, description, default_model, val_combos):
@@ -81,6 +85,7 @@ def run_steps(args, resume, ctx, replacing=False):
     # After the EMA's copy (training_state), which is then evaluated as it is, uncompiled.
     run.net = distribute_and_compile(model, args, ctx)
     if ctx.main:
+        earlier_log(os.path.join(args.out, "log.csv"), log_header(val_combos), state.epoch)
         if replacing:  # only now: a refusal above leaves the old run where it was
             set_aside_run(args.out)
         write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(resolved(args, config), f, indent=2))
@@ -117,16 +122,22 @@ def build_model(args, spec, resume, ctx):
     """-> (the model, its constructor's arguments), with the weights it starts from."""
     config = model_config(args)
     seed_everything(args.seed)
-    model = models.create_model(args.model, len(spec.classes), **config).to(ctx.device)
+    # A resumed run's weights are its checkpoint's: --pretrained and --init-from are its history.
+    start = {**config, "pretrained": None} if resume is not None and "pretrained" in config else config
+    try:
+        model = models.create_model(args.model, len(spec.classes), **start).to(ctx.device)
+    except (TypeError, ValueError) as exc:  # the model's own check of its options
+        given = f"{resume['path']} (its args.model_opt)" if resume is not None else "--model-opt"
+        raise UserError(f"model {args.model!r} refuses {given}: {exc}") from None
     config.pop("pretrained", None)  # the checkpoint carries the weights themselves
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
     check_input_size(model, args.img_size, ctx.device)
-    if args.init_from:
+    if args.init_from and resume is None:
         init_from(model, args.init_from, spec.classes)
     if resume is not None:
         check_classes(resume, spec.classes)
-        model.load_state_dict(resume["state_dict"])
+        load_part(resume, "state_dict", model.load_state_dict)
     if ctx.device.type == "cuda" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, config
@@ -142,6 +153,8 @@ def check_input_size(model, size, device):
         model.eval()(torch.zeros(1, 3, size, size, device=device))
     except RuntimeError as exc:
         raise UserError(f"--img-size {size} is too small for this model ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # e.g. a --model-opt vocab of other channels than the data's R, G, B
+        raise UserError(f"this model does not take the data's RGB images: {exc}") from None
     finally:
         model.train(was_training)
 
@@ -167,7 +180,7 @@ def build_criterion(run):
     run.criterion = LabelLoss(args.label_smoothing)
     if args.teacher:
         _, teacher = load_model(args.teacher, run.spec.classes)
-        teacher = deploy(teacher).to(run.ctx.device).eval().requires_grad_(False)
+        teacher = inference_form(teacher).to(run.ctx.device).requires_grad_(False)
         run.criterion = DistillationLoss(run.criterion, teacher, args.kd_alpha, args.kd_temperature)
     run.augment = AUGMENTATIONS.get(args.channel_aug)
     if args.channel_aug == "subset":
@@ -204,16 +217,16 @@ def training_state(run, resume):
     count too), then the optimizer's state, LR included, is restored."""
     args = run.args
     run.amp_dtype, scaler = amp_settings(args, run.ctx)
-    done = resume["scheduler"]["last_epoch"] if resume is not None else 0
+    done = check_position(run, resume) if resume is not None else 0
     optimizer, scheduler = build_optimizer(run.model, args, run.steps_per_epoch, done)
     state = State(optimizer, scheduler, scaler)
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
+        load_part(resume, "optimizer", functools.partial(load_optimizer, optimizer))
         # The saved LR is the old schedule's: a finished run extended with --epochs would go on at 0.
         for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = lr
         if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+            load_part(resume, "scaler", scaler.load_state_dict)
         state.epoch, state.step, state.best_acc = resume["epoch"], resume["step"], resume["best_acc"]
         state.best_epoch, state.tally = resume.get("best_epoch"), resume.get("epoch_tally")
         if isinstance(run.criterion, SandwichLoss):
@@ -225,11 +238,26 @@ def training_state(run, resume):
         if args.sandwich_stored:
             run.criterion.stored = StoredTargets(len(run.train_set), len(run.spec.classes), run.ctx.device)
             if resume is not None and resume.get("stored_targets"):
-                run.criterion.stored.load_state_dict(resume["stored_targets"])
+                load_part(resume, "stored_targets", run.criterion.stored.load_state_dict)
     state.ema = EMA(run.model, args.ema) if args.ema else None
     if state.ema is not None and resume is not None and resume.get("ema"):
-        state.ema.load_state_dict(resume["ema"])
+        load_part(resume, "ema", state.ema.load_state_dict)
     return state
+
+
+def check_position(run, resume):
+    """-> the optimizer steps the resumed run has done, once its place is one this run has: a
+    step inside an epoch, and a schedule position, that its data and batch size can reach (moving
+    the schedule on is a loop of that many steps); a stop inside an epoch, RNG states that restore."""
+    micro_batches = run.steps_per_epoch * run.args.accum_steps
+    if resume["step"] >= micro_batches:
+        raise UserError(f"{resume['path']}: field 'step' {resume['step']} is beyond the {micro_batches} batches of "
+                        "an epoch of this run; a damaged checkpoint")
+    if resume["step"] and "chan_gen" in resume:
+        # Restored here once, before anything is written; the epoch re-seeds, then restores them.
+        restore_rng(resume, torch.Generator())
+    steps = run.args.epochs * run.steps_per_epoch
+    return file_field(resume["path"], resume["scheduler"], "last_epoch", int, within="scheduler", low=0, high=steps)
 
 
 
@@ -294,31 +322,12 @@ def checkpoint(run, state):
 
 
 
-LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "seconds", "train_seconds", "train_distill"]
-
-
-def start_log(path, header, epochs_done):
-    """A fresh log, or the old one cut back to the epochs the resumed checkpoint holds (a kill
-    between the log line and the checkpoint would otherwise leave a row twice)."""
-    rows = []
-    if epochs_done and os.path.exists(path):
-        with open(path, newline="") as f:
-            # Blank or cut lines (a kill mid-line, an editor's trailing newline) are no epoch's.
-            rows = [r for r in list(csv.reader(f))[1:] if r and r[0].isdigit() and int(r[0]) <= epochs_done]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    os.replace(tmp, path)
-
-
-
 def train_epochs(run, state, resume, replacing):
     """The epochs left; a stop request (Ctrl-C, SIGTERM) saves last.pt and returns 128 + signal."""
     args, ctx = run.args, run.ctx
     log_path = os.path.join(args.out, "log.csv")
     if ctx.main:
-        start_log(log_path, [*LOG_COLUMNS[:5], *[f"val_acc_{c}" for c in run.val_combos], *LOG_COLUMNS[5:]],
-                  state.epoch)
+        start_log(log_path, log_header(run.val_combos), state.epoch)
     val_loader = eval_loader(run.val_set, args.batch_size, args.workers, ctx, args.decode)
     loader = train_loader(run.train_set, args.batch_size, args.workers, args.seed, ctx, args.decode)
     mix = batch_mixing(args, len(run.spec.classes))

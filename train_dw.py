@@ -5,10 +5,13 @@ from data import DEFAULT_COMBOS
 from train import main as train
 from utils.errors import cli
 
+# The parser's defaults, also read by whatever lists this script's runs (experiments.results).
+DEFAULTS = {"default_model": "dwg", "val_combos": ",".join(DEFAULT_COMBOS)}
+
 
 @cli
 def main(argv=None):
-    return train(argv, __doc__, default_model="dwg", val_combos=",".join(DEFAULT_COMBOS))
+    return train(argv, __doc__, **DEFAULTS)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ import sys
 from train import main as train
 from utils.errors import cli
 
+# The parser's defaults, also read by whatever lists this script's runs (experiments.results).
+DEFAULTS = {"default_model": "shallow", "val_combos": "RGB"}
+
 
 @cli
 def main(argv=None):
-    return train(argv, __doc__, default_model="shallow", val_combos="RGB")
+    return train(argv, __doc__, **DEFAULTS)
 
 
 if __name__ == "__main__":

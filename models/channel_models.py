@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.channels import DEFAULT_VOCAB
+from utils.validate import check
 
 from .backbones import build_backbone
 from .norm import combo_index, convert_to_combo_bn, freeze_combo_bn, num_combos
@@ -134,10 +135,30 @@ class ChannelClassifier(nn.Module):
         return self.train(was_training)
 
 
+# Bounds on the options (--model-opt): a vocabulary of V channels keeps BatchNorm statistics for
+# 2^V - 1 channel sets; hypernetwork sizes far above any design here, far below a failed allocation.
+MAX_VOCAB, MAX_HYPER = 8, 4096
+
+
+def check_options(backbone, vocab, pretrained, combo_bn, combo_affine, base=True, **sizes):
+    """TypeError or ValueError for an option a Task 1 model cannot be built with."""
+    check("backbone", backbone, str)
+    check("vocab", vocab, str)
+    if not 1 <= len(vocab) <= MAX_VOCAB or len(set(vocab)) != len(vocab):
+        raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct channel letters, got {vocab!r}")
+    if pretrained is not None:
+        check("pretrained", pretrained, str)
+    for name, value in {"combo_bn": combo_bn, "combo_affine": combo_affine, "base": base}.items():
+        check(name, value, bool)
+    for name, value in sizes.items():
+        check(name, value, int, 1, MAX_HYPER)
+
+
 def _register_plain(name, fill, channel_aug, doc):
     """An ordinary stem over the full vocabulary in front of the body; ``fill`` for missing channels."""
     def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False,
                 combo_affine=False):
+        check_options(backbone, vocab, pretrained, combo_bn, combo_affine)
         body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
         stem = FilledStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, vocab, fill)
         if stem_weight is not None and stem_weight.shape == stem.conv.weight.shape:
@@ -162,6 +183,8 @@ def dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=Non
     ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics;
     ``combo_affine`` gives each set its own BatchNorm scale and shift too.
     """
+    check_options(backbone, vocab, pretrained, combo_bn, combo_affine, base, embed_dim=embed_dim, hidden=hidden,
+                  templates=templates)
     body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
     stem = ChannelHyperStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding,
                             vocab, embed_dim, hidden, templates, base)
@@ -173,6 +196,7 @@ def dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=Non
 @register("seed_dwg", task=1)
 def seed_dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None):
     """The original design (kernel from per-image channel means), batched, trained with shuffling."""
+    check_options(backbone, vocab, pretrained, False, False)
     body, shape, _ = build_backbone(backbone, num_classes, pretrained)
     stem = SeedDWGStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, len(vocab))
     return ChannelClassifier(_Positional(stem, len(vocab)), body, vocab, channel_aug="shuffle")

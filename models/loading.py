@@ -14,6 +14,9 @@ from .registry import create_model
 def model_from_checkpoint(ckpt, ema=True):
     """The checkpoint's model with its weights: their moving average when the run kept one
     (``--ema``), unless ``ema`` is False."""
+    if not ema and ckpt.get("averaged"):
+        raise UserError(f"{ckpt['path']} holds only the moving average of the weights (written without --no-ema); "
+                        "for the raw weights, --no-ema needs the run's checkpoint or an export made with --no-ema")
     weights = ckpt["ema"]["state_dict"] if ema and ckpt.get("ema") else ckpt["state_dict"]
     try:
         model = create_model(ckpt["model"], len(ckpt["classes"]), **ckpt["config"])
@@ -41,14 +44,32 @@ def best_of(path):
     return path
 
 
+def checkpoint_file(path):
+    """The file that ``path`` (a checkpoint, a run folder) names, links resolved: two names of one
+    checkpoint give the same file."""
+    path = os.path.realpath(best_of(path))
+    return os.path.join(path, "last.pt") if os.path.isdir(path) else path
+
+
+def check_distinct(paths, flag):
+    """Each checkpoint named once: a second name of one would be evaluated again as a model of its own."""
+    seen = {}
+    for path in paths:
+        file = checkpoint_file(path)
+        if file in seen:
+            raise UserError(f"{flag}: {seen[file]} and {path} are the same checkpoint ({file}); name each once")
+        seen[file] = path
+
+
 def load_model(path, classes, as_model=None, ema=True):
     """-> (checkpoint, model) for evaluation on data with these classes.
 
     ``as_model`` rebuilds the weights as another registered model with the same parameters;
-    ``ema`` False takes the raw weights of a run that kept a moving average.
+    ``ema`` False takes the raw weights of a run that kept a moving average. Data whose class
+    names differ from the checkpoint's is refused: an evaluation would score other classes.
     """
     ckpt = load_checkpoint(best_of(path))
-    check_classes(ckpt, classes)
+    check_classes(ckpt, classes, strict=True)
     if as_model:
         ckpt["model"] = as_model
     return ckpt, model_from_checkpoint(ckpt, ema)

@@ -1,39 +1,14 @@
-"""Task 2: shallow networks against a from-scratch ResNet34.
-
-Layers are counted by ``utils.complexity.count_weighted_layers``: every convolution or linear
-layer applied in a forward pass of the deployed model (a recurrent layer counts once per step).
+"""Task 2: our shallow networks (at most 4 weighted layers once deployed) against a
+from-scratch ResNet34: RepVGG-style re-parameterised convolutions, optionally deep-trained.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
-from utils.errors import UserError
+from utils.validate import check
 
-from .backbones import conv_bn_relu
 from .registry import register
-
-
-class RGBOnly(nn.Module):
-    """Gives an RGB classifier the ``model(x, channels)`` call of the Task 1 models."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x, channels=None):
-        if channels is not None and "".join(channels) != "RGB":
-            raise UserError(f"this model takes RGB input only, got {''.join(channels)!r}")
-        return self.net(x)
-
-    def deploy(self):
-        if hasattr(self.net, "deploy"):
-            self.net.deploy()
-        return self
-
-    def set_progress(self, fraction):
-        if hasattr(self.net, "set_progress"):
-            self.net.set_progress(fraction)
+from .rgb_only import RGBOnly
 
 
 def fold_bn(weight, bn):
@@ -132,6 +107,22 @@ class DeepTrainedConv(nn.Module):
         return self
 
 
+# Bounds on the options (--model-opt): far above any design here, far below what fails only once
+# memory runs out (2048 x 2048 x 3 x 3 weights are 150 MB).
+MAX_WIDTH, MAX_KERNEL = 2048, 15
+
+
+def check_shallow_options(widths, first_kernel, dropout, deploy, deep_train):
+    """TypeError or ValueError for an option ``ShallowNet`` cannot be built with."""
+    check("widths", widths, list, 1, MAX_WIDTH, each=int, length=3)
+    check("first_kernel", first_kernel, int, 1, MAX_KERNEL)
+    if first_kernel % 2 == 0:  # the 1x1 branch folds into the centre of the kernel
+        raise ValueError(f"first_kernel must be odd, got {first_kernel}")
+    check("dropout", dropout, float, 0, 0.99)
+    check("deploy", deploy, bool)
+    check("deep_train", deep_train, float, 0, 1)
+
+
 class ShallowNet(nn.Module):
     """Three wide re-parameterised convolutions and a linear classifier: 4 weighted layers.
 
@@ -143,6 +134,7 @@ class ShallowNet(nn.Module):
     def __init__(self, num_classes, widths=(96, 256, 512), first_kernel=5, dropout=0.1, deploy=False,
                  deep_train=0.0):
         super().__init__()
+        check_shallow_options(widths, first_kernel, dropout, deploy, deep_train)
         w0, w1, w2 = widths
         # deep_train: the fraction of training over which each layer's inner activation becomes
         # the identity (VanillaNet); 0 trains each layer as one RepConv.
@@ -172,79 +164,17 @@ class ShallowNet(nn.Module):
         return self
 
 
-class ResidualDenseBlock(nn.Module):
-    """Dense connections inside, a 1x1 local fusion back to the input width, a residual outside."""
-
-    def __init__(self, channels, growth=32, layers=4):
-        super().__init__()
-        self.layers = nn.ModuleList(conv_bn_relu(channels + i * growth, growth) for i in range(layers))
-        self.fuse = nn.Conv2d(channels + layers * growth, channels, 1)
-
-    def forward(self, x):
-        feats = [x]
-        for layer in self.layers:
-            feats.append(layer(torch.cat(feats, 1)))
-        return x + self.fuse(torch.cat(feats, 1))
-
-
-class RecurrentConv(nn.Module):
-    """One 3x3 convolution applied ``steps`` times with shared weights (the RNN variant)."""
-
-    def __init__(self, channels, steps=3):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(steps))
-
-    def forward(self, x):
-        h = x
-        for bn in self.bns:
-            h = F.relu(bn(self.conv(h)) + x)
-        return h
-
-
-class RRDBNet(nn.Module):
-    """The original's shallow model rebuilt: stem, one residual dense block, transition, classifier."""
-
-    def __init__(self, num_classes, channels=64, growth=32, width=128, recurrent_steps=0):
-        super().__init__()
-        self.features = nn.Sequential(
-            conv_bn_relu(3, channels, 3, stride=2),
-            ResidualDenseBlock(channels, growth),
-            conv_bn_relu(channels, width, 1), nn.AvgPool2d(2),
-            RecurrentConv(width, recurrent_steps) if recurrent_steps else nn.Identity())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-@register("resnet34", task=2)
-def resnet34(num_classes):
-    """torchvision's ResNet34, randomly initialised (never pretrained)."""
-    return RGBOnly(torchvision.models.resnet34(weights=None, num_classes=num_classes))
-
-
-@register("rrdb", task=2)
-def rrdb(num_classes):
-    return RGBOnly(RRDBNet(num_classes))
-
-
-@register("rrdb_rnn", task=2)
-def rrdb_rnn(num_classes):
-    return RGBOnly(RRDBNet(num_classes, recurrent_steps=3))
-
-
 @register("repshallow", task=2, max_layers=4)
 def repshallow(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False):
     """Ours: 3 RepVGG-style convolutions + linear, 4 weighted layers once deployed."""
-    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy))
+    return RGBOnly(ShallowNet(num_classes, widths, first_kernel, deploy=deploy))
 
 
 @register("shallow_deep", task=2, max_layers=4)
 def shallow_deep(num_classes, widths=(96, 256, 512), first_kernel=5, deploy=False, deep_train=0.5):
     """``shallow`` deep-trained: each layer two convolutions whose activation fades over the first
     ``deep_train`` of training, merged into one for deployment (4 weighted layers)."""
-    return RGBOnly(ShallowNet(num_classes, tuple(widths), first_kernel, deploy=deploy, deep_train=deep_train))
+    return RGBOnly(ShallowNet(num_classes, widths, first_kernel, deploy=deploy, deep_train=deep_train))
 
 
 @register("shallow", task=2, max_layers=4)

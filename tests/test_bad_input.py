@@ -1,9 +1,15 @@
 """Every entry point against bad values and bad files: one `error:` line, exit 2, no traceback,
 and no file of an existing run folder changed."""
+import copy
+import json
 import os
+import shutil
 
 import numpy as np
+import onnx
 import pytest
+import torch
+from onnx import TensorProto, helper
 from PIL import Image
 
 import bench
@@ -16,6 +22,7 @@ import train_dw
 import train_rrdb
 from conftest import file_hashes, make_list_root
 from experiments import results
+from utils.checkpoint import save_atomic
 
 ENTRY = {"train_dw": train_dw.main, "train_rrdb": train_rrdb.main, "test_dw": test_dw.main,
          "test_rrdb": test_rrdb.main, "predict": predict.main, "export": export.main, "bench": bench.main,
@@ -66,9 +73,6 @@ def world(tmp_path_factory):
         (root / "classes.txt").write_bytes(raw)
         roots[name] = root
     # another architecture's checkpoint: only BatchNorm's step counters share names with ours
-    import torch
-
-    from utils.checkpoint import save_atomic
     ckpt = torch.load(run / "best.pt", weights_only=False)
     ckpt["state_dict"] = {**{k: v for k, v in ckpt["state_dict"].items() if k.endswith("num_batches_tracked")},
                           "head.weight": torch.zeros(7, 7)}
@@ -84,7 +88,93 @@ def world(tmp_path_factory):
     images.mkdir()
     Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(images / "float.tiff")
     (base / "a_file").write_text("not a folder")
+    made_files(base, run)
     return {"run": run, "data": data, "roots": roots, "images": images, "file": base / "a_file", "base": base}
+
+
+def made_files(base, run):
+    """Damaged checkpoints, logs, export sidecars and tables, and data of other class names."""
+    make_list_root(base / "other_names", classes=6, per_class=4, size=16)  # wnids, not the run's class names
+    made_checkpoints(run, base / "made")
+    made_sidecars(base / "sidecars")
+    for name, text in {"cut": '[{"epochs": 1', "object": '{"epochs": 1}', "no_epochs": '[{"shallow": 0.5}]'}.items():
+        (base / "tables" / name).mkdir(parents=True)
+        (base / "tables" / name / "task2_sweep.json").write_text(text)
+        (base / "tables" / name / "task2_sweep.md").write_text("a title\n")
+    rate = {"step": "shallow", "backbone": "-", "img_size": 32, "amp": "off", "device": "cpu", "batch": 16}
+    for name, value in {"zero": 0, "word": "fast", "negative": -5}.items():
+        (base / f"rates_{name}.json").write_text(json.dumps([{**rate, "images_per_s": value}]))
+    (base / "pages").mkdir()
+    (base / "pages" / "README.md").write_text("<!-- task2-headline:end -->\nold\n<!-- task2-headline:start -->\n")
+
+
+# A run stopped inside the first of its two epochs, each field then damaged (one folder each).
+DAMAGED = {
+    "step_huge": lambda c: c.update(step=10 ** 6),
+    "epoch_beyond": lambda c: c.update(epoch=5, step=0),
+    "epochs_str": lambda c: c["args"].update(epochs="x"),
+    "groups_int": lambda c: c["optimizer"].update(param_groups=3),
+    "momentum_shape": lambda c: c["optimizer"].update(state={0: {"momentum_buffer": torch.zeros(2)}}),
+    "scheduler_list": lambda c: c.update(scheduler=[1]),
+    "scheduler_huge": lambda c: c["scheduler"].update(last_epoch=10 ** 12),
+    "rng_bad": lambda c: c["rng"].update(python=[1, [2], None]),
+    "lr_str": lambda c: c["args"].update(lr="abc"),
+    "model_opt_bad": lambda c: c["args"].update(model_opt=[("combo_bn", 5)]),
+    "model_int": lambda c: c.update(model=5),
+    "config_list": lambda c: c.update(config=[]),
+    "img_size_huge": lambda c: c["args"].update(img_size=10 ** 6),
+    "averaged": lambda c: c.update(averaged=True),  # an export of the moving average alone
+    "args_int_key": lambda c: c["args"].update({1: 2}),
+    "momentum_str": lambda c: c["optimizer"]["param_groups"][0].update(momentum="x"),
+    "epoch_huge": lambda c: c.update(epoch=10 ** 20),
+    "task2_model": lambda c: c.update(model="shallow"),
+}
+
+
+def made_checkpoints(run, made):
+    good = torch.load(run / "last.pt", weights_only=False)
+    good["args"]["epochs"], good["step"] = 2, 1
+    for name, damage in DAMAGED.items():
+        ckpt = copy.deepcopy(good)
+        damage(ckpt)
+        (made / name).mkdir(parents=True)
+        save_atomic(ckpt, made / name / "last.pt")
+    for name in ("log_folder", "log_huge"):  # the finished run, its log damaged
+        shutil.copytree(run, made / name)
+        (made / name / "log.csv").unlink()
+    (made / "log_folder" / "log.csv").mkdir()
+    (made / "log_huge" / "log.csv").write_text("epoch,lr\n1," + "9" * 200_000 + "\n")
+
+
+def made_sidecars(folder):
+    """A two-channel ONNX classifier of 16 px images into 6 classes, beside .json files that do
+    not describe it or describe nothing."""
+    folder.mkdir()
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["logits"])], "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 2, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [2, 6], [0.1] * 12)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    good = {"channels": "RG", "input": "image", "resize": 18, "antialias": True, "crop": 16, "scale": 1 / 255,
+            "mean": [0.485, 0.456], "std": [0.229, 0.224], "classes": [f"c{i}" for i in range(6)]}
+    bad = {"list": [1, 2], "no_crop": {k: v for k, v in good.items() if k != "crop"},
+           "channel_x": {**good, "channels": "RX"}, "mean_3": {**good, "mean": [0.4, 0.4, 0.4]},
+           "class_ints": {**good, "classes": [1, 2, 3, 4, 5, 6]}, "resize_neg": {**good, "resize": -5},
+           "resize_huge": {**good, "resize": 10 ** 6}, "three_channels": {**good, "channels": "RGB", "mean": [0.4] * 3,
+                                                                        "std": [0.2] * 3},
+           "input_name": {**good, "input": "img"}, "five_classes": {**good, "classes": ["a", "b", "c", "d", "e"]},
+           "garbage_onnx": good}
+    for name, meta in bad.items():
+        if name == "garbage_onnx":
+            (folder / f"{name}.onnx").write_bytes(b"not a model")
+        else:
+            onnx.save(model, folder / f"{name}.onnx")
+        (folder / f"{name}.json").write_text(json.dumps(meta))
+    shutil.copy(folder / "list.onnx", folder / "bad_json.onnx")
+    (folder / "bad_json.json").write_text('{"channels": "RG",')
 
 
 def cases(w):
@@ -142,8 +232,8 @@ def cases(w):
         image = [str(w["images"] / "float.tiff")] if entry == "predict" else []
         listed += [
             (entry, ["--checkpoint", made["no_args"], *image], "records no training image size; pass --img-size"),
-            (entry, ["--checkpoint", made["classes_dict"], *image], "field 'classes' is a dict, not a list"),
-            (entry, ["--checkpoint", made["config_bad"], *image], "unknown backbone 5; choose from"),
+            (entry, ["--checkpoint", made["classes_dict"], *image], "field 'classes' must be a list, got {'a': 1}"),
+            (entry, ["--checkpoint", made["config_bad"], *image], "backbone must be a string, got 5 (int)"),
         ]
     listed += [
         ("train_dw", [*TINY, "--out", str(w["base"] / "locked")], "is a folder where the run's lock file goes"),
@@ -205,12 +295,108 @@ def cases(w):
          "--models dgw: not a row of --part task1-sweep (its rows: plain_zero,"),
         ("results", ["--part", "task2", "--models", "dwg", "--out", str(w["base"] / "typo")],
          "--models picks Task 1 rows; --part task2 has none"),
+        ("results", ["--part", "task2-headline", "--update-docs", "--docs", str(w["base"] / "no-docs"),
+                     "--results", str(w["base"] / "typo")], "README.md to update its task2-headline section"),
+        ("results", ["--part", "task2-headline", "--results", str(w["file"])], "cannot write into --results"),
+        ("bench", ["--parts", "complexity", "--update-docs", "--docs", str(w["base"] / "no-docs"),
+                   "--out", str(w["base"] / "typo")], "to update its complexity section"),
+        ("test_dw", ["--checkpoints", run, ck], "are the same checkpoint"),
+        ("results", ["--part", "task2-headline", "--results", str(w["base"] / "tables" / "cut")],
+         "cut/task2_sweep.json: Expecting"),
+        ("results", ["--part", "task2-headline", "--results", str(w["base"] / "tables" / "object")],
+         "object/task2_sweep.json: not a table (a JSON list of objects)"),
+        ("results", ["--part", "task2-headline", "--results", str(w["base"] / "tables" / "no_epochs")],
+         "no_epochs/task2_sweep.json: a row has no field 'epochs'"),
+        ("test_rrdb", ["--checkpoints", ck, run], "are the same checkpoint"),
     ]
-    return listed
+    return listed + damaged_cases(w) + model_option_cases(w) + sidecar_cases(w) + bound_cases(w)
+
+
+def bound_cases(w):
+    """Numbers beyond what the machine holds, outputs that would replace an input, rates that
+    are no rates, a page whose markers are out of order."""
+    ck, image, typo = str(w["run"] / "best.pt"), str(w["images"] / "float.tiff"), str(w["base"] / "typo")
+    plan = ["--part", "task2", "--plan", "--out", typo, "--plan-rates"]
+    return [("train_dw", [*TINY, "--epochs", "1" + "0" * 20], "argument --epochs: must be at most 100000"),
+            ("train_dw", [*TINY, "--seed", "1" + "0" * 20], "argument --seed: must be at most 9223372036854775807"),
+            ("test_rrdb", ["--checkpoints", ck, "--workers", "100000"], "argument --workers: must be at most 256"),
+            ("train_dw", [*TINY, "--out", typo, "--model", "dwg", "--model-opt", "vocab='RGBXYZ'"],
+             "does not take the data's RGB images"),
+            ("predict", ["--checkpoint", ck, "--out", ck, image], "is one of the files it reads"),
+            ("predict", ["--checkpoint", ck, "--out", str(w["file"]), image], "exists and is not a table predict.py"),
+            ("results", [*plan, str(w["base"] / "rates_zero.json")], "images_per_s must be at least 1e-09, got 0"),
+            ("results", [*plan, str(w["base"] / "rates_word.json")], "images_per_s must be a number, got 'fast'"),
+            ("results", [*plan, str(w["base"] / "rates_negative.json")], "images_per_s must be at least 1e-09"),
+            ("results", ["--part", "task2-headline", "--update-docs", "--docs", str(w["base"] / "pages" / "README.md"),
+                         "--results", typo], "markers, in that order and once")]
+
+
+def damaged_cases(w):
+    made = {name: str(w["base"] / "made" / name) for name in [*DAMAGED, "log_folder", "log_huge"]}
+    image = str(w["images"] / "float.tiff")
+    resumed = {"step_huge": "field 'step' 1000000 is beyond the 2 batches of an epoch",
+               "epoch_beyond": "field 'epoch' says 5 epoch(s) and 0 step(s) done of a 2-epoch schedule",
+               "epochs_str": "field 'args.epochs' must be an integer, got 'x' (str)",
+               "groups_int": "field 'optimizer.param_groups' must be a list, got 3 (int)",
+               "momentum_shape": "field 'optimizer' does not fit this run (its momentum_buffer of shape (2,)",
+               "scheduler_list": "field 'scheduler' must be a mapping, got [1] (list)",
+               "scheduler_huge": "field 'scheduler.last_epoch' must be in [0, 4], got 1000000000000",
+               "rng_bad": "field 'rng' does not fit this run",
+               "lr_str": "field 'args.lr' is 'abc': expected a number",
+               "model_opt_bad": "(its args.model_opt): combo_bn must be true or false, got 5 (int)",
+               "log_folder": "log.csv is a folder where the run's log goes",
+               "log_huge": "cannot read the run's log",
+               "model_int": "field 'model' must be a string, got 5 (int)",
+               "args_int_key": "field 'args' has the key 1, not a flag's name",
+               "momentum_str": "field 'optimizer' does not fit this run (its momentum 'x' is not a finite number",
+               "epoch_huge": "field 'epoch' must be in [0, 100000]",
+               "task2_model": "a Task 2 model; resume it with train_rrdb.py"}
+    return [*[("train_dw", ["--resume", made[name]], message) for name, message in resumed.items()],
+            ("train_dw", ["--resume", made["lr_str"], "--epochs", "1"], "field 'args.lr' is 'abc'"),
+            ("train_dw", ["--resume", made["step_huge"], "--epochs", "1"],
+             "--epochs 1: " + made["step_huge"] + "/last.pt has done 1 epoch(s) and part of the next"),
+            ("test_dw", ["--checkpoint", made["config_list"]], "field 'config' must be a mapping, got [] (list)"),
+            ("predict", ["--checkpoint", made["img_size_huge"], image], "field 'args.img_size' must be in [1, 2048]"),
+            ("predict", ["--checkpoint", made["averaged"], "--no-ema", image],
+             "holds only the moving average of the weights"),
+            ("test_dw", ["--checkpoint", str(w["run"]), "--data-root", str(w["base"] / "other_names")],
+             "names label 0 'warm disc', the data 'n00000000': other classes")]
+
+
+def model_option_cases(w):
+    out = ["--out", str(w["base"] / "typo")]
+    rrdb = [*TINY[:-2], *out, "--model", "shallow", "--model-opt"]
+    dwg = [*TINY, *out, "--model", "dwg", "--model-opt"]
+    return [("train_rrdb", [*rrdb, "widths=64"], "model 'shallow' refuses --model-opt: widths must be a list, got 64"),
+            ("train_rrdb", [*rrdb, "widths=(64,-1,8)"], "widths[1] must be in [1, 2048], got -1"),
+            ("train_rrdb", [*rrdb, "widths=(64,64,1000000)"], "widths[2] must be in [1, 2048], got 1000000"),
+            ("train_rrdb", [*rrdb, "first_kernel=4"], "first_kernel must be odd, got 4"),
+            ("train_rrdb", [*rrdb, "deploy=1"], "deploy must be true or false, got 1 (int)"),
+            ("train_dw", [*dwg, "templates=1000000"], "templates must be in [1, 4096], got 1000000"),
+            ("train_dw", [*dwg, "hidden=-3"], "hidden must be in [1, 4096], got -3"),
+            ("train_dw", [*dwg, "embed_dim=2.5"], "embed_dim must be an integer, got 2.5 (float)"),
+            ("train_dw", [*dwg, "vocab='RGBRGB'"], "vocab must be 1 to 8 distinct channel letters")]
+
+
+def sidecar_cases(w):
+    image = str(w["images"] / "float.tiff")  # never read: the export is refused first
+    messages = {"bad_json": "bad_json.json: Expecting", "list": "list.json: its JSON is [1, 2] (list), not a mapping",
+                "no_crop": "no_crop.json: field 'crop' is missing",
+                "channel_x": "channel_x.json: field 'channels': unknown channel 'X'",
+                "mean_3": "mean_3.json: field 'mean' must have 2 item(s), got 3",
+                "class_ints": "class_ints.json: field 'classes'[0] must be a string, got 1 (int)",
+                "resize_neg": "resize_neg.json: field 'resize' must be in [16, 2341], got -5",
+                "resize_huge": "resize_huge.json: field 'resize' must be in [16, 2341], got 1000000",
+                "three_channels": "three_channels.onnx: 3 channels in the .json, 2 in the model",
+                "input_name": "input_name.json: field 'input' 'img' is not an input of",
+                "five_classes": "five_classes.onnx: 5 classes in the .json, 6 in the model",
+                "garbage_onnx": "cannot read " + str(w["base"] / "sidecars" / "garbage_onnx.onnx")}
+    return [("predict", ["--checkpoint", str(w["base"] / "sidecars" / f"{name}.onnx"), image], message)
+            for name, message in messages.items()]
 
 
 def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
-    before = file_hashes(world["run"])
+    before, made = file_hashes(world["run"]), file_hashes(world["base"] / "made")
     checked = 0
     for entry, argv, message in cases(world):
         capsys.readouterr()
@@ -225,9 +411,10 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 105
-    assert not (world["base"] / "typo").exists()  # a refused --models writes nothing
+    assert checked == 167
+    assert not (world["base"] / "typo").exists()  # a refused --models, --model-opt or page writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
+    assert file_hashes(world["base"] / "made") == made  # nor a damaged run it refused to resume
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRY))

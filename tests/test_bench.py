@@ -24,7 +24,7 @@ def test_a_cut_bench_json_is_replaced_and_missing_pages_are_one_line(tmp_path, c
     from utils.errors import UserError
     from utils.report import update_doc
     with pytest.raises(UserError, match="cannot read .*no-docs.* to update its complexity section"):
-        update_doc("complexity", "a table", str(tmp_path / "no-docs"))  # --update-docs without the pages
+        update_doc("complexity", "a table", str(tmp_path / "no-docs" / "speed.md"))  # --update-docs without the pages
 
 
 def test_quick_epoch_part_times_every_sweep_recipe(tmp_path):
@@ -43,3 +43,27 @@ def test_quick_epoch_part_times_every_sweep_recipe(tmp_path):
     other = {**rows["dwg"], "img_size": rows["dwg"]["img_size"] + 1, "ratio_to_plain": 9.0}
     (tmp_path / "epoch.json").write_text(json.dumps([other, rows["dwg"]]))
     assert bench.other_settings(tmp_path / "epoch.json", list(rows.values())) == [other]
+
+
+def test_quick_model_part_times_every_model_as_trained(tmp_path):
+    """A training step of every model as the result tables train it, read from their own run lists
+    (dwg's default sandwich, the full sandwich on the body it is bound to, resnet34, shallow
+    distilled from it, rrdb, ...), and of every other registered model; peak memory on CUDA only."""
+    import torch
+
+    import models
+    from experiments.results.plan import Step
+    from losses import SandwichLoss
+    assert bench.main(["--quick", "--parts", "model", "--threads", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "model.json").read_text())
+    assert {r["model"] for r in rows} == set(models.list_models())
+    full = "dwg --sandwich-fraction 1 --sandwich-scale 1 --sandwich-every 1"
+    assert {("dwg", "small"), (full, "small"), (full, "resnet18"), ("plain_zero --train-channels R", "small"),
+            ("resnet34", "-"), ("shallow --teacher resnet34", "-"), ("rrdb", "-")} <= {(r["step"], r["backbone"])
+                                                                                    for r in rows}
+    assert all(r["images_per_s"] > 0 and r["ratio_to_plain"] > 0 for r in rows)
+    cuda = torch.cuda.is_available()
+    assert all(isinstance(r["peak_memory_mb"], float) if cuda else r["peak_memory_mb"] == "n/a (CPU)" for r in rows)
+    # dwg's step is the sandwich as train_dw.py builds it by default: one step in three, a quarter of the batch
+    run, _ = bench.build_step(Step("train_dw.py", ("--model", "dwg")), "small", 32, 4, bench.parse_args(["--quick"]))
+    assert isinstance(run.criterion, SandwichLoss) and (run.criterion.every, run.criterion.fraction) == (3, 0.25)

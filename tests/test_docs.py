@@ -108,3 +108,36 @@ def test_pasting_a_table_on_a_full_disk_keeps_the_page(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.md", "page.md"]
     update_doc("task1", "new table", str(link))
     assert link.is_symlink() and page.read_text() == "intro\n<!-- task1:start -->\nnew table\n<!-- task1:end -->\nend\n"
+
+
+def test_every_section_a_part_publishes_is_marked_in_the_docs():
+    """The sections checked before publishing are those the parts paste, and each has its markers."""
+    import argparse
+
+    from experiments.results.parts import PARTS, doc_sections
+    from experiments.results.tables import doc_page
+    from utils.report import check_doc_sections
+    args = argparse.Namespace(docs=os.path.join(ROOT, "docs"))
+    check_doc_sections({s: doc_page(args, s) for part in PARTS for s in doc_sections(part)})
+
+
+def test_publishing_to_missing_pages_replaces_no_table(tmp_path, capsys):
+    """--update-docs checks every page it pastes into before the first table or figure is
+    replaced: with --docs naming nothing, the published files keep their bytes."""
+    from conftest import file_hashes
+    from experiments import results
+    published = {"results": tmp_path / "results", "figs": tmp_path / "figs"}
+    for folder in published.values():
+        folder.mkdir()
+    for name in ("task1.json", "task1.md", "task2_sweep.json", "task2_sweep.md"):
+        (published["results"] / name).write_text(f"the published {name}\n")
+    (published["figs"] / "task1_accuracy.png").write_bytes(b"\x89PNG a figure")
+    before = {k: file_hashes(v) for k, v in published.items()}
+    with pytest.raises(SystemExit) as exc:
+        results.main(["--part", "all", "--no-train", "--update-docs", "--docs", str(tmp_path / "missing"),
+                      "--results", str(published["results"]), "--figs", str(published["figs"]),
+                      "--out", str(tmp_path / "runs"), "--data-root", "synthetic"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "to update its task1 section" in err[0]
+    assert {k: file_hashes(v) for k, v in published.items()} == before
+    assert not (tmp_path / "runs").exists()

@@ -41,6 +41,12 @@ def test_task1_train_then_test(tmp_path, capsys):
     worst = min((r for r in rows if r["img_size"] == 24), key=lambda r: r["accuracy"])["combo"]
     assert {f"confusion_{c}.png" for c in ("RGB", worst)} <= set(os.listdir(out / "eval-test"))
     assert "classes that lose most" in printed
+    # the confusions as a table, read where a figure of many classes cannot be
+    mistakes = pd.read_csv(out / "eval-test" / "top_confusions.csv")
+    assert list(mistakes.columns) == ["img_size", "combo", "true", "predicted", "count", "share"]
+    assert (mistakes["true"] != mistakes["predicted"]).all() and mistakes["share"].between(0, 1).all()
+    assert mistakes.groupby(["img_size", "combo"]).size().max() <= 5
+    assert (out / "eval-test" / "top_confusions.md").exists() and "most frequent confusion" in printed
 
 
 def test_plain_zero_weights_evaluated_as_plain_mean(tmp_path, capsys):

@@ -9,7 +9,7 @@ import models
 import test_rrdb
 import train_rrdb
 from models.registry import _MODELS, register
-from models.shallow import RGBOnly
+from models.rgb_only import RGBOnly
 from utils.complexity import count_weighted_layers
 
 
@@ -65,7 +65,7 @@ def test_every_application_of_a_weight_counts_once(case):
 
 def test_task1_and_task2_models_count_what_they_run():
     assert count_weighted_layers(models.create_model("shallow", 10)) == 7  # k x k and 1 x 1 branches
-    assert count_weighted_layers(models.deploy(models.create_model("shallow", 10))) == 4
+    assert count_weighted_layers(models.inference_form(models.create_model("shallow", 10))) == 4
     assert count_weighted_layers(models.create_model("resnet34", 10)) == 37
     # dwg's stem generates its kernel from the channel embeddings: one convolution on the data
     n, ops = count_weighted_layers(models.create_model("dwg", 10, backbone="small"), ops=True)
@@ -101,3 +101,17 @@ def test_test_rrdb_refuses_a_model_above_its_declared_limit(tmp_path, hidden_lay
                         "--workers", "0", "--out", str(tmp_path / "eval")])
     assert exc.value.code == 2
     assert "deployed hidden_matmul runs 5 weighted layers, above its limit of 4" in capsys.readouterr().err
+
+
+def test_each_task_evaluation_script_refuses_the_other_tasks_model(tmp_path, capsys):
+    """A Task 2 checkpoint given to test_dw.py is one line that names test_rrdb.py (test_rrdb.py
+    refuses a Task 1 model the same way: test_bad_input.py)."""
+    import test_dw
+    out = tmp_path / "run"
+    assert train_rrdb.main(["--model", "shallow", "--data-root", "synthetic", "--limit", "16", "--img-size", "16",
+                            "--batch-size", "16", "--workers", "0", "--epochs", "1", "--out", str(out)]) == 0
+    with pytest.raises(SystemExit) as exc:
+        test_dw.main(["--checkpoint", str(out), "--data-root", "synthetic", "--limit", "16", "--workers", "0",
+                      "--combos", "R", "--out", str(tmp_path / "eval")])
+    assert exc.value.code == 2 and not (tmp_path / "eval").exists()
+    assert "is a Task 2 model ('shallow'): evaluate it with test_rrdb.py" in capsys.readouterr().err

@@ -64,6 +64,28 @@ def test_every_function_fits_on_a_screen():
     assert any(p.endswith("train.py") for p in paths) and not too_big, too_big
 
 
+SHARED_FLAGS = {"--data-root", "--device", "--workers", "--decode", "--limit", "--no-ema", "--amp"}
+# data.prepare's --workers counts the processes that re-encode images, not loaders (and data/ stands
+# below flags.py).
+OWN_MEANING = {("data/prepare.py", "--workers")}
+
+
+def test_each_shared_flag_is_defined_once():
+    """The flags several scripts share are defined in flags.py alone, so that their name, meaning
+    and help agree in every script; the scripts add them with its helpers."""
+    where = {}
+    for path in _project_sources():
+        rel = os.path.relpath(path, ROOT)
+        for node in ast.walk(ast.parse(open(path).read())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and node.args
+                    and isinstance(node.args[0], ast.Constant) and node.args[0].value in SHARED_FLAGS
+                    and (rel, node.args[0].value) not in OWN_MEANING):
+                where.setdefault(node.args[0].value, []).append(f"{rel}:{node.lineno}")
+    assert set(where) == SHARED_FLAGS, where
+    again = {flag: places for flag, places in where.items() if len(places) > 1 or not places[0].startswith("flags.py")}
+    assert not again, again
+
+
 def test_ruff_finds_nothing():
     """The project's linter configuration (pyproject.toml) holds for every file."""
     import subprocess

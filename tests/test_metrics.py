@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from test_dw import class_losses, per_class_table
+from test_dw import class_losses, per_class_table, top_confusions
 from test_rrdb import add_ratios
 from utils.metrics import classification_metrics, per_class_accuracy
 
@@ -86,3 +86,14 @@ def test_class_losses_leave_out_classes_without_test_images():
     table = per_class_table({32: {"RGB": full, "R": red}}, ["a", "b", "c"])
     losses = class_losses(table, ["RGB", "R"])
     assert list(losses["name"]) == ["a", "c"] and losses["worst_combo"].eq("R").all()
+
+
+def test_top_confusions_count_each_mistake_against_its_class():
+    """The most frequent mistakes of each combination, each as a share of its true class's images;
+    a combination without mistakes has none."""
+    targets = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    preds = np.array([[1], [1], [2], [0], [1], [0], [2], [2]])
+    table = top_confusions({32: {"RGB": (targets, preds), "R": (targets, targets[:, None])}}, ["a", "b", "c"], top=2)
+    assert table.to_dict("records") == [
+        {"img_size": 32, "combo": "RGB", "true": "a", "predicted": "b", "count": 2, "share": 0.5},
+        {"img_size": 32, "combo": "RGB", "true": "a", "predicted": "c", "count": 1, "share": 0.25}]

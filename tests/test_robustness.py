@@ -1,6 +1,7 @@
 """Runs that survive: resume after a kill, signals, bad input, distributed evaluation."""
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def test_two_process_training_runs(tmp_path):
 
 
 def test_resumed_log_drops_rows_past_the_checkpoint(tmp_path):
-    from train import start_log
+    from utils.run_folder import start_log
     log = tmp_path / "log.csv"
     log.write_text("epoch,val_acc\n1,0.1\n2,0.2\n3,0.3\n")
     start_log(str(log), ["epoch", "val_acc"], 2)
@@ -200,14 +201,55 @@ def test_resumed_log_drops_rows_past_the_checkpoint(tmp_path):
     log.write_text("epoch,val_acc\n1,0.1\n\n2,0.2\n3,0.3\n\n")  # blank lines: an editor, a kill mid-line
     start_log(str(log), ["epoch", "val_acc"], 3)
     assert log.read_text().splitlines() == ["epoch,val_acc", "1,0.1", "2,0.2", "3,0.3"]
+    # rows that are no whole epoch's: a cut one, words, a superscript epoch, an infinite number
+    log.write_text("epoch,val_acc\n1,0.1\n2,\n2,abc\n\u00b2,0.2\n3,inf\n3,0.3,9\n3\n0,0.1\n")
+    start_log(str(log), ["epoch", "val_acc"], 3)
+    assert log.read_text().splitlines() == ["epoch,val_acc", "1,0.1"]
 
 
-def test_results_refuse_a_run_folder_of_another_recipe():
-    from experiments.results.jobs import check_same_recipe
-    ckpt = {"path": "runs/results/task1/dwg-s0/last.pt", "args": {"model": "dwg", "epochs": 8, "seed": 0}}
-    check_same_recipe(ckpt, ["--model", "dwg", "--epochs", "8", "--seed", "0"])
-    with pytest.raises(UserError, match=r"dwg-s0/last.pt was trained with --epochs 8, not 6"):
-        check_same_recipe(ckpt, ["--model", "dwg", "--epochs", "6", "--seed", "0"])
+def test_an_unreadable_log_is_one_line_and_stays(tmp_path):
+    from utils.run_folder import start_log
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,val_acc\n1," + "9" * 200_000 + "\n")  # a field beyond csv's limit
+    with pytest.raises(UserError, match="cannot read the run's log .*log.csv: field larger than field limit"):
+        start_log(str(log), ["epoch", "val_acc"], 1)
+    assert len(log.read_text()) > 200_000
+    log.unlink()
+    log.mkdir()
+    with pytest.raises(UserError, match="log.csv is a folder where the run's log goes"):
+        start_log(str(log), ["epoch", "val_acc"], 0)
+    assert log.is_dir() and not list(log.iterdir())
+
+
+def test_results_refuse_a_run_folder_of_another_recipe(reference_run):
+    """Every flag that can change what a run learns, given or left at its default, must be the
+    checkpoint's; flags that say only where and how fast it runs may differ."""
+    from experiments.results.jobs import run_finished
+    flags = [*RUN, "--epochs", "3"]
+    assert run_finished(reference_run, "train_dw.py", flags)
+    assert run_finished(reference_run, "train_dw.py", [*flags, "--workers", "2", "--log-every", "7", "--device", "cpu"])
+    refused = {"--epochs 3, not 6": [*flags, "--epochs", "6"],
+               "--limit 192, not None": [f for f in flags if f not in ("--limit", "192")],  # the default: all images
+               "--lr 0.1, not 0.05": [*flags, "--lr", "0.05"],
+               "--model-opt [], not [('combo_bn', True)]": [*flags, "--model-opt", "combo_bn=True"],
+               "--val-combos RGB,RG,RB,GB,R,G,B, not RGB": [*flags, "--val-combos", "RGB"]}
+    for message, wanted in refused.items():
+        with pytest.raises(UserError, match=re.escape(f"last.pt was trained with {message}; remove that folder")):
+            run_finished(reference_run, "train_dw.py", wanted)
+
+
+def test_a_damaged_evaluation_is_evaluated_again(tmp_path):
+    """An evaluation is reused only when its results.json reads as one, with its fields."""
+    from experiments.results.jobs import evaluated
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"weights")
+    results = tmp_path / "eval" / "results.json"
+    results.parent.mkdir()
+    for text, reused in (('[{"checkpoint": "%s"}]' % ckpt, True), ('[{"checkpoint": "%s"' % ckpt, False),
+                         ('{"checkpoint": 1}', False), ('[{"combo": "RGB"}]', False)):
+        results.write_text(text)
+        os.utime(results, (time.time() + 5, time.time() + 5))  # written after the checkpoint
+        assert evaluated(str(results), [str(ckpt)]) == reused, text
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):

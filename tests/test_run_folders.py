@@ -137,6 +137,20 @@ def test_a_run_from_before_the_sandwich_options_resumes_with_the_recipe_it_had(t
     assert (args["sandwich_fraction"], args["sandwich_scale"], args["sandwich_every"]) == (1.0, 1.0, 1)
 
 
+def test_a_resumed_run_keeps_the_weights_it_started_from_in_its_recipe(tmp_path, finished):
+    """--pretrained and --init-from are read once, when a run starts; a resume neither reads them
+    again (the file may be gone) nor forgets them, so that the driver can tell such a run apart."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["args"].update(pretrained=str(tmp_path / "gone.pth"), init_from=str(tmp_path / "gone.pt"))
+    save_atomic(ckpt, run / "last.pt")
+    r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    args = torch.load(run / "last.pt", weights_only=False)["args"]
+    assert (args["pretrained"], args["init_from"]) == (str(tmp_path / "gone.pth"), str(tmp_path / "gone.pt"))
+
+
 def test_a_live_lock_refuses_a_stale_one_is_taken_over(tmp_path, finished):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -216,7 +230,7 @@ def test_best_and_last_agree_after_a_kill_between_the_two_writes(tmp_path, finis
     shutil.copytree(finished, run)
     last = torch.load(run / "last.pt", weights_only=False)
     assert last["best_epoch"] == last["epoch"] == 1
-    stale = {**last, "epoch": 0}  # what best.pt held before the kill: an earlier epoch
+    stale = {**last, "epoch": 0, "best_epoch": None}  # what best.pt held before the kill: an earlier epoch
     save_atomic(stale, run / "best.pt")
     reconcile_best(str(run))
     assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
@@ -289,3 +303,41 @@ def test_a_run_folder_given_for_evaluation_means_its_best_checkpoint(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"")
     assert best_of(str(tmp_path)) == str(tmp_path / "best.pt")
     assert best_of(str(tmp_path / "last.pt")) == str(tmp_path / "last.pt")
+
+
+def test_a_log_that_holds_more_than_a_header_is_never_taken_for_a_leftover(tmp_path):
+    """A folder with only a log.csv is a failed first epoch's leftover only if that log is our header
+    alone; a user's log with a first line beyond any read buffer is refused, byte for byte kept."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "log.csv").write_text("epoch,lr,train_loss,train_acc,val_acc," + "x" * 70_000 + "\n1,0.1,2,0.5,0.5,1\n")
+    before = file_hashes(out)
+    r = run_script("train_dw.py", *RUN, "--epochs", "1", "--out", str(out))
+    assert r.returncode == 2 and "already holds a run (log.csv)" in r.stderr, r.stderr
+    assert file_hashes(out) == before
+
+
+def test_a_log_from_before_a_column_was_added_keeps_its_epochs_on_resume(tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    old = pd.read_csv(run / "log.csv").drop(columns=["train_distill"])
+    old.to_csv(run / "log.csv", index=False)
+    r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert "the log gains the column(s) train_distill" in r.stdout
+    log = pd.read_csv(run / "log.csv")
+    assert list(log.epoch) == [1, 2] and log.val_acc[0] == old.val_acc[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA takes --device cuda")
+def test_device_cuda_without_cuda_is_one_line(capsys):
+    import predict
+    import test_rrdb
+    import train_rrdb
+    for main, argv in ((train_rrdb.main, ["--data-root", "synthetic", "--limit", "16", "--epochs", "1"]),
+                       (test_rrdb.main, ["--checkpoints", "none.pt"]),
+                       (predict.main, ["--checkpoint", "none.pt", "x.png"])):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--device", "cuda"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and "--device cuda: this machine has no CUDA device" in err[0], err

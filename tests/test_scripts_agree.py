@@ -89,6 +89,12 @@ def test_task2_ratios_only_against_a_named_baseline(tmp_path, capsys):
                            "--limit", "24", "--workers", "0"]) == 0
     assert not (tmp_path / "resnet34" / "compare-test").exists()
     assert "pass_90" in json.loads((tmp_path / "shallow" / "compare-test" / "results.json").read_text())[1]
+    # the baseline named by its folder and, among the checkpoints, by its file: one model, evaluated once
+    assert test_rrdb.main(["--checkpoints", str(tmp_path / "shallow"), str(tmp_path / "resnet34" / "best.pt"),
+                           "--baseline", str(tmp_path / "resnet34"), "--limit", "24", "--workers", "0",
+                           "--out", str(tmp_path / "once")]) == 0
+    rows = json.loads((tmp_path / "once" / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["shallow", "resnet34"] and "pass_90" in rows[1]
     capsys.readouterr()
     # A baseline under twice chance (here 6 classes) is said to be worth little; above it, silence.
     for accuracy, warned in ((0.30, True), (0.34, False)):

@@ -30,14 +30,14 @@ def _randomise_bn(model):
 @pytest.mark.parametrize("name", TASK2)
 @pytest.mark.parametrize("size", [32, 64, 97])
 def test_shapes_and_layer_counts(name, size):
-    model = models.deploy(models.create_model(name, 10))
+    model = models.inference_form(models.create_model(name, 10))
     with torch.no_grad():
         assert model.eval()(torch.randn(2, 3, size, size)).shape == (2, 10)
     assert count_weighted_layers(model, size) == EXPECTED_LAYERS[name]
 
 
 def test_shallow_is_within_the_limit_and_resnet34_is_not_pretrained():
-    assert count_weighted_layers(models.deploy(models.create_model("shallow", 50)), 224) <= 4
+    assert count_weighted_layers(models.inference_form(models.create_model("shallow", 50)), 224) <= 4
     a, b = models.create_model("resnet34", 5), models.create_model("resnet34", 5)
     assert not torch.equal(a.net.conv1.weight, b.net.conv1.weight)  # random init, no fixed weights
 
@@ -66,9 +66,10 @@ def test_deployed_shallow_model_matches_training_form():
     with torch.no_grad():
         ref = model(x)
         trained_layers = count_weighted_layers(model, 64)
-        models.deploy(model)
-        out = model(x)
-    assert trained_layers > 4 == count_weighted_layers(model, 64)
+        deployed = models.inference_form(model)
+        out = deployed(x)
+    assert trained_layers > 4 == count_weighted_layers(deployed, 64)
+    assert count_weighted_layers(model, 64) == trained_layers  # the model itself is left as it was
     assert (out - ref).abs().max() < 1e-4
 
 
@@ -84,8 +85,10 @@ def test_deploy_twice_is_a_no_op_and_a_model_can_be_built_deployed():
     model = models.create_model("shallow", 10).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        once = models.deploy(model)(x)
-        torch.testing.assert_close(models.deploy(model)(x), once)
+        deployed = models.inference_form(model)
+        once = deployed(x)
+        torch.testing.assert_close(models.inference_form(deployed)(x), once)
+        model = deployed
         built = models.create_model("shallow", 10, deploy=True).eval()
         assert built.state_dict().keys() == model.state_dict().keys()
         built.load_state_dict(model.state_dict())
@@ -108,12 +111,14 @@ def test_deployed_checkpoint_from_test_rrdb_loads_back(tmp_path):
                            "--save-deployed", str(tmp_path / "deployed")]) == 0
     # two checkpoints of one model: two files, the first not overwritten by the second
     assert sorted(os.listdir(tmp_path / "deployed")) == ["resnet34.pt", "shallow-2.pt", "shallow.pt"]
-    ckpt, model = load_model(str(tmp_path / "deployed" / "shallow.pt"), list(range(6)))
+    from data import describe_root
+    classes = describe_root("synthetic").classes
+    ckpt, model = load_model(str(tmp_path / "deployed" / "shallow.pt"), classes)
     assert ckpt["deployed"] and count_weighted_layers(model, 16) == 4
-    _, trained = load_model(str(tmp_path / "s" / "best.pt"), list(range(6)))
+    _, trained = load_model(str(tmp_path / "s" / "best.pt"), classes)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(x), models.deploy(trained).eval()(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model.eval()(x), models.inference_form(trained)(x), atol=1e-4, rtol=1e-4)
 
 
 def test_deep_trained_shallow_merges_exactly_once_its_activations_are_gone():
@@ -124,13 +129,13 @@ def test_deep_trained_shallow_merges_exactly_once_its_activations_are_gone():
     x = torch.randn(3, 3, 64, 64)
     model.set_progress(0.2)  # slope 0.4 with deep_train 0.5: still non-linear
     with pytest.raises(ValueError, match="deep training has not finished"):
-        models.deploy(model)
+        models.inference_form(model)
     model.set_progress(0.5)
     with torch.no_grad():
         ref = model(x)
         trained_layers = count_weighted_layers(model, 64)
-        models.deploy(model)
-        models.deploy(model)  # idempotent
+        model = models.inference_form(model)
+        model.deploy()  # idempotent
         out = model(x)
     assert trained_layers == 3 * 3 + 1 and count_weighted_layers(model, 64) == 4
     assert (out - ref).abs().max() < 1e-4

@@ -154,6 +154,26 @@ def test_ema_survives_resume_bit_exactly_and_scripts_take_it(tmp_path, capsys):
         state = model_from_checkpoint(whole, ema).state_dict()
         source = whole["ema"]["state_dict"] if key else whole["state_dict"]
         assert all(torch.equal(state[k], source[k]) for k in source)
+    # An export of the weights holds their average alone: --no-ema on it is refused, not answered
+    # with the average; an export made with --no-ema holds the raw weights and takes it.
+    import numpy as np
+    from PIL import Image
+
+    import export
+    import predict
+    image = str(tmp_path / "photo.png")
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(image)
+    for flags, folder in (([], "avg"), (["--no-ema"], "raw")):
+        assert export.main(["--checkpoint", str(tmp_path / "whole"), "--formats", "weights", *flags,
+                            "--out", str(tmp_path / folder)]) == 0
+    capsys.readouterr()
+    averaged, raw = (str(tmp_path / f / "dwg_weights.pt") for f in ("avg", "raw"))
+    assert predict.main(["--checkpoint", averaged, image]) == 0
+    assert predict.main(["--checkpoint", raw, "--no-ema", image]) == 0
+    with pytest.raises(SystemExit) as exc:
+        predict.main(["--checkpoint", averaged, "--no-ema", image])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "holds only the moving average of the weights" in err[0]
 
 
 @pytest.mark.parametrize("mixup, cutmix", [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])

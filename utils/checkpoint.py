@@ -14,12 +14,41 @@ import numpy as np
 import torch
 from numpy._core import multiarray as np_multiarray
 
-from .errors import UserError
+from .errors import MAX_EPOCHS, MAX_IMG_SIZE, UserError
 from .files import write_atomic
+from .validate import file_field, mapping_of
 
-REQUIRED = ("model", "config", "classes", "state_dict")
-FIELD_TYPES = {"model": str, "config": dict, "classes": (list, tuple), "state_dict": dict, "args": dict,
-               "ema": (dict, type(None))}
+# Each field's kind and bounds (``utils.validate.check``); those marked optional a checkpoint of
+# weights only (export.py, test_rrdb.py --save-deployed) leaves out, and a resume needs RESUME.
+FIELDS = {
+    "model": {"kind": str}, "config": {"kind": dict}, "classes": {"kind": list, "each": str},
+    "state_dict": {"kind": dict}, "args": {"kind": dict, "optional": True},
+    "ema": {"kind": dict, "optional": True}, "epoch": {"kind": int, "low": 0, "high": MAX_EPOCHS, "optional": True},
+    "step": {"kind": int, "low": 0, "optional": True},
+    "best_acc": {"kind": float, "low": -1, "high": 1, "optional": True},
+    "best_epoch": {"kind": int, "low": 1, "optional": True}, "optimizer": {"kind": dict, "optional": True},
+    "scheduler": {"kind": dict, "optional": True}, "scaler": {"kind": dict, "optional": True},
+    "rng": {"kind": dict, "optional": True}, "chan_gen": {"kind": torch.Tensor, "optional": True},
+    "lists": {"kind": dict, "optional": True},
+    "epoch_tally": {"kind": list, "each": float, "length": 5, "optional": True},
+    "sandwich_start": {"kind": int, "low": 0, "optional": True},
+    "stored_targets": {"kind": dict, "optional": True}, "data": {"kind": str, "optional": True},
+    "deployed": {"kind": bool, "optional": True}, "averaged": {"kind": bool, "optional": True},
+}
+# Fields inside those above, checked when the field that holds them is there.
+INNER = {
+    ("args", "epochs"): {"kind": int, "low": 1, "high": MAX_EPOCHS, "optional": True},
+    ("args", "img_size"): {"kind": int, "low": 1, "high": MAX_IMG_SIZE, "optional": True},
+    ("args", "seed"): {"kind": int, "low": 0, "optional": True},
+    ("args", "teacher"): {"kind": str, "optional": True},
+    ("ema", "state_dict"): {"kind": dict}, ("ema", "n_averaged"): {"kind": int, "low": 0},
+    ("optimizer", "param_groups"): {"kind": list, "each": dict}, ("optimizer", "state"): {"kind": dict},
+    ("scheduler", "last_epoch"): {"kind": int, "low": 0},
+    ("rng", "python"): {"kind": list, "length": 3}, ("rng", "numpy"): {"kind": list, "length": 5},
+    ("rng", "torch"): {"kind": torch.Tensor},
+    ("stored_targets", "probs"): {"kind": torch.Tensor}, ("stored_targets", "known"): {"kind": torch.Tensor},
+}
+RESUME = ("epoch", "step", "best_acc", "optimizer", "scheduler", "args")
 # Checkpoints written before RNG states were stored as lists hold a numpy array (data, no code).
 NUMPY_ARRAYS = [np_multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
@@ -43,19 +72,30 @@ def load_checkpoint(path):
                         f"objects whose loading could run code ({str(exc).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read checkpoint {path}: truncated or corrupt ({exc})") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
-        raise UserError(f"{path} is not a checkpoint of this project (needs {', '.join(REQUIRED)})")
+    check_fields(mapping_of(path, ckpt, "the checkpoint"), path)
     ckpt.setdefault("args", {})
-    for key, kind in FIELD_TYPES.items():
-        if key in ckpt and not isinstance(ckpt[key], kind):
-            raise UserError(f"{path}: field {key!r} is a {type(ckpt[key]).__name__}, not a "
-                            f"{kind.__name__ if isinstance(kind, type) else kind[0].__name__}; not a checkpoint of "
-                            "this project, or a damaged one")
-    if not all(isinstance(c, str) for c in ckpt["classes"]) or \
-            not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
-        raise UserError(f"{path}: 'classes' must be names and 'state_dict' tensors; not a checkpoint of this project")
     ckpt["path"] = path
     return ckpt
+
+
+def check_fields(ckpt, path, needed=()):
+    """Every field of ``FIELDS`` and ``INNER`` a checkpoint has, and those of ``needed``, of the
+    right kind within bounds, and consistent: no more epochs done than its schedule has."""
+    for key, rule in FIELDS.items():
+        file_field(path, ckpt, key, **{**rule, "optional": rule.get("optional", False) and key not in needed})
+    for (outer, key), rule in INNER.items():
+        if ckpt.get(outer) is not None:
+            file_field(path, ckpt[outer], key, within=outer, **rule)
+    if not ckpt["classes"]:
+        raise UserError(f"{path}: field 'classes' is empty; a classifier has at least one class")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
+        raise UserError(f"{path}: field 'state_dict' must map names to tensors; not a checkpoint of this project")
+    epochs, done = (ckpt.get("args") or {}).get("epochs"), ckpt.get("epoch")
+    if epochs is not None and done is not None and (done > epochs or (done == epochs and ckpt.get("step"))):
+        raise UserError(f"{path}: field 'epoch' says {done} epoch(s) and {ckpt.get('step') or 0} step(s) done of a "
+                        f"{epochs}-epoch schedule (args.epochs); a damaged checkpoint")
+    if ckpt.get("best_epoch") is not None and done is not None and ckpt["best_epoch"] > done:
+        raise UserError(f"{path}: field 'best_epoch' {ckpt['best_epoch']} is beyond the {done} epoch(s) done")
 
 
 def image_size(ckpt, given=None):
@@ -81,9 +121,10 @@ def data_root(given, ckpt):
     raise UserError(f"{ckpt['path']} was trained on data at {stored}, which is not here; pass --data-root")
 
 
-def check_classes(ckpt, classes):
+def check_classes(ckpt, classes, strict=False):
     """The data's labels must mean what they meant in training. The same class names in another
-    order are refused; other names (classes.txt given on one side only) are reported."""
+    order are refused; other names (classes.txt given on one side only) are reported, or refused
+    when ``strict`` (an evaluation: its numbers would be of classes the model was not taught)."""
     trained = list(ckpt["classes"])
     if len(trained) != len(classes):
         raise UserError(f"{ckpt['path']} was trained on {len(trained)} classes, "
@@ -93,5 +134,20 @@ def check_classes(ckpt, classes):
         if sorted(trained) == sorted(classes):
             raise UserError(f"{ckpt['path']} was trained with label {i} = {trained[i]!r}, but in the data label {i} "
                             f"is {classes[i]!r}: the same classes under other labels")
+        if strict:
+            raise UserError(f"{ckpt['path']} names label {i} {trained[i]!r}, the data {classes[i]!r}: other classes "
+                            "(give the data the checkpoint was trained on, with its classes.txt if it had one)")
         print(f"warning: {ckpt['path']} names label {i} {trained[i]!r}, the data {classes[i]!r}; "
               "assuming the labels mean the same classes", file=sys.stderr)
+
+
+def load_part(ckpt, name, load):
+    """``load`` the checkpoint's field ``name``; a state that does not fit this run is one line
+    naming the checkpoint and the field, not a traceback."""
+    try:
+        load(ckpt[name])
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # past a header line
+        raise UserError(f"{ckpt['path']}: field {name!r} does not fit this run ({reason}); "
+                        "a damaged checkpoint, or one of another run") from None

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass
 class Context:
@@ -20,7 +22,7 @@ class Context:
 
 def init(device_flag="auto"):
     """Set up the process group when launched by torchrun (nccl on CUDA, gloo on CPU)."""
-    use_cuda = torch.cuda.is_available() if device_flag == "auto" else device_flag == "cuda"
+    use_cuda = resolve_device(device_flag) == "cuda"
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     if use_cuda:
@@ -52,3 +54,16 @@ def barrier(ctx):
 def shutdown():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resolve_device(flag):
+    """``--device`` as written -> "cuda" or "cpu" ("auto": CUDA when there is one)."""
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this machine has no CUDA device torch can use (--device cpu or auto)")
+    return "cuda" if flag == "cuda" or (flag == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def device_name(device):
+    """A device as the bench records it and the result driver's plan matches it: 'cpu', or
+    'cuda: ' and the GPU's name."""
+    return f"cuda: {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else "cpu"

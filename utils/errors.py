@@ -70,6 +70,9 @@ def at_least(low, kind=int, high=None):
 
 
 MAX_IMG_SIZE = 2048  # an image side the memory of one batch can hold; larger ones only fail later
+MAX_EPOCHS = 100_000  # beyond any schedule; larger counts overflow the step counters and ETAs
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed's limit
+MAX_WORKERS = 256  # loader processes: more only exhausts the machine's processes and memory
 img_side = at_least(8, high=MAX_IMG_SIZE)
 
 

@@ -123,27 +123,39 @@ def fmt_table(df, digits=4):
     return _nulls(df).to_markdown(index=False, floatfmt=f".{digits}f", missingval="–")
 
 
-# Which page of docs/ holds each generated section (a Task 1 section with a tag, e.g. task1-32px, too);
-# the headlines stand on the front page.
-DOC_PAGES = {"task1-headline": "../README.md", "task1-sweep-headline": "../README.md", "task2-headline": "../README.md",
-             "task2-recipe": "../README.md", "task1": "task1.md",
-             "task2": "task2.md", "complexity": "speed.md", "loader": "speed.md"}
+def page_path(docs, page):
+    """``page`` of the docs folder ``docs``, or ``docs`` itself when it is a file (one page)."""
+    return docs if os.path.isfile(docs) else os.path.normpath(os.path.join(docs, page))
 
 
-def update_doc(section, text, docs="docs"):
-    """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->`` in the
-    page of ``docs`` that holds ``section`` (``DOC_PAGES``), or in ``docs`` itself if it is a file."""
-    page = DOC_PAGES.get(section) or DOC_PAGES[section.split("-")[0]]
-    path = docs if os.path.isfile(docs) else os.path.normpath(os.path.join(docs, page))
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+def _marked_page(section, path):
+    """-> the text of the page at ``path``, which must have the markers of ``section``."""
     try:
         with open(path) as f:
-            page = f.read()
+            text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} to update its {section} section "
                         f"({getattr(exc, 'strerror', None) or exc}); --docs names the pages' folder") from None
-    if start not in page or end not in page:
-        raise UserError(f"{path} has no {start} ... {end} markers")
+    start, end = text.find(f"<!-- {section}:start -->"), text.find(f"<!-- {section}:end -->")
+    if start < 0 or end < start or text.count(f"<!-- {section}:start -->") > 1:
+        raise UserError(f"{path} has no <!-- {section}:start --> ... <!-- {section}:end --> markers, in that order "
+                        "and once")
+    return text
+
+
+def check_doc_sections(pages):
+    """Refuse, before anything is published, a section that ``update_doc`` could not paste
+    (``pages``: section -> page path): tables and figures are then not replaced while the pages
+    keep the old ones."""
+    for section, path in pages.items():
+        _marked_page(section, path)
+
+
+def update_doc(section, text, path):
+    """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->`` in the
+    page at ``path``."""
+    page = _marked_page(section, path)
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     head, rest = page.split(start, 1)
     _, tail = rest.split(end, 1)
     write_text(path, f"{head}{start}\n{text}\n{end}{tail}")

@@ -4,6 +4,9 @@ import random
 import numpy as np
 import torch
 
+from .checkpoint import load_part
+from .validate import file_field
+
 
 def seed_everything(seed):
     random.seed(seed)
@@ -20,8 +23,12 @@ def rng_state():
 
 def restore_rng(state, chan_gen):
     """The RNG states saved by a stop inside an epoch (``rng_state``, the channel generator)."""
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]["python"]))
-    name, keys, pos, has_gauss, cached = state["rng"]["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["rng"]["torch"])
-    chan_gen.set_state(state["chan_gen"])
+    rng = file_field(state["path"], state, "rng", dict)
+
+    def restore(_):
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(rng["torch"])
+        chan_gen.set_state(state["chan_gen"])
+    load_part(state, "rng", restore)

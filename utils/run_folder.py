@@ -1,5 +1,7 @@
 """A run folder belongs to one run: one live process at a time (a lock file), no temporary files
-left by a killed save, and ``best.pt`` in agreement with ``last.pt`` about the best epoch."""
+left by a killed save, ``best.pt`` in agreement with ``last.pt`` about the best epoch, and a
+``log.csv`` of the epochs its checkpoint holds."""
+import csv
 import glob
 import os
 import shutil
@@ -8,11 +10,14 @@ import time
 
 from .checkpoint import load_checkpoint
 from .errors import UserError
+from .files import write_atomic
+from .validate import log_row, read_log
 
 RUN_FILES = ("last.pt", "best.pt", "log.csv")
 REPLACED = (*RUN_FILES, "config.json", "curves.png", "tensorboard")  # what --overwrite replaces
 LOCK = "lock"
 STALE_SECONDS = 10  # an unreadable lock older than this is no live writer's
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "seconds", "train_seconds", "train_distill"]
 
 
 def _alive(pid):
@@ -158,11 +163,16 @@ def _real_folder(path):
 
 
 def _header_only(path):
+    """Whether ``path`` is the log.csv of a run that stopped in its first epoch: one line, the
+    header a run writes (``log_header``), and nothing else; anything more is a user's file."""
     try:
+        if os.path.getsize(path) > 1 << 16:
+            return False
         with open(path, "rb") as f:
-            return len(f.read(1 << 16).splitlines()) <= 1
+            lines = f.read().splitlines()
     except OSError:  # a folder, say: it is no leftover of ours
         return False
+    return len(lines) == 1 and lines[0].startswith(b",".join(w.encode() for w in LOG_COLUMNS[:5]))
 
 
 PREVIOUS = ".previous-run"  # where --overwrite keeps the old run until the new one has a checkpoint
@@ -237,6 +247,35 @@ def claim_run_folder(out, resume, overwrite):
         reconcile_best(out)
     if resume is not None and not continuing:  # the log so far travels with the run
         old_log = os.path.join(run_folder_of(resume["path"]), "log.csv")
-        if os.path.exists(old_log):
+        if os.path.isfile(old_log):
             shutil.copyfile(old_log, os.path.join(out, "log.csv"))
     return lock, overwrite and not continuing
+
+
+def log_header(val_combos):
+    return [*LOG_COLUMNS[:5], *[f"val_acc_{c}" for c in val_combos], *LOG_COLUMNS[5:]]
+
+
+def start_log(path, header, epochs_done):
+    """A fresh log, or the old one cut back to the epochs the resumed checkpoint holds (a kill
+    between the log line and the checkpoint would otherwise leave a row twice)."""
+    rows = earlier_log(path, header, epochs_done, say=True)
+    write_atomic(path, lambda f: csv.writer(f).writerows([header, *rows]))
+
+
+def earlier_log(path, header, epochs_done, say=False):
+    """The rows of the log at ``path`` that a run with ``epochs_done`` keeps; a log that cannot
+    be read is one line (the run reads it before anything is written, to say so in time)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder where the run's log goes; move it away")
+    if not epochs_done or not os.path.exists(path):
+        return []
+    old, rows = read_log(path)
+    if old != header and set(old) <= set(header) and "epoch" in old:
+        # A log written before a column was added: its rows keep their values, "nan" for the new ones.
+        if say:
+            print(f"{path}: the log gains the column(s) {', '.join(c for c in header if c not in old)}; "
+                  "earlier epochs have nan there")
+        rows = [[dict(zip(old, r)).get(c, "nan") for c in header] if len(r) == len(old) else r for r in rows]
+    # Blank or cut lines (a kill mid-line, an editor's trailing newline) are no epoch's.
+    return [r for r in rows if log_row(r, header, epochs_done)]

@@ -5,7 +5,7 @@
                                   [--data-root DIR] [--backbone small] [--pretrained imagenet] [--img-size 64]
                                   [--epochs 6] [--batch-size 64] [--lr 0.1] [--amp bf16] [--seeds 0,1,2]
                                   [--budgets 6,12,24,48] [--jobs 2] [--no-train] [--models ROW,...]
-                                  [--out runs/results] [--update-docs]
+                                  [--out runs/results] [--update-docs] [--plan [--plan-rates FILE]]
 
 Trains every row with the repository's own entry scripts (<out>/task1/<row>-s<seed>/ and so on,
 resumable: a finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each
@@ -14,19 +14,25 @@ checkpoints is reused), and writes the tables (.md, .json, .csv) to <out>/tables
 to <out>/figs/; titles state the data and the settings. ``--update-docs`` publishes instead: the
 tables to results/, the figures to figs/ and each table into its marked section of docs/.
 ``--no-train`` makes the tables from the finished runs only (Task 1 rows; sweep budgets whose
-ResNet34 has finished). Never run by CI, except end-to-end tests at toy size.
+ResNet34 has finished). ``--plan`` trains, evaluates and writes nothing: it lists every run the
+command would train or reuse, with the disk its checkpoints take and, from the bench's rates on
+this machine, the hours. Never run by CI, except end-to-end tests at toy size.
 
-What to train is in rows.py, running the jobs in jobs.py, the tables and figures in task1.py and
-task2.py (what they share in tables.py); this module reads the command line.
+What to train is in rows.py and in each part's ``runs`` (parts.py), running the jobs in jobs.py,
+the tables and figures in task1.py and task2.py (what they share in tables.py), the plan in
+plan.py; this module reads the command line.
 """
 import os
 
-from utils.errors import Parser, UserError, at_least, cli, img_side, int_list, non_empty
+from flags import add_amp, add_data_root, add_limit, add_workers
+from utils.errors import MAX_EPOCHS, Parser, UserError, at_least, cli, img_side, int_list, non_empty
+from utils.report import check_doc_sections
 
+from .jobs import train_runs
+from .parts import PARTS, doc_sections, parts_of
+from .plan import print_plan
 from .rows import ABLATION_NAMES, RESNET18_ROWS, SANDWICH_ROWS, SWEEP_ROWS, TASK1_ROWS
-from .task1 import task1, task1_ablation, task1_resnet18, task1_sandwich
-from .task1_sweep import task1_sweep
-from .task2 import task2, task2_headline, task2_recipe, task2_sweep
+from .tables import doc_page
 
 
 def parse_args(argv):
@@ -38,21 +44,19 @@ def parse_args(argv):
                         "table (with --update-docs)")
     p.add_argument("--budgets", default="6,12,24,48", type=int_list(1),
                    help="task1-sweep, task2-sweep: epochs per run, one run per budget")
-    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT", "synthetic"),
-                   help="the data (default: $DATA_ROOT, else the built-in synthetic shapes)")
+    add_data_root(p, "synthetic")
     p.add_argument("--seeds", default="0", type=int_list(0))
     p.add_argument("--backbone", default="small", help="body of the Task 1 rows: small|resnet18|densenet121")
     p.add_argument("--pretrained", default=None, help="Task 1 rows start from these weights (e.g. imagenet); "
                                                       "Task 2 trains from scratch")
-    p.add_argument("--epochs", type=at_least(1), default=6)
+    p.add_argument("--epochs", type=at_least(1, high=MAX_EPOCHS), default=6)
     p.add_argument("--img-size", type=img_side, default=64)
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--lr", type=at_least(0.0, float, high=1e30), default=None,
                    help="peak learning rate (default: the scripts')")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA)")
-    p.add_argument("--workers", type=at_least(0), default=1)
-    p.add_argument("--limit", type=at_least(1), default=None,
-                   help="images per split for every run (evenly spaced): a trial of the whole command")
+    add_amp(p)
+    add_workers(p, 1, "loader processes per run")
+    add_limit(p, "images per split for every run (evenly spaced): a trial of the whole command")
     p.add_argument("--models", default=None, type=non_empty,
                    help="only these rows (comma-separated names; default every row of the part)")
     p.add_argument("--no-train", action="store_true",
@@ -64,12 +68,19 @@ def parse_args(argv):
                    help="runs (checkpoints, logs, evaluations) and, unless --update-docs, tables and figures")
     p.add_argument("--results", default=None, help="tables (default: <out>/tables, or results/ with --update-docs)")
     p.add_argument("--figs", default=None, help="figures (default: <out>/figs, or figs/ with --update-docs)")
-    p.add_argument("--bench", default="results/bench", help="the bench's tables (step and epoch cost ratios)")
+    p.add_argument("--bench", default="results/bench",
+                   help="the bench's tables (step and epoch cost ratios; its model part's rates for --plan)")
     p.add_argument("--update-docs", action="store_true",
                    help="publish: tables to results/, figures to figs/, and each table into its marked section "
                         "of --docs (docs/*.md)")
     p.add_argument("--docs", default="docs", help="the folder (or one file) whose marked sections are replaced")
     p.add_argument("--tag", default="", help="suffix of the Task 1 table's files and docs section (e.g. -32px)")
+    p.add_argument("--plan", action="store_true",
+                   help="train, evaluate and write nothing: list every run the command would train or reuse, with "
+                        "the disk its checkpoints need and the hours the bench's rates give")
+    p.add_argument("--plan-rates", default=None, metavar="FILE",
+                   help="with --plan: the training-step rates of python -m bench --parts model (its model.json), "
+                        "whatever machine measured them (default: <--bench>/model.json, if measured on this one)")
     args = p.parse_args(argv)
     args.results = args.results or ("results" if args.update_docs else os.path.join(args.runs, "tables"))
     args.figs = args.figs or ("figs" if args.update_docs else os.path.join(args.runs, "figs"))
@@ -95,13 +106,16 @@ def check_models(args):
     args.models = ",".join(names)
 
 
-# Each part's tables; ``all`` runs them in this order (the Task 2 sweep pastes the front page's
-# Task 2 rows itself: task2-headline only re-pastes them from its table).
-PARTS = {"task1": task1, "task1-sweep": task1_sweep, "task1-ablation": task1_ablation,
-         "task1-sandwich": task1_sandwich, "task1-resnet18": task1_resnet18, "task2": task2,
-         "task2-sweep": task2_sweep, "task2-recipe": task2_recipe,
-         "task2-headline": lambda args, seeds: task2_headline(args)}
-ALL = [p for p in PARTS if p != "task2-headline"]
+def check_destinations(args, parts):
+    """Publishing is all or nothing: every page section and folder it writes is checked before
+    the first table is replaced."""
+    if args.update_docs:
+        check_doc_sections({s: doc_page(args, s) for part in parts for s in doc_sections(part, args.tag)})
+    for folder, flag in ((args.results, "--results"), (args.figs, "--figs")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write into {flag} {folder}: {exc.strerror or exc}") from None
 
 
 @cli
@@ -109,8 +123,15 @@ def main(argv=None):
     args = parse_args(argv)
     if args.models:
         check_models(args)
-    os.makedirs(args.results, exist_ok=True)
-    os.makedirs(args.figs, exist_ok=True)
-    for part in ALL if args.part == "all" else [args.part]:
-        PARTS[part](args, args.seeds)
+    if args.plan_rates and not args.plan:
+        raise UserError("--plan-rates goes with --plan")
+    if args.plan:
+        print_plan(args)
+        return 0
+    check_destinations(args, parts_of(args))
+    for part in parts_of(args):
+        if not args.no_train:  # each stage once the stages before it have trained
+            for stage in PARTS[part].runs(args, args.seeds):
+                train_runs(args, stage())
+        PARTS[part].tables(args, args.seeds)
     return 0

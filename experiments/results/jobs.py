@@ -1,7 +1,7 @@
 """Running the jobs: training runs (resumed or reused when finished) and evaluations (reused when
 newer than their checkpoints), several at once."""
 import functools
-import json
+import importlib
 import os
 import signal
 import subprocess
@@ -12,10 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from utils.checkpoint import load_checkpoint
+from flags import BEFORE_FLAG, build_parser, given_flags, resolve_args
+from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.errors import UserError
+from utils.validate import file_field, read_rows
 
-from .rows import EQUAL_TIME, ROWS, SIZE_ROWS, SIZES, TASK1_COMBOS, row_recipe, run_dir, schedule
+from .rows import SIZE_ROWS, SIZES, TASK1_COMBOS, row_runs, run_dir, trained_dir
 
 
 class Children:
@@ -57,17 +59,39 @@ def sh(*cmd, threads=None):
                         "are kept and the same command resumes the rest")
 
 
-def train(script, out, common, *extra, threads=None):
-    """Train unless a finished run is already there; resume an unfinished one."""
-    last = os.path.join(out, "last.pt")
-    if os.path.exists(last):
-        done = load_checkpoint(last)
-        check_same_recipe(done, common)
-        if done["epoch"] >= done["args"]["epochs"] and done["step"] == 0:
-            return
-        sh(script, "--resume", out, threads=threads)
+def finished_run(run):
+    """Whether ``run``'s folder holds it, finished; a run there with another recipe is refused."""
+    return run_finished(run.out, run.script, [*run.common, *run.extra])
+
+
+def train(run, threads=None):
+    """Train ``run`` unless a finished run is already in its folder; resume an unfinished one."""
+    if finished_run(run):
+        return
+    if os.path.exists(os.path.join(run.out, "last.pt")):
+        sh(run.script, "--resume", run.out, threads=threads)
     else:
-        sh(script, *common, *extra, "--out", out, "--overwrite", threads=threads)
+        sh(run.script, *run.common, *run.extra, "--out", run.out, "--overwrite", threads=threads)
+
+
+def train_runs(args, runs):
+    """Train ``runs`` (each folder once), ``--jobs`` at a time in that order; a run that starts
+    from or distils from another (``after``) waits for it."""
+    runs = list({r.out: r for r in runs}.values())
+    # Finished runs are checked first, so that "k of N" and the estimate count only runs that train.
+    left = [r for r in runs if not finished_run(r)]
+    if len(left) < len(runs):
+        print(f"{len(runs) - len(left)} of {len(runs)} runs already finished, reused", flush=True)
+    done = {r.out: threading.Event() for r in left}
+
+    def train_one(run, threads):
+        if run.after is not None and run.after.out in done:
+            done[run.after.out].wait()
+        try:
+            train(run, threads=threads)
+        finally:
+            done[run.out].set()
+    in_parallel(args.jobs, [functools.partial(train_one, r) for r in left])
 
 
 def threads_per_run(jobs):
@@ -100,67 +124,38 @@ def in_parallel(jobs, tasks):
             f.result()
 
 
-def train_rows(args, wanted):
-    """Train the runs behind ``wanted`` (row, seed) pairs, ``--jobs`` at a time in that order; a
-    row that starts from another row's checkpoint waits for it."""
-    order = []  # runs to train, each after the runs it needs
-
-    def need(row, seed):
-        for name in (row.init, row.same_as):
-            if name:
-                need(ROWS[name], seed)
-        if not row.same_as and (row.name, seed) not in order:
-            order.append((row.name, seed))
-    for row, seed in wanted:
-        need(row, seed)
-    done = {key: threading.Event() for key in order}
-
-    def train_row(name, seed, threads):
-        row = ROWS[name]
-        flags = ["--model", row.model, *row.flags]
-        if args.pretrained and not row.init:
-            flags += ["--pretrained", args.pretrained]
-        if row.init:
-            done[(row.init, seed)].wait()
-            flags += ["--init-from", os.path.join(run_dir(args, ROWS[row.init], seed), "best.pt")]
-        try:
-            train("train_dw.py", run_dir(args, row, seed), row_recipe(args, row, seed), *flags,
-                  threads=threads)
-        finally:
-            done[(name, seed)].set()
-    in_parallel(args.jobs, [functools.partial(train_row, *key) for key in order])
-
-
-def task1_rows(args, rows, seeds):
-    """Train (``train_rows``) and evaluate ``rows``; -> DataFrame of evaluation rows."""
-    if args.models:  # a row's equal-time twin comes with it
-        rows = [r for r in rows if r.name.removesuffix(EQUAL_TIME) in args.models.split(",")]
-    wanted = schedule(rows, seeds)
+def task1_rows(args, wanted):
+    """Evaluate the runs behind ``wanted`` (row, seed) pairs (``wanted_rows``), trained by then, or
+    with ``--no-train`` those that have finished; -> DataFrame of evaluation rows."""
     if args.no_train:
-        wanted = [(r, s) for r, s in wanted if finished(args, r, s)]
+        wanted = [(r, s) for r, s in wanted if finished(args, r, s)]  # a run of another recipe is refused
         if not wanted:
             raise UserError(f"--no-train: no finished run of these rows under {args.runs}/task1 "
                             "(train them first: the same command without --no-train)")
-        for row, seed in wanted:  # a finished run of another budget must not slip in either
-            if not row.same_as:
-                check_same_recipe(load_checkpoint(os.path.join(run_dir(args, row, seed), "last.pt")),
-                                  row_recipe(args, row, seed))
-    else:
-        train_rows(args, wanted)
     return evaluate_rows(args, wanted)
 
 
 def finished(args, row, seed):
-    """Whether the run behind ``row`` has trained all its epochs."""
-    return run_finished(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed))
+    """Whether the run behind ``row`` has trained all its epochs; a run there of another recipe
+    is refused (a row that reuses another row's run is checked with that row)."""
+    if row.same_as:
+        return run_finished(trained_dir(args, row, seed))
+    run, = [r for r in row_runs(args, [(row, seed)]) if r.row == row.name]
+    return finished_run(run)
 
 
-def run_finished(out):
+def run_finished(out, script=None, flags=None):
+    """Whether the run in ``out`` has trained all its epochs; with ``script`` and ``flags``, a run
+    there that ``script`` did not train with them (another budget, seed or option) is refused,
+    never reused."""
     last = os.path.join(out, "last.pt")
     if not os.path.exists(last):
         return False
     ckpt = load_checkpoint(last)
-    return ckpt["epoch"] >= ckpt["args"]["epochs"] and ckpt["step"] == 0
+    check_fields(ckpt, last, needed=RESUME)
+    if script:
+        check_same_recipe(ckpt, script, flags)
+    return ckpt["epoch"] >= file_field(last, ckpt["args"], "epochs", int, within="args", low=1) and ckpt["step"] == 0
 
 
 def evaluate_rows(args, wanted):
@@ -168,7 +163,7 @@ def evaluate_rows(args, wanted):
     tasks, results = [], []
     for row, seed in wanted:
         ev = os.path.join(run_dir(args, row, seed), "eval")
-        best = os.path.join(run_dir(args, ROWS[row.same_as] if row.same_as else row, seed), "best.pt")
+        best = os.path.join(trained_dir(args, row, seed), "best.pt")
         results.append((row, seed, ev))
         sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
         combos = [row.channel] if row.channel else TASK1_COMBOS
@@ -179,7 +174,7 @@ def evaluate_rows(args, wanted):
                 "--workers", str(args.workers), "--out", ev, *row.eval_flags, *limit_flags(args)))
     in_parallel(args.jobs, tasks)
     return pd.DataFrame([{**r, "model": row.name, "seed": seed}
-                         for row, seed, ev in results for r in json.load(open(os.path.join(ev, "results.json")))])
+                         for row, seed, ev in results for r in read_rows(os.path.join(ev, "results.json"))])
 
 
 def limit_flags(args):
@@ -187,13 +182,32 @@ def limit_flags(args):
     return ["--limit", str(args.limit)] if getattr(args, "limit", None) else []
 
 
-def check_same_recipe(ckpt, flags):
-    """A run folder left by another budget must not slip into the tables."""
-    for flag, value in zip(flags[::2], flags[1::2]):
-        key = flag.lstrip("-").replace("-", "_")
-        if str(ckpt["args"].get(key)) != value:
-            raise UserError(f"{ckpt['path']} was trained with {flag} {ckpt['args'].get(key)}, "
-                            f"not {value}; remove that folder or pass another --runs")
+# Flags that say where a run goes and how fast, never what it learns; and --init-from, a path
+# (which row a run starts from is decided by its folder's row, wherever --runs puts them).
+NO_EFFECT = {"workers", "device", "log_every", "tensorboard", "out", "resume", "overwrite", "init_from"}
+# Left to the model when not given (train.build_model fills them in from its defaults).
+MODEL_DEFAULTS = {"channel_aug", "stem_base", "combo_bn", "combo_affine"}
+
+
+def trained_recipe(script, flags):
+    """Every flag of a run that ``script`` trains with ``flags``, filled in as train.py fills it."""
+    defaults = importlib.import_module(script.removesuffix(".py")).DEFAULTS
+    parser = build_parser("", **defaults)
+    args, _ = resolve_args(parser.parse_args(flags), given_flags(parser, flags), parser, defaults["default_model"])
+    return vars(args)
+
+
+def check_same_recipe(ckpt, script, flags):
+    """A run folder left by another budget, seed or option must not slip into a table: every flag
+    that can change what the run learns, given or at its default, must be the checkpoint's."""
+    wanted = trained_recipe(script, flags)
+    stored = {**trained_recipe(script, []), **BEFORE_FLAG, **ckpt["args"]}
+    differ = [k for k, v in wanted.items() if k not in NO_EFFECT and not (v is None and k in MODEL_DEFAULTS)
+              and stored.get(k) != v]
+    if differ:
+        had = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)}" for k in differ)
+        raise UserError(f"{ckpt['path']} was trained with {had}, not {', '.join(str(wanted[k]) for k in differ)}; "
+                        "remove that folder or pass another --runs")
 
 
 def is_newer(path, than):
@@ -206,7 +220,10 @@ def evaluated(path, checkpoints, cells=None):
     (combination, size) ``cells`` when given), written after all of them."""
     if not all(is_newer(path, c) for c in checkpoints):
         return False
-    rows = json.load(open(path))
+    try:
+        rows = read_rows(path, ("checkpoint", "combo", "img_size") if cells else ("checkpoint",))
+    except UserError:  # damaged: evaluated again, and replaced whole
+        return False
     # Paths as the evaluation wrote them (relative to where it ran) and as asked now: the same files?
     done = [os.path.realpath(p) for p in dict.fromkeys(r["checkpoint"] for r in rows)]
     return done == [os.path.realpath(c) for c in checkpoints] and \
@@ -218,8 +235,8 @@ def evaluate_side_by_side(args, ev, checkpoints):
     baseline, unless an evaluation of exactly these is newer than all of them."""
     path = os.path.join(ev, "results.json")
     if evaluated(path, checkpoints):
-        return json.load(open(path))
+        return read_rows(path)
     sh("test_rrdb.py", "--checkpoints", *checkpoints, "--baseline", checkpoints[0], "--data-root", args.data_root,
        "--workers", str(args.workers), "--out", ev, *limit_flags(args))
-    return json.load(open(path))
+    return read_rows(path)
 

@@ -1,6 +1,10 @@
-"""What the tables train: the rows of each table, their flags, where their runs live."""
+"""What the tables train: the rows of each table, their flags, where their runs live, and the
+training runs (``Run``) they come to."""
+import importlib
 import os
 from dataclasses import dataclass, field
+
+from flags import build_parser
 
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
@@ -60,7 +64,6 @@ def equal_time_rows(epochs, same_epochs):
     rows = [Row(r.name + EQUAL_TIME, r.model, r.flags, recipe={"epochs": epochs}, channel=r.channel,
                 same_as=(r.same_as or r.name) if epochs == same_epochs else r.same_as and r.same_as + EQUAL_TIME)
             for r in TASK1_ROWS if r.model in ("plain_zero", "plain_mean") and not r.recipe]
-    ROWS.update({r.name: r for r in rows})
     return rows
 
 
@@ -162,9 +165,85 @@ def run_dir(args, row, seed):
     return os.path.join(args.runs, "task1", f"{row.name}-s{seed}")
 
 
+def trained_dir(args, row, seed):
+    """The run folder that holds ``row``'s checkpoints: its own, or that of the row it reuses."""
+    return os.path.join(args.runs, "task1", f"{row.same_as or row.name}-s{seed}")
+
+
 def schedule(rows, seeds):
     """(row, seed) pairs to evaluate: the rows of every seed first (seed by seed), then the
     first-seed-only rows, so that an interrupted command has whole seeds."""
     return ([(r, s) for s in seeds for r in rows if r.every_seed]
             + [(r, seeds[0]) for r in rows if not r.every_seed])
 
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run a table needs: its folder, the script and flags that train it, and the run
+    whose best.pt it starts from or distils from (``after``, trained first). ``common`` are the
+    flags a finished run in the folder must have been trained with; ``note`` says what the run
+    list assumed about runs that have not finished yet."""
+    row: str
+    seed: int
+    out: str
+    script: str
+    common: tuple
+    extra: tuple = ()
+    after: "Run" = None
+    note: str = ""
+
+    def flag(self, name, default=None):
+        flags = [*self.common, *self.extra]
+        return flags[flags.index(name) + 1] if name in flags else default
+
+    @property
+    def model(self):
+        return self.flag("--model")
+
+    @property
+    def epochs(self):
+        return int(self.flag("--epochs"))
+
+    @property
+    def img_size(self):
+        return int(self.flag("--img-size"))
+
+    def script_args(self):
+        """The run's flags as its script reads them, every default filled in."""
+        defaults = importlib.import_module(self.script.removesuffix(".py")).DEFAULTS
+        args = build_parser(None, **defaults).parse_args([*self.common, *self.extra])
+        args.model = args.model or defaults["default_model"]
+        return args
+
+
+def row_runs(args, wanted):
+    """The runs behind ``wanted`` (row, seed) pairs, in that order, each after the run it starts
+    from (first); a row that evaluates another row's checkpoint (``same_as``) needs that run."""
+    runs, known = {}, {**ROWS, **{r.name: r for r, _ in wanted}}  # equal-time and budget rows are made per call
+
+    def need(row, seed):
+        for name in (row.init, row.same_as):
+            if name:
+                need(known[name], seed)
+        if row.same_as or (row.name, seed) in runs:
+            return
+        init = runs[(row.init, seed)] if row.init else None
+        flags = ["--model", row.model, *row.flags]
+        if args.pretrained and not row.init:
+            flags += ["--pretrained", args.pretrained]
+        if init:
+            flags += ["--init-from", os.path.join(init.out, "best.pt")]
+        runs[(row.name, seed)] = Run(row.name, seed, run_dir(args, row, seed), "train_dw.py",
+                                     tuple(row_recipe(args, row, seed)), tuple(flags), after=init)
+    for row, seed in wanted:
+        need(row, seed)
+    return list(runs.values())
+
+
+def wanted_rows(args, rows, seeds):
+    """(row, seed) pairs of ``rows`` in ``schedule`` order, only the rows of ``--models`` (each
+    with its equal-time twin) when given."""
+    if args.models:
+        rows = [r for r in rows if r.name.removesuffix(EQUAL_TIME) in args.models.split(",")]
+    return schedule(rows, seeds)

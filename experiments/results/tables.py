@@ -5,16 +5,27 @@ import os
 import pandas as pd
 import torch
 
-from utils.report import update_doc
+from utils.errors import UserError
+from utils.report import page_path, update_doc
+from utils.validate import log_row, read_log
 
 from .jobs import finished, threads_per_run
-from .rows import ROWS, run_dir
+from .rows import ROWS, trained_dir
+
+# Which page of docs/ holds each section the parts paste (a Task 1 section with a tag, e.g.
+# task1-32px, too); the headlines and the Task 2 recipe stand on the front page.
+DOC_PAGES = {"task1-headline": "../README.md", "task1-sweep-headline": "../README.md", "task2-headline": "../README.md",
+             "task2-recipe": "../README.md", "task1": "task1.md", "task2": "task2.md"}
+
+
+def doc_page(args, section):
+    return page_path(args.docs, DOC_PAGES.get(section) or DOC_PAGES[section.split("-")[0]])
 
 
 def paste(args, section, text):
     """The table also goes into its marked section of the docs, when asked (``--update-docs``)."""
     if args.update_docs:
-        update_doc(section, text, args.docs)
+        update_doc(section, text, doc_page(args, section))
 
 
 def machine(args):
@@ -46,8 +57,12 @@ def mean_std(df, keys, values):
 
 
 def run_log(out):
-    """The log.csv of the run in folder ``out``, a row per epoch."""
-    return pd.read_csv(os.path.join(out, "log.csv"))
+    """The log.csv of the run in folder ``out``, a row per whole epoch (a cut or damaged row left out)."""
+    path = os.path.join(out, "log.csv")
+    header, rows = read_log(path)
+    if not {"epoch", "val_acc", "seconds"} <= set(header):
+        raise UserError(f"{path}: no epoch, val_acc and seconds columns; not the log of a run")
+    return pd.DataFrame([r for r in rows if log_row(r, header)], columns=header).astype(float)
 
 
 def wall_minutes(log):
@@ -57,13 +72,13 @@ def wall_minutes(log):
 
 def run_logs(args, name, seeds):
     """The log.csv of each finished run behind row ``name``, over ``seeds``."""
-    row = ROWS[ROWS[name].same_as] if ROWS[name].same_as else ROWS[name]
-    return [run_log(run_dir(args, row, s)) for s in seeds if finished(args, row, s)]
+    row = ROWS[name]
+    return [run_log(trained_dir(args, row, s)) for s in seeds if finished(args, row, s)]
 
 
 def train_seconds(args, row, seed):
     """Training time of a row's checkpoint from its log, plus that of the row it started from."""
-    row = ROWS[row.same_as] if row.same_as else row
-    return run_log(run_dir(args, row, seed))["seconds"].sum() + (train_seconds(args, ROWS[row.init], seed)
-                                                                 if row.init else 0)
+    source = ROWS.get(row.same_as, row)  # an equal-time row reuses one that is not in ROWS
+    return run_log(trained_dir(args, row, seed))["seconds"].sum() + (train_seconds(args, ROWS[source.init], seed)
+                                                                     if source.init else 0)
 

@@ -1,7 +1,6 @@
 """Task 1's tables and figures: the main table (with its equal-time rows), ablation, sandwich
 cost options, ResNet-18."""
 import dataclasses
-import json
 import os
 
 import pandas as pd
@@ -9,6 +8,7 @@ import pandas as pd
 from flags import BEFORE_FLAG
 from utils.checkpoint import load_checkpoint
 from utils.report import heatmap, markdown, write_results
+from utils.validate import read_rows
 
 from .jobs import task1_rows
 from .rows import (
@@ -27,43 +27,85 @@ from .rows import (
     TASK1_COMBOS,
     TASK1_ROWS,
     equal_time_rows,
-    run_dir,
+    row_runs,
+    trained_dir,
+    wanted_rows,
 )
 from .tables import budget, data_name, mean_std, paste, run_logs, train_seconds, wall_minutes
 
 
 def time_ratio(args, seeds):
-    """How much longer dwg trains than plain_zero per epoch, measured by ``python -m bench --parts
-    epoch`` (whole epochs of the two, alternated, nothing else running) for this setting and dwg's
-    recipe (results/bench/epoch.json); None without that measurement, or until both rows have a
-    finished run. The runs' own logs give each row's mean minutes per run, never the ratio: runs
-    that share the cores time each other's load, not their own cost.
+    """How much longer dwg trains than plain_zero per epoch (``equal_time``), once both rows have a
+    finished run; None before, or without the bench's measurement. The runs' own logs give each
+    row's mean minutes per run, never the ratio: runs that share the cores time each other's load,
+    not their own cost.
 
     The ratio is for training (loading and steps, without validation)."""
     dwg, plain = run_logs(args, "dwg", seeds), run_logs(args, "plain_zero", seeds)
-    if not dwg or not plain:
+    found = equal_time(args, seeds) if dwg and plain else None
+    if found is None:
         return None
-    bench = bench_epoch_ratio(args, load_checkpoint(os.path.join(run_dir(args, ROWS["dwg"], seeds[0]), "last.pt")))
-    if bench is None:
-        return None
-    return {"train": bench["ratio_to_plain"], "whole": bench["epoch_ratio_to_plain"],
+    bench, epochs = found
+    return {"train": bench["ratio_to_plain"], "whole": bench["epoch_ratio_to_plain"], "epochs": epochs,
             "source": f"python -m bench --parts epoch, {bench['repeats']} alternated runs each",
             "dwg_min": sum(map(wall_minutes, dwg)) / len(dwg), "plain_min": sum(map(wall_minutes, plain)) / len(plain)}
 
 
-def bench_epoch_ratio(args, dwg_run):
+def equal_time(args, seeds):
+    """dwg's training epoch against plain_zero's as ``python -m bench --parts epoch`` measured it
+    (whole epochs of the two, alternated, nothing else running) for this setting and dwg's recipe
+    (that of its run when it has one, else the one its command gives), and the budget of the
+    equal-time rows it sets: -> (the bench's row, epochs), or None without that measurement."""
+    run, = row_runs(args, [(ROWS["dwg"], seeds[0])])
+    last = os.path.join(run.out, "last.pt")
+    recipe = load_checkpoint(last)["args"] if os.path.exists(last) else vars(run.script_args())
+    bench = bench_epoch_ratio(args, recipe)
+    if bench is None:
+        return None
+    # Training time, not validation: the proxy's val split is a fifth of its train split and
+    # dwg validates seven combinations, where the course's 450 val images are 0.7% of 63k.
+    return bench, max(1, int(args.epochs * bench["ratio_to_plain"] + 0.5))  # half up, not to even
+
+
+def bench_epoch_ratio(args, dwg_recipe):
     """The bench's row for dwg in results/bench/epoch.json if it timed this data, size, batch and
-    dwg's sandwich recipe as ``dwg_run`` (a checkpoint) trained it; else None."""
+    the sandwich recipe of ``dwg_recipe`` (a run's flags); else None."""
     path = os.path.join(args.bench, "epoch.json")
     if not os.path.exists(path):
         return None
-    for row in json.load(open(path)):
+    for row in read_rows(path, ("model", "data", "img_size", "batch")):
         if row["model"] == "dwg" and row["data"] == data_name(args) and row["img_size"] == args.img_size \
                 and row["batch"] == args.batch_size \
-                and all(dwg_run["args"].get(k, BEFORE_FLAG.get(k)) == v for k, v in row.items()
+                and all(dwg_recipe.get(k, BEFORE_FLAG.get(k)) == v for k, v in row.items()
                         if k.startswith("sandwich_")):
             return row
     return None
+
+
+def main_rows(args, seeds):
+    return wanted_rows(args, TASK1_ROWS, seeds)
+
+
+def equal_time_wanted(args, seeds):
+    """The equal-time rows, when the bench has timed dwg's epoch and both dwg and plain_zero are
+    trained by this command or have been (the table compares them only then)."""
+    found = equal_time(args, seeds)
+    trained = {r.name for r, _ in main_rows(args, seeds)}
+    if found is None or not all(n in trained or run_logs(args, n, seeds) for n in ("dwg", "plain_zero")):
+        return []
+    return wanted_rows(args, equal_time_rows(found[1], args.epochs), seeds)
+
+
+def task1_runs(args, seeds):
+    """What --part task1 trains, stage by stage: its rows, then their equal-time twins."""
+    return [lambda: row_runs(args, main_rows(args, seeds)), lambda: row_runs(args, equal_time_wanted(args, seeds))]
+
+
+def task1_remarks(args, seeds):
+    if equal_time(args, seeds) is None:
+        return ["task1: no equal-time rows (python -m bench --parts epoch has not timed dwg against plain_zero for "
+                "this data, size, batch and recipe)"]
+    return []
 
 
 def expert_row(model):
@@ -74,13 +116,10 @@ def expert_row(model):
 
 
 def task1(args, seeds):
-    df = task1_rows(args, TASK1_ROWS, seeds)
+    df = task1_rows(args, main_rows(args, seeds))
     cost = time_ratio(args, seeds)
     if cost is not None:
-        # Training time, not validation: the proxy's val split is a fifth of its train split and
-        # dwg validates seven combinations, where the course's 450 val images are 0.7% of 63k.
-        cost["epochs"] = max(1, int(args.epochs * cost["train"] + 0.5))  # half up, not to even
-        df = pd.concat([df, task1_rows(args, equal_time_rows(cost["epochs"], args.epochs), seeds)])
+        df = pd.concat([df, task1_rows(args, wanted_rows(args, equal_time_rows(cost["epochs"], args.epochs), seeds))])
     metrics = ["accuracy", "precision", "recall", "f1", "f1_macro"]
     agg = mean_std(df, ["model", "img_size", "combo"], metrics)
     main = agg[agg.img_size == args.img_size].assign(row=lambda d: d.model.map(expert_row))
@@ -175,10 +214,28 @@ def accuracy_table(df, order):
     return table.reindex([name for name in order if name in table.index])
 
 
+def ablation_rows(args, seeds):
+    """Each mechanism alone and together (first seed)."""
+    return wanted_rows(args, [dataclasses.replace(ROWS[n], every_seed=False) for n in ABLATION_NAMES], seeds[:1])
+
+
+def sandwich_rows(args, seeds):
+    """plain_zero and the sandwich's cost options (first seed)."""
+    return wanted_rows(args, [ROWS["plain_zero"], *SANDWICH_ROWS], seeds[:1])
+
+
+def resnet18_rows(args, seeds):
+    return wanted_rows(args, RESNET18_ROWS, seeds[:1])
+
+
+def one_stage(rows):
+    """A part that trains its rows in one go: -> its ``runs`` (stages of runs)."""
+    return lambda args, seeds: [lambda: row_runs(args, rows(args, seeds))]
+
+
 def task1_ablation(args, seeds):
     """Each mechanism alone and together (first seed)."""
-    rows = [ROWS[n] for n in ABLATION_NAMES]
-    df = task1_rows(args, [dataclasses.replace(r, every_seed=False) for r in rows], seeds[:1])
+    df = task1_rows(args, ablation_rows(args, seeds))
     table = accuracy_table(df[df.img_size == args.img_size], list(ABLATION_NAMES))
     for name in table.index:
         table.loc[name, "train min"] = train_seconds(args, ROWS[name], seeds[0]) / 60
@@ -196,9 +253,9 @@ def task1_sandwich(args, seeds):
     """The sandwich's cost options (first seed): accuracy beside the cost of a training step
     against plain_zero's, on the small CNN and on DenseNet-121, from ``python -m bench --parts
     sandwich`` (results/bench/sandwich.json; a dash where it has not measured the option)."""
-    rows = [ROWS["plain_zero"], *SANDWICH_ROWS]
-    df = task1_rows(args, rows, seeds[:1])
-    table = accuracy_table(df[df.img_size == args.img_size], [r.name for r in rows]).drop(columns="worst/RGB")
+    df = task1_rows(args, sandwich_rows(args, seeds))
+    table = accuracy_table(df[df.img_size == args.img_size],
+                           ["plain_zero", *(r.name for r in SANDWICH_ROWS)]).drop(columns="worst/RGB")
     for backbone in ("small", "densenet121"):
         table[f"step/plain_zero, {backbone}"] = [bench_step_ratio(args, ROWS[n], seeds[0], backbone)
                                                  for n in table.index]
@@ -216,12 +273,11 @@ def bench_step_ratio(args, row, seed, backbone):
     """The bench's step cost, on ``backbone``, of the sandwich options ``row``'s run trained
     with; NaN for a row without the sandwich or an option the bench has not measured."""
     path = os.path.join(args.bench, "sandwich.json")
-    run = ROWS[row.same_as] if row.same_as else row
-    trained = load_checkpoint(os.path.join(run_dir(args, run, seed), "last.pt"))["args"]
+    trained = load_checkpoint(os.path.join(trained_dir(args, row, seed), "last.pt"))["args"]
     if trained["channel_aug"] != "sandwich" or not os.path.exists(path):
         return float("nan")
     options = [trained.get(f"sandwich_{k}", BEFORE_FLAG[f"sandwich_{k}"]) for k in ("fraction", "scale", "every")]
-    for r in json.load(open(path)):
+    for r in read_rows(path, ("backbone", "ratio_to_plain")):
         if r["backbone"] == backbone and [r.get(k) for k in ("fraction", "scale", "every")] == options:
             return r["ratio_to_plain"]
     return float("nan")
@@ -229,7 +285,7 @@ def bench_step_ratio(args, row, seed, backbone):
 
 def task1_resnet18(args, seeds):
     """dwg and plain_zero on ResNet-18 (first seed): the result is not an artefact of the small CNN."""
-    df = task1_rows(args, RESNET18_ROWS, seeds[:1])
+    df = task1_rows(args, resnet18_rows(args, seeds))
     table = accuracy_table(df[df.img_size == args.img_size], [r.name for r in RESNET18_ROWS])
     title = f"Task 1 on ResNet-18, {data_name(args)} test split ({budget(args)}, first seed)"
     text = table.reset_index(names="model").to_markdown(index=False, floatfmt=".4f")

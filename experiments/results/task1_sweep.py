@@ -8,16 +8,16 @@ train every seed of ``--seeds`` for the rows that claim something (``every_seed`
 sandwich trains at the saturated budget (the longest finished one while none is saturated).
 """
 import dataclasses
-import json
 import os
 
 import pandas as pd
 
 from utils.errors import UserError
 from utils.report import markdown, plt, save_figure, write_results
+from utils.validate import read_rows
 
-from .jobs import evaluate_rows, finished, train_rows
-from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, run_dir
+from .jobs import evaluate_rows, finished
+from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_runs, run_dir, trained_dir
 from .tables import data_name, machine, paste, run_log, wall_minutes
 from .task2 import saturation
 
@@ -25,11 +25,9 @@ EXPERT = "single-channel expert"
 
 
 def budget_row(row, epochs):
-    """``row`` trained for ``epochs`` (its run folder named for the budget), registered in ROWS."""
-    new = dataclasses.replace(row, name=f"{row.name}-e{epochs}", recipe={**row.recipe, "epochs": epochs},
-                              same_as=row.same_as and f"{row.same_as}-e{epochs}")
-    ROWS[new.name] = new
-    return new
+    """``row`` trained for ``epochs`` (its run folder named for the budget)."""
+    return dataclasses.replace(row, name=f"{row.name}-e{epochs}", recipe={**row.recipe, "epochs": epochs},
+                               same_as=row.same_as and f"{row.same_as}-e{epochs}")
 
 
 def sweep_rows(args):
@@ -60,27 +58,50 @@ def plain_val(args, seed):
     return out
 
 
-def task1_sweep(args, seeds):
-    """Train the sweep (unless ``--no-train``), then tables and figure of what has finished."""
-    first = [(budget_row(r, e), seeds[0]) for e in args.budgets for r in sweep_rows(args) if r.name != "sandwich-full"]
-    if not args.no_train:
-        train_rows(args, first)
+def first_pairs(args, seeds):
+    """Every row but the full sandwich at every budget, first seed."""
+    return [(budget_row(r, e), seeds[0]) for e in args.budgets for r in sweep_rows(args) if r.name != "sandwich-full"]
+
+
+def claim_budget(args, seeds):
+    """The budget where the claims are made: where plain_zero saturates, or while no doubling
+    saturates, the longest budget it has finished (the longest of all before any has); -> (budget,
+    plain_zero's validation accuracy by finished budget, whether every budget has finished)."""
     val = plain_val(args, seeds[0])
+    claim = saturation(val) or (max(val) if val else max(args.budgets))
+    return claim, val, len(val) == len(args.budgets)
+
+
+def sweep_runs(args, seeds):
+    """What --part task1-sweep trains, stage by stage: every row at every budget for the first
+    seed, then what plain_zero's saturation decides (``sweep_plan``)."""
+    def rest():
+        claim, _, known = claim_budget(args, seeds)
+        runs = row_runs(args, sweep_plan(args, seeds, claim))
+        if known:
+            return runs
+        first = {r.out for r in row_runs(args, first_pairs(args, seeds))}
+        note = (f"{claim} epochs assumed: the budget where plain_zero saturates is known once it has trained "
+                "every budget")
+        return [dataclasses.replace(r, note=note) if r.out not in first and r.epochs == claim else r for r in runs]
+    return [lambda: row_runs(args, first_pairs(args, seeds)), rest]
+
+
+def task1_sweep(args, seeds):
+    """Tables and figure of what has finished."""
+    claim, val, _ = claim_budget(args, seeds)
     saturated = saturation(val)
-    # While no doubling saturates, the longest budget is where the claims are made.
-    claim = saturated or (max(val) if val else max(args.budgets))
     plan = sweep_plan(args, seeds, claim)
-    if not args.no_train:
-        train_rows(args, plan)
     done = list({(r.name, s): (r, s) for r, s in plan if finished(args, r, s)}.values())
     if not done:
         raise UserError(f"no finished run of the Task 1 sweep under {args.runs}/task1; "
                          "run the same command without --no-train")
     df = evaluate_rows(args, done)
+    budget = {r.name: r.recipe["epochs"] for r, _ in done}
     df = df[df.img_size == args.img_size].assign(
-        epochs=[int(ROWS[m].recipe["epochs"]) for m in df.model], row=[sweep_name(m) for m in df.model])
+        epochs=[int(budget[m]) for m in df.model], row=[sweep_name(m) for m in df.model])
     minutes = pd.DataFrame([{"row": sweep_name(r.name), "epochs": r.recipe["epochs"], "seed": s,
-                             "minutes": wall_minutes(run_log(run_dir(args, ROWS[r.same_as] if r.same_as else r, s)))}
+                             "minutes": wall_minutes(run_log(trained_dir(args, r, s)))}
                             for r, s in done])
     verdict = (f"plain_zero saturates at {saturated} epochs (doubling gains under 1 point of RGB validation "
                "accuracy)" if saturated else
@@ -96,7 +117,7 @@ def bench_costs(args):
     path = os.path.join(args.bench, "epoch.json")
     if not os.path.exists(path):
         return {}
-    rows = json.load(open(path))
+    rows = read_rows(path, ("model", "data", "img_size", "batch"))
     return {r["model"]: r["val_every_epoch_ratio"] for r in rows if "val_every_epoch_ratio" in r
             and r["data"] == data_name(args) and r["img_size"] == args.img_size and r["batch"] == args.batch_size}
 

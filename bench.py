@@ -491,8 +491,7 @@ def complexity_markdown(rows):
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device here")
+    args.device = resolve_device(args.device)  # "cuda" without CUDA: one line
     if args.quick:
         args.batch_sizes, args.img_sizes, args.min_time = [1, 8], [32], 0.05
         args.model_img_size, args.model_batch, args.model_backbones = 32, 2, ["small"]

@@ -180,22 +180,22 @@ def check_out(path, inputs):
     """``--out`` replaces only a table of ours: never a folder, an input, or another file."""
     if os.path.isdir(path):
         raise UserError(f"cannot write --out {path}: a folder is there")
-    if any(os.path.exists(p) and os.path.samefile(path, p) for p in inputs if os.path.exists(path)):
+    if not os.path.exists(path):
+        return
+    if any(os.path.exists(p) and os.path.samefile(path, p) for p in inputs):
         raise UserError(f"--out {path} is one of the files it reads; pass another name")
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                ours = f.readline().rstrip("\n") == ",".join(HEADER)
-        except (OSError, UnicodeDecodeError):
-            ours = False
-        if not ours:
-            raise UserError(f"--out {path} exists and is not a table predict.py wrote; pass another name")
+    try:
+        with open(path, encoding="utf-8") as f:
+            ours = f.readline().rstrip("\n") == ",".join(HEADER)
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise UserError(f"--out {path} exists and is not a table predict.py wrote; pass another name")
 
 
 def write_csv(path, rows):
     """The whole file or none of it (``write_atomic``)."""
-    header = HEADER
-    write_atomic(path, lambda f: csv.writer(f, lineterminator="\n").writerows([header, *rows]))
+    write_atomic(path, lambda f: csv.writer(f, lineterminator="\n").writerows([HEADER, *rows]))
     print(f"wrote {path}")
 
 

@@ -104,6 +104,9 @@ def made_files(base, run):
     rate = {"step": "shallow", "backbone": "-", "img_size": 32, "amp": "off", "device": "cpu", "batch": 16}
     for name, value in {"zero": 0, "word": "fast", "negative": -5}.items():
         (base / f"rates_{name}.json").write_text(json.dumps([{**rate, "images_per_s": value}]))
+    record = {"run": "plain_zero-e1", "seed": 0, "made": {}, "val_best": 0.5, "minutes": 1.0}
+    for name, accuracy in {"acc_high": {"RGB": 1.5}, "acc_word": {"RGB": "high"}, "acc_list": [0.5]}.items():
+        (base / f"records_{name}.json").write_text(json.dumps([{**record, "accuracy": accuracy}]))
     (base / "pages").mkdir()
     (base / "pages" / "README.md").write_text("<!-- task2-headline:end -->\nold\n<!-- task2-headline:start -->\n")
 
@@ -317,6 +320,7 @@ def bound_cases(w):
     are no rates, a page whose markers are out of order."""
     ck, image, typo = str(w["run"] / "best.pt"), str(w["images"] / "float.tiff"), str(w["base"] / "typo")
     plan = ["--part", "task2", "--plan", "--out", typo, "--plan-rates"]
+    sweep = ["--part", "task1-sweep", "--no-train", "--budgets", "1", "--out", str(w["base"] / "sweep"), "--records"]
     return [("train_dw", [*TINY, "--epochs", "1" + "0" * 20], "argument --epochs: must be at most 100000"),
             ("train_dw", [*TINY, "--seed", "1" + "0" * 20], "argument --seed: must be at most 9223372036854775807"),
             ("test_rrdb", ["--checkpoints", ck, "--workers", "100000"], "argument --workers: must be at most 256"),
@@ -328,7 +332,11 @@ def bound_cases(w):
             ("results", [*plan, str(w["base"] / "rates_word.json")], "images_per_s must be a number, got 'fast'"),
             ("results", [*plan, str(w["base"] / "rates_negative.json")], "images_per_s must be at least 1e-09"),
             ("results", ["--part", "task2-headline", "--update-docs", "--docs", str(w["base"] / "pages" / "README.md"),
-                         "--results", typo], "markers, in that order and once")]
+                         "--results", typo], "markers, in that order and once"),
+            ("results", [*sweep, str(w["base"] / "records_acc_high.json")], "accuracy of RGB must be in [0, 1]"),
+            ("results", [*sweep, str(w["base"] / "records_acc_word.json")], "accuracy of RGB must be a number, got"),
+            ("results", [*sweep, str(w["base"] / "records_acc_list.json")], "record 0 'accuracy' must be a mapping"),
+            ("results", [*sweep, str(w["base"] / "tables" / "object" / "task2_sweep.json")], "not a table")]
 
 
 def damaged_cases(w):
@@ -411,7 +419,7 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 167
+    assert checked == 171
     assert not (world["base"] / "typo").exists()  # a refused --models, --model-opt or page writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
     assert file_hashes(world["base"] / "made") == made  # nor a damaged run it refused to resume

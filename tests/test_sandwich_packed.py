@@ -183,6 +183,7 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     validation decides the saturated budget, where the second seed and the full sandwich train;
     the table, the gaps (over the seeds both rows have), the figure and the docs section."""
     import json
+    import shutil
 
     from experiments import results
     from tests.conftest import make_list_root
@@ -219,6 +220,23 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     assert "STALE" not in text and "Task 1 budget sweep on data test split" in text and "Gap to the specialist" in text
     headline = text.split("<!-- task1-sweep-headline:start -->")[1]
     assert "| dwg " in headline and "docs/task1.md#the-budget-sweep" in headline
+    # Every finished run is recorded: without its folders the tables are the same and nothing trains.
+    records = json.loads((tmp_path / "results" / "task1_sweep_runs.json").read_text())
+    assert {f"{r['run']}-s{r['seed']}" for r in records} == set(runs)
+    published = (tmp_path / "results" / "task1_sweep.json").read_text()
+    shutil.rmtree(tmp_path / "runs")
+    assert results.main(args) == 0
+    assert not (tmp_path / "runs" / "task1").exists()
+    assert json.loads((tmp_path / "results" / "task1_sweep.json").read_text()) == json.loads(published)
+    # A record made otherwise (another learning rate) is not this command's run: left in the file, never used.
+    for r in records:
+        if (r["run"], r["seed"]) == ("plain_zero-e1", 1):
+            r["made"]["recipe"]["lr"] = 0.5
+    (tmp_path / "results" / "task1_sweep_runs.json").write_text(json.dumps(records))
+    assert results.main([*args, "--no-train"]) == 0
+    table = json.loads((tmp_path / "results" / "task1_sweep.json").read_text())
+    assert next(r for r in table if (r["epochs"], r["row"]) == (1, "plain_zero"))["seeds"] == 1
+    assert len(json.loads((tmp_path / "results" / "task1_sweep_runs.json").read_text())) == len(records)
 
 
 def test_stored_targets_survive_a_kill_and_resume_exactly(tmp_path):

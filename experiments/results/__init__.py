@@ -13,6 +13,8 @@ with cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py (an evaluati
 checkpoints is reused), and writes the tables (.md, .json, .csv) to <out>/tables/ and the figures
 to <out>/figs/; titles state the data and the settings. ``--update-docs`` publishes instead: the
 tables to results/, the figures to figs/ and each table into its marked section of docs/.
+The budget sweep also keeps each finished run's numbers and recipe, without its weights, in
+results/task1_sweep_runs.json when it publishes: another machine continues the sweep from there.
 ``--no-train`` makes the tables from the finished runs only (Task 1 rows; sweep budgets whose
 ResNet34 has finished). ``--plan`` trains, evaluates and writes nothing: it lists every run the
 command would train or reuse, with the disk its checkpoints take and, from the bench's rates on
@@ -74,6 +76,10 @@ def parse_args(argv):
                    help="publish: tables to results/, figures to figs/, and each table into its marked section "
                         "of --docs (docs/*.md)")
     p.add_argument("--docs", default="docs", help="the folder (or one file) whose marked sections are replaced")
+    p.add_argument("--records", default=None, metavar="FILE",
+                   help="task1-sweep: the finished runs kept without their weights, read always (a recorded run is "
+                        "not trained again), extended with --update-docs (default: results/task1_sweep_runs.json, "
+                        "or under --results when publishing)")
     p.add_argument("--tag", default="", help="suffix of the Task 1 table's files and docs section (e.g. -32px)")
     p.add_argument("--plan", action="store_true",
                    help="train, evaluate and write nothing: list every run the command would train or reuse, with "

@@ -6,6 +6,7 @@ every budget of ``--budgets`` for the first seed; plain_zero's validation accura
 the budget saturates (doubling it gains under 1 point), and that budget and the shortest one
 train every seed of ``--seeds`` for the rows that claim something (``every_seed``). The full
 sandwich trains at the saturated budget (the longest finished one while none is saturated).
+A run finished on another machine counts from its record (records.py): it is not trained again.
 """
 import dataclasses
 import os
@@ -17,7 +18,8 @@ from utils.report import markdown, plt, save_figure, write_results
 from utils.validate import read_rows
 
 from .jobs import evaluate_rows, finished
-from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_runs, run_dir, trained_dir
+from .records import find, load_records, made, merge, records_path, save_records
+from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_runs, trained_dir
 from .tables import data_name, machine, paste, run_log, wall_minutes
 from .task2 import saturation
 
@@ -32,8 +34,31 @@ def budget_row(row, epochs):
 
 def sweep_rows(args):
     """The sweep's rows, the full sandwich last; only those of ``--models`` when given."""
-    rows = [*SWEEP_ROWS, ROWS["sandwich-full"]]
-    return [r for r in rows if not args.models or r.name in args.models.split(",")]
+    return [r for r in ALL_ROWS.values() if not args.models or r.name in args.models.split(",")]
+
+
+ALL_ROWS = {r.name: r for r in [*SWEEP_ROWS, ROWS["sandwich-full"]]}
+
+
+def making(args, row, seed):
+    """What makes the numbers of ``row`` with ``seed`` (records.made): the recipe of the run that
+    trained its checkpoint (another row's for a row that reuses one) and its evaluation flags."""
+    source = row
+    if row.same_as:
+        source = budget_row(ALL_ROWS[row.same_as.rsplit("-e", 1)[0]], row.recipe["epochs"])
+    run, = [r for r in row_runs(args, [(source, seed)]) if r.row == source.name]
+    return made(args, run, row.eval_flags)
+
+
+def recorded(args, records, row, seed):
+    """The record of ``row`` with ``seed`` made as this command makes it, or None."""
+    return find(records, row.name, seed, making(args, row, seed))
+
+
+def unrecorded(args, runs):
+    """``runs`` less those a record says have finished (on this machine or another)."""
+    records = load_records(args)
+    return [r for r in runs if not find(records, r.row, r.seed, made(args, r, []))]
 
 
 def sweep_plan(args, seeds, saturated):
@@ -48,13 +73,16 @@ def sweep_plan(args, seeds, saturated):
     return plan
 
 
-def plain_val(args, seed):
-    """plain_zero's best RGB validation accuracy per finished budget (first seed)."""
+def plain_val(args, seed, records):
+    """plain_zero's best RGB validation accuracy per finished budget (first seed): from its run
+    here, else from its record."""
     out = {}
     for e in args.budgets:
-        row = budget_row(ROWS["plain_zero"], e)
+        row = budget_row(ALL_ROWS["plain_zero"], e)
         if finished(args, row, seed):
-            out[e] = run_log(run_dir(args, row, seed))["val_acc"].max()
+            out[e] = run_log(trained_dir(args, row, seed))["val_acc"].max()
+        elif record := recorded(args, records, row, seed):
+            out[e] = record["val_best"]
     return out
 
 
@@ -63,46 +91,66 @@ def first_pairs(args, seeds):
     return [(budget_row(r, e), seeds[0]) for e in args.budgets for r in sweep_rows(args) if r.name != "sandwich-full"]
 
 
-def claim_budget(args, seeds):
+def claim_budget(args, seeds, records):
     """The budget where the claims are made: where plain_zero saturates, or while no doubling
     saturates, the longest budget it has finished (the longest of all before any has); -> (budget,
     plain_zero's validation accuracy by finished budget, whether every budget has finished)."""
-    val = plain_val(args, seeds[0])
+    val = plain_val(args, seeds[0], records)
     claim = saturation(val) or (max(val) if val else max(args.budgets))
     return claim, val, len(val) == len(args.budgets)
 
 
 def sweep_runs(args, seeds):
     """What --part task1-sweep trains, stage by stage: every row at every budget for the first
-    seed, then what plain_zero's saturation decides (``sweep_plan``)."""
+    seed, then what plain_zero's saturation decides (``sweep_plan``); none that has a record."""
     def rest():
-        claim, _, known = claim_budget(args, seeds)
-        runs = row_runs(args, sweep_plan(args, seeds, claim))
+        claim, _, known = claim_budget(args, seeds, load_records(args))
+        runs = unrecorded(args, row_runs(args, sweep_plan(args, seeds, claim)))
         if known:
             return runs
         first = {r.out for r in row_runs(args, first_pairs(args, seeds))}
         note = (f"{claim} epochs assumed: the budget where plain_zero saturates is known once it has trained "
                 "every budget")
         return [dataclasses.replace(r, note=note) if r.out not in first and r.epochs == claim else r for r in runs]
-    return [lambda: row_runs(args, first_pairs(args, seeds)), rest]
+    return [lambda: unrecorded(args, row_runs(args, first_pairs(args, seeds))), rest]
+
+
+def run_records(args, pairs):
+    """Records of the (row, seed) runs finished here, each evaluated first (test_dw.py, unless
+    its evaluation is newer than its checkpoint)."""
+    if not pairs:
+        return []
+    df = evaluate_rows(args, pairs)
+    df = df[df.img_size == args.img_size]
+    records = []
+    for row, seed in pairs:
+        log = run_log(trained_dir(args, row, seed))
+        acc = df[(df.model == row.name) & (df.seed == seed)].set_index("combo")["accuracy"]
+        records.append({"run": row.name, "seed": seed, "made": making(args, row, seed),
+                        "accuracy": {c: float(a) for c, a in acc.items()},
+                        "val_best": None if log["val_acc"].isna().all() else float(log["val_acc"].max()),
+                        "minutes": float(wall_minutes(log))})
+    return records
 
 
 def task1_sweep(args, seeds):
-    """Tables and figure of what has finished."""
-    claim, val, _ = claim_budget(args, seeds)
+    """Tables and figure of what has finished, here or (by its record) elsewhere; publishing
+    adds the runs finished here to the records."""
+    records = load_records(args)
+    claim, val, _ = claim_budget(args, seeds, records)
     saturated = saturation(val)
-    plan = sweep_plan(args, seeds, claim)
-    done = list({(r.name, s): (r, s) for r, s in plan if finished(args, r, s)}.values())
+    plan = list({(r.name, s): (r, s) for r, s in sweep_plan(args, seeds, claim)}.values())
+    records = merge(records, run_records(args, [(r, s) for r, s in plan if finished(args, r, s)]))
+    done = [(r, s, rec) for r, s in plan if (rec := recorded(args, records, r, s))]
     if not done:
-        raise UserError(f"no finished run of the Task 1 sweep under {args.runs}/task1; "
-                         "run the same command without --no-train")
-    df = evaluate_rows(args, done)
-    budget = {r.name: r.recipe["epochs"] for r, _ in done}
-    df = df[df.img_size == args.img_size].assign(
-        epochs=[int(budget[m]) for m in df.model], row=[sweep_name(m) for m in df.model])
+        raise UserError(f"no finished run of the Task 1 sweep under {args.runs}/task1 nor in "
+                         f"{records_path(args)}; run the same command without --no-train")
+    if args.update_docs:
+        save_records(args, records)
+    df = pd.DataFrame([{"model": r.name, "seed": s, "combo": c, "accuracy": a, "epochs": r.recipe["epochs"],
+                        "row": sweep_name(r.name)} for r, s, rec in done for c, a in rec["accuracy"].items()])
     minutes = pd.DataFrame([{"row": sweep_name(r.name), "epochs": r.recipe["epochs"], "seed": s,
-                             "minutes": wall_minutes(run_log(trained_dir(args, r, s)))}
-                            for r, s in done])
+                             "minutes": rec["minutes"]} for r, s, rec in done])
     verdict = (f"plain_zero saturates at {saturated} epochs (doubling gains under 1 point of RGB validation "
                "accuracy)" if saturated else
                f"plain_zero is not saturated within {sorted(val)} epochs (every doubling gains 1 point or more "

@@ -154,7 +154,9 @@ def task1_sweep(args, seeds):
     verdict = (f"plain_zero saturates at {saturated} epochs (doubling gains under 1 point of RGB validation "
                "accuracy)" if saturated else
                f"plain_zero is not saturated within {sorted(val)} epochs (every doubling gains 1 point or more "
-               f"of RGB validation accuracy; add a budget of {2 * max(val) if val else '?'})")
+               f"of RGB validation accuracy; add a budget of {2 * max(val)})" if len(val) > 1 else
+               f"where plain_zero saturates is not known from {len(val)} budget(s) of --budgets (a doubling of the "
+               "budget, both finished, says it)")
     sweep_tables(args, seeds, df, minutes, val, verdict, claim)
 
 

@@ -107,6 +107,7 @@ def made_files(base, run):
     record = {"run": "plain_zero-e1", "seed": 0, "made": {}, "val_best": 0.5, "minutes": 1.0}
     for name, accuracy in {"acc_high": {"RGB": 1.5}, "acc_word": {"RGB": "high"}, "acc_list": [0.5]}.items():
         (base / f"records_{name}.json").write_text(json.dumps([{**record, "accuracy": accuracy}]))
+    (base / "records_twice.json").write_text(json.dumps([{**record, "accuracy": {"RGB": 0.5}}] * 2))
     (base / "pages").mkdir()
     (base / "pages" / "README.md").write_text("<!-- task2-headline:end -->\nold\n<!-- task2-headline:start -->\n")
 
@@ -336,7 +337,8 @@ def bound_cases(w):
             ("results", [*sweep, str(w["base"] / "records_acc_high.json")], "accuracy of RGB must be in [0, 1]"),
             ("results", [*sweep, str(w["base"] / "records_acc_word.json")], "accuracy of RGB must be a number, got"),
             ("results", [*sweep, str(w["base"] / "records_acc_list.json")], "record 0 'accuracy' must be a mapping"),
-            ("results", [*sweep, str(w["base"] / "tables" / "object" / "task2_sweep.json")], "not a table")]
+            ("results", [*sweep, str(w["base"] / "tables" / "object" / "task2_sweep.json")], "not a table"),
+            ("results", [*sweep, str(w["base"] / "records_twice.json")], "record 1 repeats record 0")]
 
 
 def damaged_cases(w):
@@ -419,7 +421,7 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 171
+    assert checked == 172
     assert not (world["base"] / "typo").exists()  # a refused --models, --model-opt or page writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
     assert file_hashes(world["base"] / "made") == made  # nor a damaged run it refused to resume

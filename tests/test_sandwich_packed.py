@@ -237,6 +237,15 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     table = json.loads((tmp_path / "results" / "task1_sweep.json").read_text())
     assert next(r for r in table if (r["epochs"], r["row"]) == (1, "plain_zero"))["seeds"] == 1
     assert len(json.loads((tmp_path / "results" / "task1_sweep_runs.json").read_text())) == len(records)
+    # A record short of a combination its row is evaluated on is one line, not a dash in the table.
+    for r in records:
+        if (r["run"], r["seed"]) == ("dwg-e1", 0):
+            del r["accuracy"]["BGR"]
+    (tmp_path / "results" / "task1_sweep_runs.json").write_text(json.dumps(records))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        results.main([*args, "--no-train"])
+    assert exc.value.code == 2 and "record of dwg-e1, seed 0 has no accuracy of BGR" in capsys.readouterr().err
 
 
 def test_stored_targets_survive_a_kill_and_resume_exactly(tmp_path):

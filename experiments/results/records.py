@@ -55,11 +55,30 @@ def _checked(path, i, record):
 
 
 def load_records(args):
-    """Every record of the file (none before the first publish)."""
+    """Every record of the file (none before the first publish); two records of one run made
+    alike would leave the tables to pick one: refused."""
     path = records_path(args)
     if not os.path.exists(path):
         return []
-    return [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))]
+    records, seen = [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))], {}
+    for i, r in enumerate(records):
+        key = (r["run"], r["seed"], json.dumps(r["made"], sort_keys=True))
+        if key in seen:
+            raise UserError(f"{path}: record {i} repeats record {seen[key]} (run {r['run']}, seed {r['seed']}, made "
+                            "alike); keep one")
+        seen[key] = i
+    return records
+
+
+def check_combos(args, record, combos):
+    """A record used in a table holds exactly the combinations its row is evaluated on."""
+    missing = [c for c in combos if c not in record["accuracy"]]
+    extra = [c for c in record["accuracy"] if c not in combos]
+    if missing or extra:
+        wrong = f"no accuracy of {', '.join(missing)}" if missing else f"an accuracy of {', '.join(extra)} too"
+        raise UserError(f"{records_path(args)}: the record of {record['run']}, seed {record['seed']} has {wrong}; "
+                        "a damaged record")
+    return record
 
 
 def find(records, name, seed, making):

@@ -18,8 +18,8 @@ from utils.report import markdown, plt, save_figure, write_results
 from utils.validate import read_rows
 
 from .jobs import evaluate_rows, finished
-from .records import find, load_records, made, merge, records_path, save_records
-from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_runs, trained_dir
+from .records import check_combos, find, load_records, made, merge, records_path, save_records
+from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, TASK1_COMBOS, row_runs, trained_dir
 from .tables import data_name, machine, paste, run_log, wall_minutes
 from .task2 import saturation
 
@@ -52,7 +52,8 @@ def making(args, row, seed):
 
 def recorded(args, records, row, seed):
     """The record of ``row`` with ``seed`` made as this command makes it, or None."""
-    return find(records, row.name, seed, making(args, row, seed))
+    record = find(records, row.name, seed, making(args, row, seed))
+    return record and check_combos(args, record, [row.channel] if row.channel else TASK1_COMBOS)
 
 
 def unrecorded(args, runs):
@@ -81,7 +82,7 @@ def plain_val(args, seed, records):
         row = budget_row(ALL_ROWS["plain_zero"], e)
         if finished(args, row, seed):
             out[e] = run_log(trained_dir(args, row, seed))["val_acc"].max()
-        elif record := recorded(args, records, row, seed):
+        elif (record := recorded(args, records, row, seed)) and record["val_best"] is not None:
             out[e] = record["val_best"]
     return out
 

@@ -17,7 +17,7 @@ from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.errors import UserError
 from utils.validate import file_field, read_rows
 
-from .rows import SIZE_ROWS, SIZES, TASK1_COMBOS, row_runs, run_dir, trained_dir
+from .rows import SIZE_ROWS, SIZES, row_combos, row_runs, run_dir, trained_dir
 
 
 class Children:
@@ -166,7 +166,7 @@ def evaluate_rows(args, wanted):
         best = os.path.join(trained_dir(args, row, seed), "best.pt")
         results.append((row, seed, ev))
         sizes = sorted({*SIZES, args.img_size}) if row.name in SIZE_ROWS else [args.img_size]
-        combos = [row.channel] if row.channel else TASK1_COMBOS
+        combos = row_combos(row)
         if not evaluated(os.path.join(ev, "results.json"), [best], {(c, s) for c in combos for s in sizes}):
             tasks.append(functools.partial(
                 sh, "test_dw.py", "--checkpoint", best, "--as-model", row.model, "--data-root", args.data_root,

@@ -54,6 +54,11 @@ def _checked(path, i, record):
     return record
 
 
+def _key(record):
+    """A record's identity: its run, seed and making (records of one run made otherwise coexist)."""
+    return record["run"], record["seed"], json.dumps(record["made"], sort_keys=True)
+
+
 def load_records(args):
     """Every record of the file (none before the first publish); two records of one run made
     alike would leave the tables to pick one: refused."""
@@ -62,7 +67,7 @@ def load_records(args):
         return []
     records, seen = [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))], {}
     for i, r in enumerate(records):
-        key = (r["run"], r["seed"], json.dumps(r["made"], sort_keys=True))
+        key = _key(r)
         if key in seen:
             raise UserError(f"{path}: record {i} repeats record {seen[key]} (run {r['run']}, seed {r['seed']}, made "
                             "alike); keep one")
@@ -88,12 +93,12 @@ def find(records, name, seed, making):
 
 def merge(records, new):
     """``records`` with each of ``new`` in place of its older record (same run, seed and making)."""
-    fresh = {(r["run"], r["seed"], json.dumps(r["made"], sort_keys=True)) for r in new}
-    kept = [r for r in records if (r["run"], r["seed"], json.dumps(r["made"], sort_keys=True)) not in fresh]
+    fresh = {_key(r) for r in new}
+    kept = [r for r in records if _key(r) not in fresh]
     return kept + list(new)
 
 
 def save_records(args, records):
     """Write the file whole, sorted, atomically: a kill leaves the old file or the new one."""
-    order = sorted(records, key=lambda r: (r["run"], r["seed"], json.dumps(r["made"], sort_keys=True)))
+    order = sorted(records, key=_key)
     write_text(records_path(args), json.dumps(order, indent=1, sort_keys=True) + "\n")

@@ -156,6 +156,11 @@ def recipe(args, seed, **overrides):
     return [item for k, v in values.items() for item in (f"--{k}", str(v))]
 
 
+def row_combos(row):
+    """The combinations a Task 1 row is evaluated on: an expert's own channel, else all of them."""
+    return [row.channel] if row.channel else TASK1_COMBOS
+
+
 def row_recipe(args, row, seed):
     """A Task 1 row's shared flags, its body among them (a run of another body is not reused)."""
     return recipe(args, seed, backbone=row.backbone or args.backbone, **row.recipe)

@@ -19,7 +19,7 @@ from utils.validate import read_rows
 
 from .jobs import evaluate_rows, finished
 from .records import check_combos, find, load_records, made, merge, records_path, save_records
-from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, TASK1_COMBOS, row_runs, trained_dir
+from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_combos, row_runs, trained_dir
 from .tables import data_name, machine, paste, run_log, wall_minutes
 from .task2 import saturation
 
@@ -32,12 +32,12 @@ def budget_row(row, epochs):
                                same_as=row.same_as and f"{row.same_as}-e{epochs}")
 
 
+ALL_ROWS = {r.name: r for r in [*SWEEP_ROWS, ROWS["sandwich-full"]]}  # the full sandwich last
+
+
 def sweep_rows(args):
     """The sweep's rows, the full sandwich last; only those of ``--models`` when given."""
     return [r for r in ALL_ROWS.values() if not args.models or r.name in args.models.split(",")]
-
-
-ALL_ROWS = {r.name: r for r in [*SWEEP_ROWS, ROWS["sandwich-full"]]}
 
 
 def making(args, row, seed):
@@ -53,7 +53,7 @@ def making(args, row, seed):
 def recorded(args, records, row, seed):
     """The record of ``row`` with ``seed`` made as this command makes it, or None."""
     record = find(records, row.name, seed, making(args, row, seed))
-    return record and check_combos(args, record, [row.channel] if row.channel else TASK1_COMBOS)
+    return record and check_combos(args, record, row_combos(row))
 
 
 def unrecorded(args, runs):
@@ -152,13 +152,18 @@ def task1_sweep(args, seeds):
                         "row": sweep_name(r.name)} for r, s, rec in done for c, a in rec["accuracy"].items()])
     minutes = pd.DataFrame([{"row": sweep_name(r.name), "epochs": r.recipe["epochs"], "seed": s,
                              "minutes": rec["minutes"]} for r, s, rec in done])
-    verdict = (f"plain_zero saturates at {saturated} epochs (doubling gains under 1 point of RGB validation "
-               "accuracy)" if saturated else
-               f"plain_zero is not saturated within {sorted(val)} epochs (every doubling gains 1 point or more "
-               f"of RGB validation accuracy; add a budget of {2 * max(val)})" if len(val) > 1 else
-               f"where plain_zero saturates is not known from {len(val)} budget(s) of --budgets (a doubling of the "
-               "budget, both finished, says it)")
-    sweep_tables(args, seeds, df, minutes, val, verdict, claim)
+    sweep_tables(args, seeds, df, minutes, val, verdict(val, saturated), claim)
+
+
+def verdict(val, saturated):
+    """What plain_zero's validation accuracy by budget says of saturation, as the title says it."""
+    if saturated:
+        return f"plain_zero saturates at {saturated} epochs (doubling gains under 1 point of RGB validation accuracy)"
+    if len(val) > 1:
+        return (f"plain_zero is not saturated within {sorted(val)} epochs (every doubling gains 1 point or more of "
+                f"RGB validation accuracy; add a budget of {2 * max(val)})")
+    return (f"where plain_zero saturates is not known from {len(val)} budget(s) of --budgets (a doubling of the "
+            "budget, both finished, says it)")
 
 
 def bench_costs(args):

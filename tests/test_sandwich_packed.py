@@ -181,7 +181,8 @@ def test_ddp_packed_sandwich_all_reduces_once_a_step_and_equals_one_process(tmp_
 def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     """--part task1-sweep: plain_zero, the R expert and dwg at two budgets; plain_zero's
     validation decides the saturated budget, where the second seed and the full sandwich train;
-    the table, the gaps (over the seeds both rows have), the figure and the docs section."""
+    the table, the gaps (over the seeds both rows have), the figure and the docs section; the
+    records (a run not trained twice, nor one made otherwise mixed in, every finished one shown)."""
     import json
     import shutil
 
@@ -237,6 +238,16 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     table = json.loads((tmp_path / "results" / "task1_sweep.json").read_text())
     assert next(r for r in table if (r["epochs"], r["row"]) == (1, "plain_zero"))["seeds"] == 1
     assert len(json.loads((tmp_path / "results" / "task1_sweep_runs.json").read_text())) == len(records)
+    # The tables show every finished run, whether the plan asks for it or not: the full sandwich at the
+    # other budget too (a record made as this command would make it there).
+    full = next(r for r in records if (r["run"], r["seed"]) == (f"sandwich-full-e{claim}", 0))
+    other = 3 - claim
+    records.append({**full, "run": f"sandwich-full-e{other}",
+                    "made": {**full["made"], "recipe": {**full["made"]["recipe"], "epochs": other}}})
+    (tmp_path / "results" / "task1_sweep_runs.json").write_text(json.dumps(records))
+    assert results.main([*args, "--no-train"]) == 0
+    table = json.loads((tmp_path / "results" / "task1_sweep.json").read_text())
+    assert {r["epochs"] for r in table if r["row"] == "sandwich-full"} == {1, 2}
     # A record short of a combination its row is evaluated on is one line, not a dash in the table.
     for r in records:
         if (r["run"], r["seed"]) == ("dwg-e1", 0):

@@ -135,14 +135,15 @@ def run_records(args, pairs):
 
 
 def task1_sweep(args, seeds):
-    """Tables and figure of what has finished, here or (by its record) elsewhere; publishing
-    adds the runs finished here to the records."""
+    """Tables and figure of every run of the rows, budgets and seeds that has finished, here or (by
+    its record) elsewhere, whether or not the plan still asks for it; publishing adds the runs
+    finished here to the records."""
     records = load_records(args)
     claim, val, _ = claim_budget(args, seeds, records)
     saturated = saturation(val)
-    plan = list({(r.name, s): (r, s) for r, s in sweep_plan(args, seeds, claim)}.values())
-    records = merge(records, run_records(args, [(r, s) for r, s in plan if finished(args, r, s)]))
-    done = [(r, s, rec) for r, s in plan if (rec := recorded(args, records, r, s))]
+    every = [(budget_row(r, e), s) for e in args.budgets for r in sweep_rows(args) for s in seeds]
+    records = merge(records, run_records(args, [(r, s) for r, s in every if finished(args, r, s)]))
+    done = [(r, s, rec) for r, s in every if (rec := recorded(args, records, r, s))]
     if not done:
         raise UserError(f"no finished run of the Task 1 sweep under {args.runs}/task1 nor in "
                          f"{records_path(args)}; run the same command without --no-train")
@@ -208,9 +209,9 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
     table = table.reset_index().sort_values(["epochs", "row"], key=in_order).set_index(["epochs", "row"])
     gaps = gap_table(df).sort_values(["epochs", "model"], key=in_order)
     title = (f"Task 1 budget sweep on {data_name(args)} test split, {args.backbone} backbone ({machine(args)}: "
-             f"{args.img_size}px, batch {args.batch_size}; seed {seeds[0]} at every budget, seeds "
-             f"{', '.join(map(str, seeds))} at {sorted({min(args.budgets), claim})} epochs for plain_zero, the "
-             f"experts and dwg; 'minutes': training and validation wall minutes from each run's log, "
+             f"{args.img_size}px, batch {args.batch_size}; 'seeds': how many have finished, of seed {seeds[0]} at every"
+             f" budget and seeds {', '.join(map(str, seeds))} at {sorted({min(args.budgets), claim})} epochs for "
+             f"plain_zero, the experts and dwg; 'minutes': training and validation wall minutes from each run's log, "
              f"{args.jobs} run(s) sharing the cores; 'epoch cost': an epoch with its validation against "
              f"plain_zero's, {cost_source(cost)}); {verdict}")
     write_results(table.reset_index().to_dict("records"), args.results, "task1_sweep" + args.tag, title)

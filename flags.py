@@ -181,6 +181,10 @@ def add_task1_flags(p, channels):
                                "full-set prediction, kept by image (no extra pass)")
     channels.add_argument("--full-prob", type=between(0, 1), default=0.0,
                           help="subset augmentation: probability that a batch keeps every channel")
+    channels.add_argument("--single-prob", type=between(0, 1), default=None, metavar="P",
+                          help="subset draws (the subset augmentation, the steps between sandwiches) take one "
+                               "channel with probability P, else equally any larger set (default: every size "
+                               "equally often)")
     channels.add_argument("--train-channels", default=None, type=non_empty,
                           help="train on this fixed combination only, e.g. R")
 
@@ -317,6 +321,7 @@ def resolved(args, config):
 def describe_recipe(args):
     """The channel augmentation and the recipe's options, as the run's banner says them."""
     aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
+    aug += f" (a single channel p={args.single_prob:g})" if args.single_prob is not None else ""
     if args.channel_aug == "sandwich":
         aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
                 if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")

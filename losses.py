@@ -78,7 +78,7 @@ class SandwichLoss:
     """
 
     def __init__(self, base, subsets=2, generator=None, all_singles=False, fraction=1.0, scale=1.0, every=1,
-                 packed=False, start=0, stored=None):
+                 packed=False, start=0, stored=None, single_prob=None):
         if subsets < 1:
             raise ValueError("the sandwich needs at least one reduced combination")
         if not (0 < fraction <= 1 and 0 < scale <= 1 and every >= 1 and start >= 0):
@@ -89,7 +89,7 @@ class SandwichLoss:
                              "side (scale 1)")
         self.base, self.subsets, self.generator, self.all_singles = base, subsets, generator, all_singles
         self.fraction, self.scale, self.every, self.packed, self.start = fraction, scale, every, packed, start
-        self.stored, self.indices = stored, None
+        self.stored, self.indices, self.single_prob = stored, None, single_prob
         self.steps = 0
 
     @property
@@ -170,7 +170,7 @@ class SandwichLoss:
         targets, towards each image's latest full-set prediction where there is one; a full-set
         draw refreshes them. -> ``(loss, logits[, parts])``."""
         full = tuple(names)
-        x, names = sample_subset(x, names, self.generator)
+        x, names = sample_subset(x, names, self.generator, single_prob=self.single_prob)
         (loss, logits), = self.base(forward, x, names, y)
         if self.stored is None:
             return loss, logits

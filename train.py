@@ -165,6 +165,9 @@ def build_criterion(run):
     augmentation, which draws from ``run.chan_gen`` as the sandwich does."""
     args = run.args
     loose = [flag_name(k) for k in ("sandwich_packed", "sandwich_stored", "sandwich_delay") if getattr(args, k)]
+    if args.single_prob is not None and args.channel_aug not in ("subset", "sandwich"):
+        raise UserError(f"--single-prob {args.single_prob:g} changes how subsets are drawn; this run trains with "
+                        f"--channel-aug {args.channel_aug} (add --channel-aug subset or sandwich, or drop it)")
     if loose and args.channel_aug != "sandwich":
         raise UserError(f"{', '.join(loose)} only change the sandwich; this run trains with --channel-aug "
                         f"{args.channel_aug} (add --channel-aug sandwich or drop them)")
@@ -184,11 +187,11 @@ def build_criterion(run):
         run.criterion = DistillationLoss(run.criterion, teacher, args.kd_alpha, args.kd_temperature)
     run.augment = AUGMENTATIONS.get(args.channel_aug)
     if args.channel_aug == "subset":
-        run.augment = functools.partial(run.augment, full_prob=args.full_prob)
+        run.augment = functools.partial(run.augment, full_prob=args.full_prob, single_prob=args.single_prob)
     elif args.channel_aug == "sandwich":
         run.criterion = SandwichLoss(run.criterion, args.sandwich_subsets, run.chan_gen, args.sandwich_all_singles,
                                      args.sandwich_fraction, args.sandwich_scale, args.sandwich_every,
-                                     args.sandwich_packed)
+                                     args.sandwich_packed, single_prob=args.single_prob)
 
 
 

@@ -51,17 +51,24 @@ def shuffle(x, names, generator=None):
     return x[:, perm], tuple(names[i] for i in perm)
 
 
-def sample_subset(x, names, generator=None, full_prob=0.0):
+def sample_subset(x, names, generator=None, full_prob=0.0, single_prob=None):
     """Hierarchical channel sampling (ChannelViT): draw how many channels, then which ones.
 
     Drawing the count first gives every subset size equal weight, so single channels are seen
     as often as full RGB; drawing subsets uniformly would make them rare. With ``full_prob`` a
     batch keeps every channel with that probability before any sampling, to spend more of a
-    short budget on the full input.
+    short budget on the full input. With ``single_prob`` the count is one with that probability
+    and otherwise equally any larger one: the single channels, where a shared model trails the
+    experts most, get a chosen share of the batches instead of 1/V.
     """
     if full_prob and float(torch.rand(1, generator=generator)) < full_prob:
         return x, tuple(names)
-    k = int(torch.randint(1, len(names) + 1, (1,), generator=generator))
+    if single_prob is None or len(names) == 1:
+        k = int(torch.randint(1, len(names) + 1, (1,), generator=generator))
+    elif float(torch.rand(1, generator=generator)) < single_prob:
+        k = 1
+    else:
+        k = int(torch.randint(2, len(names) + 1, (1,), generator=generator))
     keep = sorted(torch.randperm(len(names), generator=generator)[:k].tolist())
     return x[:, keep], tuple(names[i] for i in keep)
 

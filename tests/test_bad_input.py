@@ -196,6 +196,9 @@ def cases(w):
         (["--momentum", "1"], "argument --momentum: must be in [0, 1), got 1"),
         (["--label-smoothing", "1"], "argument --label-smoothing: must be in [0, 1), got 1"),
         (["--full-prob", "1.5"], "argument --full-prob: must be in [0, 1], got 1.5"),
+        (["--single-prob", "-0.1"], "argument --single-prob: must be at least 0, got -0.1"),
+        (["--single-prob", "0.5", "--channel-aug", "shuffle"],
+         "--single-prob 0.5 changes how subsets are drawn; this run trains with --channel-aug shuffle"),
         (["--kd-alpha", "2"], "argument --kd-alpha: must be in [0, 1], got 2"),
         (["--kd-temperature", "0"], "argument --kd-temperature: must be at least 0.001, got 0"),
         (["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
@@ -421,7 +424,7 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 172
+    assert checked == 174
     assert not (world["base"] / "typo").exists()  # a refused --models, --model-opt or page writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
     assert file_hashes(world["base"] / "made") == made  # nor a damaged run it refused to resume

@@ -89,32 +89,41 @@ def test_packed_forward_refuses_shared_batchnorm(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _passes(crit, steps):
+    """The channel names of every forward call of ``steps`` steps of a criterion."""
+    seen = []
+    for _ in range(steps):
+        calls = []
+
+        def forward(x, names, sync=True):
+            calls.append(names)
+            return torch.zeros(sum(map(len, x)) if isinstance(x, list) else len(x), 4, requires_grad=True)
+        for _ in crit(forward, torch.zeros(4, 3, 8, 8), tuple("RGB"), torch.zeros(4, dtype=torch.long)):
+            pass
+        seen.append(calls)
+    return seen
+
+
 def test_delayed_sandwich_trains_the_full_set_alone_first():
     """With ``start`` steps of delay, the first steps make one full-set pass on the labels; then the
     sandwich (every second step here) starts counting from the end of the delay; a resumed
     criterion (``steps`` set) continues the same pattern."""
-    def passes(crit, steps):
-        seen = []
-        for _ in range(steps):
-            calls = []
-
-            def forward(x, names, sync=True):
-                calls.append(names)
-                return torch.zeros(sum(map(len, x)) if isinstance(x, list) else len(x), 4, requires_grad=True)
-            for _ in crit(forward, torch.zeros(4, 3, 8, 8), tuple("RGB"), torch.zeros(4, dtype=torch.long)):
-                pass
-            seen.append(calls)
-        return seen
-
     crit = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=2, packed=True, start=3)
-    seen = passes(crit, 7)
+    seen = _passes(crit, 7)
     assert seen[:3] == [[tuple("RGB")]] * 3
     # packed: one call with the full set and two views of it
     assert [(len(s), len(s[0]), s[0][0]) for s in seen[3::2]] == [(1, 3, tuple("RGB"))] * 2
     assert all(len(s) == 1 and isinstance(s[0], tuple) and isinstance(s[0][0], str) for s in seen[4::2])
     resumed = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=2, packed=True, start=3)
     resumed.steps = 3
-    assert len(passes(resumed, 1)[0][0]) == 3
+    assert len(_passes(resumed, 1)[0][0]) == 3
+
+
+def test_steps_between_sandwiches_draw_singles_at_the_chosen_rate():
+    crit = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=3, single_prob=1.0)
+    seen = _passes(crit, 9)
+    assert [len(s) for s in seen[::3]] == [3] * 3  # the sandwiches stay as they were
+    assert all(len(s) == 1 and len(s[0]) == 1 for i, s in enumerate(seen) if i % 3)
 
 
 def test_packed_sandwich_refuses_a_smaller_side():

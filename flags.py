@@ -22,7 +22,7 @@ SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "
 BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every": 1, "opt": "sgd", "sched": "cosine",
                "model_opt": [], "ema": None, "mixup": 0.0, "cutmix": 0.0, "accum_steps": 1,
                "val_every": 1, "sandwich_packed": False, "sandwich_delay": 0.0,
-               "sandwich_stored": False}
+               "sandwich_stored": False, "single_prob": None}
 
 # The flags several scripts share, each defined here once: one name, meaning and help everywhere.
 def add_data_root(p, fallback="."):

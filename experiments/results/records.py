@@ -10,6 +10,7 @@ this command's; a record of other settings stays in the file and is never mixed 
 import json
 import os
 
+from flags import BEFORE_FLAG
 from utils.errors import UserError
 from utils.report import write_text
 from utils.validate import check, read_rows
@@ -54,6 +55,13 @@ def _checked(path, i, record):
     return record
 
 
+def _spelled_today(made):
+    """A record written before a recipe flag existed trained with the value runs had before it
+    (``BEFORE_FLAG``): said so, a new flag leaves the records of earlier runs usable."""
+    older = {k: v for k, v in BEFORE_FLAG.items() if k not in NO_EFFECT and k not in made["recipe"]}
+    return json.loads(json.dumps({**made, "recipe": {**older, **made["recipe"]}}, sort_keys=True, default=str))
+
+
 def _key(record):
     """A record's identity: its run, seed and making (records of one run made otherwise coexist)."""
     return record["run"], record["seed"], json.dumps(record["made"], sort_keys=True)
@@ -65,7 +73,8 @@ def load_records(args):
     path = records_path(args)
     if not os.path.exists(path):
         return []
-    records, seen = [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))], {}
+    records = [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))]
+    records, seen = [{**r, "made": _spelled_today(r["made"])} for r in records], {}
     for i, r in enumerate(records):
         key = _key(r)
         if key in seen:

@@ -59,7 +59,7 @@ def _spelled_today(made):
     """A record written before a recipe flag existed trained with the value runs had before it
     (``BEFORE_FLAG``): said so, a new flag leaves the records of earlier runs usable."""
     older = {k: v for k, v in BEFORE_FLAG.items() if k not in NO_EFFECT and k not in made["recipe"]}
-    return json.loads(json.dumps({**made, "recipe": {**older, **made["recipe"]}}, sort_keys=True, default=str))
+    return {**made, "recipe": {**older, **made["recipe"]}}
 
 
 def _key(record):
@@ -74,7 +74,8 @@ def load_records(args):
     if not os.path.exists(path):
         return []
     records = [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))]
-    records, seen = [{**r, "made": _spelled_today(r["made"])} for r in records], {}
+    records = [{**r, "made": _spelled_today(r["made"])} for r in records]
+    seen = {}
     for i, r in enumerate(records):
         key = _key(r)
         if key in seen:

@@ -78,7 +78,7 @@ class SandwichLoss:
     """
 
     def __init__(self, base, subsets=2, generator=None, all_singles=False, fraction=1.0, scale=1.0, every=1,
-                 packed=False, start=0, stored=None, single_prob=None):
+                 packed=False, start=0, stored=None):
         if subsets < 1:
             raise ValueError("the sandwich needs at least one reduced combination")
         if not (0 < fraction <= 1 and 0 < scale <= 1 and every >= 1 and start >= 0):
@@ -89,7 +89,8 @@ class SandwichLoss:
                              "side (scale 1)")
         self.base, self.subsets, self.generator, self.all_singles = base, subsets, generator, all_singles
         self.fraction, self.scale, self.every, self.packed, self.start = fraction, scale, every, packed, start
-        self.stored, self.indices, self.single_prob = stored, None, single_prob
+        self.stored, self.indices = stored, None
+        self.single_prob = None  # the steps between sandwiches draw as sample_subset's single_prob says
         self.steps = 0
 
     @property

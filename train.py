@@ -191,7 +191,8 @@ def build_criterion(run):
     elif args.channel_aug == "sandwich":
         run.criterion = SandwichLoss(run.criterion, args.sandwich_subsets, run.chan_gen, args.sandwich_all_singles,
                                      args.sandwich_fraction, args.sandwich_scale, args.sandwich_every,
-                                     args.sandwich_packed, single_prob=args.single_prob)
+                                     args.sandwich_packed)
+        run.criterion.single_prob = args.single_prob
 
 
 

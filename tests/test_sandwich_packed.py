@@ -120,7 +120,8 @@ def test_delayed_sandwich_trains_the_full_set_alone_first():
 
 
 def test_steps_between_sandwiches_draw_singles_at_the_chosen_rate():
-    crit = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=3, single_prob=1.0)
+    crit = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=3)
+    crit.single_prob = 1.0
     seen = _passes(crit, 9)
     assert [len(s) for s in seen[::3]] == [3] * 3  # the sandwiches stay as they were
     assert all(len(s) == 1 and len(s[0]) == 1 for i, s in enumerate(seen) if i % 3)

@@ -58,8 +58,11 @@ def _checked(path, i, record):
 def _spelled_today(made):
     """A record written before a recipe flag existed trained with the value runs had before it
     (``BEFORE_FLAG``): said so, a new flag leaves the records of earlier runs usable."""
-    older = {k: v for k, v in BEFORE_FLAG.items() if k not in NO_EFFECT and k not in made["recipe"]}
-    return {**made, "recipe": {**older, **made["recipe"]}}
+    recipe = made.get("recipe")
+    if not isinstance(recipe, dict):  # a hand-made record without a recipe matches no run either way
+        return made
+    older = {k: v for k, v in BEFORE_FLAG.items() if k not in NO_EFFECT and k not in recipe}
+    return {**made, "recipe": {**older, **recipe}}
 
 
 def _key(record):

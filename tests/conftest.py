@@ -7,6 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Under pytest-xdist the workers share the cores: each (and every script it runs) gets its share,
+# since oversubscribed OpenMP threads spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

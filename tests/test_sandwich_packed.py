@@ -195,6 +195,7 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     records (a run not trained twice, nor one made otherwise mixed in, every finished one shown)."""
     import json
     import shutil
+    import statistics
 
     from experiments import results
     from tests.conftest import make_list_root
@@ -226,6 +227,12 @@ def test_task1_sweep_end_to_end_at_toy_size(tmp_path, capsys):
     assert dwg1["seeds"] == 2
     assert dwg1["RGB"] == pytest.approx(100 * (got[(1, "dwg")]["RGB"] - got[(1, "plain_zero")]["RGB"]), abs=1e-6)
     assert dwg1["R"] == pytest.approx(100 * (got[(1, "dwg")]["R"] - got[(1, "single-channel expert")]["R"]), abs=1e-6)
+    # the spread is over the per-seed differences: seed s of dwg against seed s of plain_zero
+    acc_of = {(r["run"], r["seed"]): r["accuracy"] for r in
+              json.loads((tmp_path / "results" / "task1_sweep_runs.json").read_text())}
+    diffs = [100 * (acc_of[("dwg-e1", s)]["RGB"] - acc_of[("plain_zero-e1", s)]["RGB"]) for s in (0, 1)]
+    assert dwg1["RGB sd"] == pytest.approx(statistics.stdev(diffs), abs=1e-6)
+    assert next(g for g in gaps if g["model"] == "sandwich-full")["RGB sd"] is None  # one seed: no spread
     assert (tmp_path / "figs" / "task1_sweep.png").exists()
     text = readme.read_text()
     assert "STALE" not in text and "Task 1 budget sweep on data test split" in text and "Gap to the specialist" in text

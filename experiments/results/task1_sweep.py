@@ -216,28 +216,31 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
              f"plain_zero's, {cost_source(cost)}); {verdict}")
     write_results(table.reset_index().to_dict("records"), args.results, "task1_sweep" + args.tag, title)
     write_results(gaps.to_dict("records"), args.results, "task1_sweep_gaps" + args.tag,
-                  title + "; gap in points to the specialist (mean over the seeds both rows have)")
+                  title + "; gap in points to the specialist (mean and standard deviation of the per-seed "
+                  "differences over the seeds both rows have)")
     shown = table.copy().astype(object)
     for (e, r), values in table.iterrows():
         for c in combos:
             m, sd = values[c], std.loc[(e, r), c]
             shown.loc[(e, r), c] = "" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}")
     text = markdown(shown.reset_index().astype({"epochs": str}))
-    gap_text = markdown(gaps.astype({"epochs": str}), floatfmt=".1f")
+    gap_text = gap_markdown(gaps)
     gap_figure(args, gaps, title)
     paste(args, "task1-sweep" + args.tag, f"{title}; test accuracy, mean ± sample standard deviation where "
           f"a row has several seeds\n\n{text}\n\nGap to the specialist in points (plain_zero on RGB, each "
-          f"expert on its channel; positive: the candidate is ahead):\n\n{gap_text}")
+          f"expert on its channel; positive: the candidate is ahead; mean ± standard deviation over the seeds both "
+          f"rows have):\n\n{gap_text}")
     if not args.tag:  # the front page shows the gaps at every budget
         paste(args, "task1-sweep-headline", f"{title}; gap in points to the specialist (plain_zero on RGB, each "
-              f"expert on its channel; positive: ahead), mean over the seeds both rows have "
+              f"expert on its channel; positive: ahead), mean ± standard deviation over the seeds both rows have "
               f"([accuracies, costs and figure](docs/task1.md#the-budget-sweep))\n\n{gap_text}")
     print(f"{title}\n\n{text}\n\n{gap_text}")
 
 
 def gap_table(df):
     """Each candidate's gap in points to plain_zero on RGB and to each expert on its channel, per
-    budget: the means over the seeds both rows have, with their count."""
+    budget: the mean and sample standard deviation of the per-seed differences over the seeds both
+    rows have (the candidate's run of a seed against the specialist's run of the same seed), with their count."""
     acc = df.set_index(["epochs", "row", "combo", "seed"])["accuracy"].sort_index()
     rows = []
     for (e, cand), _ in df.groupby(["epochs", "row"], sort=False):
@@ -248,10 +251,23 @@ def gap_table(df):
             mine = acc.get((e, cand, combo), pd.Series(dtype=float))
             theirs = acc.get((e, rival, combo), pd.Series(dtype=float))
             both = mine.index.intersection(theirs.index)
-            row[combo] = 100 * (mine[both].mean() - theirs[both].mean()) if len(both) else float("nan")
+            diff = 100 * (mine[both] - theirs[both])
+            row[combo] = diff.mean() if len(both) else float("nan")
+            row[f"{combo} sd"] = diff.std() if len(both) > 1 else float("nan")
             counts.append(len(both))
         rows.append({**row, "seeds": min([c for c in counts if c] or [0])})
-    return pd.DataFrame(rows, columns=["epochs", "model", "RGB", *SINGLE, "seeds"])
+    return pd.DataFrame(rows, columns=["epochs", "model", *[f"{c}{sd}" for c in ["RGB", *SINGLE] for sd in ("", " sd")],
+                                       "seeds"])
+
+
+def gap_markdown(gaps):
+    """The gaps as 'mean ± sd' (the mean alone from one seed)."""
+    shown = gaps[["epochs", "model"]].astype({"epochs": str})
+    for combo in ["RGB", *SINGLE]:
+        shown[combo] = [("" if pd.isna(m) else f"{m:+.1f}") + ("" if pd.isna(sd) else f" ± {sd:.1f}")
+                        for m, sd in zip(gaps[combo], gaps[f"{combo} sd"])]
+    shown["seeds"] = gaps["seeds"]
+    return markdown(shown)
 
 
 def gap_figure(args, gaps, title):
@@ -267,7 +283,7 @@ def gap_figure(args, gaps, title):
     for ax, model in zip(axes.flat, models):
         g = gaps[gaps.model == model].sort_values("epochs")
         for combo in ["RGB", *SINGLE]:
-            ax.plot(g["epochs"], g[combo], marker="o", label=combo)
+            ax.errorbar(g["epochs"], g[combo], yerr=g[f"{combo} sd"], marker="o", capsize=3, label=combo)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(g["epochs"], [str(e) for e in g["epochs"]])
@@ -276,7 +292,7 @@ def gap_figure(args, gaps, title):
         ax.set_xlabel("epochs")
         ax.grid(alpha=0.3)
     for row in axes:
-        row[0].set_ylabel("points ahead of the specialist")
+        row[0].set_ylabel("points ahead of the specialist\n(bars: sd over seeds)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Task 1 sweep ({data_name(args)}, {args.img_size}px, {machine(args)})", fontsize=8)
     save_figure(os.path.join(args.figs, f"task1_sweep{args.tag}.png"))

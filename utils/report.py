@@ -26,6 +26,13 @@ def markdown(df, floatfmt=".4f"):
     return _nulls(df).to_markdown(index=False, floatfmt=floatfmt, missingval="–")
 
 
+def plus_minus(mean, sd, spec=".3f"):
+    """'mean ± sd' for a table cell: the mean alone without a spread, empty without a mean."""
+    if pd.isna(mean):
+        return ""
+    return f"{mean:{spec}}" + ("" if pd.isna(sd) else f" ± {sd:{spec.lstrip('+')}}")
+
+
 def write_results(rows, out_dir, stem="results", title=None):
     """Write ``rows`` (a list of dicts; NaN written as JSON null) as ``stem``.json/.csv/.md;
     returns the DataFrame."""

@@ -14,7 +14,7 @@ import os
 import pandas as pd
 
 from utils.errors import UserError
-from utils.report import markdown, plt, save_figure, write_results
+from utils.report import markdown, plt, plus_minus, save_figure, write_results
 from utils.validate import read_rows
 
 from .jobs import evaluate_rows, finished
@@ -24,6 +24,7 @@ from .tables import data_name, machine, paste, run_log, wall_minutes
 from .task2 import saturation
 
 EXPERT = "single-channel expert"
+GAP_COMBOS = ["RGB", *SINGLE]  # RGB against plain_zero, each single channel against its expert
 
 
 def budget_row(row, epochs):
@@ -221,8 +222,7 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
     shown = table.copy().astype(object)
     for (e, r), values in table.iterrows():
         for c in combos:
-            m, sd = values[c], std.loc[(e, r), c]
-            shown.loc[(e, r), c] = "" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}")
+            shown.loc[(e, r), c] = plus_minus(values[c], std.loc[(e, r), c])
     text = markdown(shown.reset_index().astype({"epochs": str}))
     gap_text = gap_markdown(gaps)
     gap_figure(args, gaps, title)
@@ -247,7 +247,8 @@ def gap_table(df):
         if cand in ("plain_zero", EXPERT):
             continue
         row, counts = {"epochs": e, "model": cand}, []
-        for combo, rival in [("RGB", "plain_zero"), *[(c, EXPERT) for c in SINGLE]]:
+        for combo in GAP_COMBOS:
+            rival = "plain_zero" if combo == "RGB" else EXPERT
             mine = acc.get((e, cand, combo), pd.Series(dtype=float))
             theirs = acc.get((e, rival, combo), pd.Series(dtype=float))
             both = mine.index.intersection(theirs.index)
@@ -256,16 +257,15 @@ def gap_table(df):
             row[f"{combo} sd"] = diff.std() if len(both) > 1 else float("nan")
             counts.append(len(both))
         rows.append({**row, "seeds": min([c for c in counts if c] or [0])})
-    return pd.DataFrame(rows, columns=["epochs", "model", *[f"{c}{sd}" for c in ["RGB", *SINGLE] for sd in ("", " sd")],
+    return pd.DataFrame(rows, columns=["epochs", "model", *[f"{c}{sd}" for c in GAP_COMBOS for sd in ("", " sd")],
                                        "seeds"])
 
 
 def gap_markdown(gaps):
     """The gaps as 'mean ± sd' (the mean alone from one seed)."""
     shown = gaps[["epochs", "model"]].astype({"epochs": str})
-    for combo in ["RGB", *SINGLE]:
-        shown[combo] = [("" if pd.isna(m) else f"{m:+.1f}") + ("" if pd.isna(sd) else f" ± {sd:.1f}")
-                        for m, sd in zip(gaps[combo], gaps[f"{combo} sd"])]
+    for combo in GAP_COMBOS:
+        shown[combo] = [plus_minus(m, sd, "+.1f") for m, sd in zip(gaps[combo], gaps[f"{combo} sd"])]
     shown["seeds"] = gaps["seeds"]
     return markdown(shown)
 
@@ -282,7 +282,7 @@ def gap_figure(args, gaps, title):
         ax.set_visible(False)
     for ax, model in zip(axes.flat, models):
         g = gaps[gaps.model == model].sort_values("epochs")
-        for combo in ["RGB", *SINGLE]:
+        for combo in GAP_COMBOS:
             ax.errorbar(g["epochs"], g[combo], yerr=g[f"{combo} sd"], marker="o", capsize=3, label=combo)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from flags import BEFORE_FLAG
 from utils.checkpoint import load_checkpoint
-from utils.report import heatmap, markdown, write_results
+from utils.report import heatmap, markdown, plus_minus, write_results
 from utils.validate import read_rows
 
 from .jobs import task1_rows
@@ -173,7 +173,7 @@ def comparison_table(main, args, cost):
     for row in means.index:
         for combo in combos:
             m, sd, n = means.loc[row, combo], stds.loc[row, combo], counts.loc[row, combo]
-            shown.loc[row, combo] = "" if pd.isna(m) else f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
+            shown.loc[row, combo] = plus_minus(m, sd if n > 1 else None)
     distinct = means[[c for c in DISTINCT if c in combos]]
     means["mean"] = distinct.mean(axis=1, skipna=False)
     means["worst"] = distinct.min(axis=1, skipna=False)

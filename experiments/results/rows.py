@@ -121,13 +121,15 @@ SWEEP_VAL = ["--val-every", "6"]
 # then a fifth of the batch per set; stored targets, dwg's default whose steps between sandwiches
 # also distil from each image's stored full-set prediction (no extra pass); singles, dwg's default
 # whose steps between sandwiches draw a single channel half the time instead of a third; lean, the
-# same with a sandwich every sixth step, the one recipe here that aims under 1.2x per epoch.
+# same with a sandwich every sixth step, the one recipe here that aims under 1.2x per epoch; singles-affine,
+# dwg-singles whose channel sets also keep their own BatchNorm scale and shift.
 SWEEP_RECIPES = {
     "dwg-packed": ["--sandwich-packed", *sandwich(fraction=0.1)],
     "dwg-packed-delayed": ["--sandwich-packed", "--sandwich-delay", "0.5", *sandwich(fraction=0.2)],
     "dwg-stored": ["--sandwich-stored", *sandwich(fraction=0.25, every=3)],
     "dwg-singles": ["--single-prob", "0.5", *sandwich(fraction=0.25, every=3)],
     "dwg-lean": ["--single-prob", "0.5", *sandwich(fraction=0.25, every=6)],
+    "dwg-singles-affine": ["--single-prob", "0.5", "--combo-affine", *sandwich(fraction=0.25, every=3)],
 }
 SWEEP_ROWS = [Row("plain_zero", "plain_zero", ["--val-combos", "RGB"]),
               *[Row(f"plain_zero-{c}only", "plain_zero", ["--train-channels", c, "--val-combos", c], channel=c)

@@ -309,3 +309,14 @@ def test_stored_targets_survive_a_kill_and_resume_exactly(tmp_path):
     for k, v in expected["state_dict"].items():
         assert torch.equal(final["state_dict"][k], v), k
     assert torch.equal(final["stored_targets"]["probs"], expected["stored_targets"]["probs"])
+
+
+def test_task1_sweep_trains_every_seed_of_the_recipes_level_with_the_specialists():
+    """The recipes the claims rest on (dwg-singles, dwg-lean) train every seed at the shortest and
+    the saturated budget, as dwg does; the other recipes only the first seed."""
+    import argparse
+
+    from experiments.results.task1_sweep import sweep_plan
+    args = argparse.Namespace(models="dwg,dwg-singles,dwg-lean,dwg-singles-affine", budgets=[48, 96, 192])
+    later = {(row.name, seed) for row, seed in sweep_plan(args, [0, 1, 2], 96) if seed}
+    assert later == {(f"{r}-e{e}", s) for r in ("dwg", "dwg-singles", "dwg-lean") for e in (48, 96) for s in (1, 2)}

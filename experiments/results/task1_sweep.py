@@ -209,11 +209,13 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
         return column.map(lambda v: order.index(v) if v in order else v)
     table = table.reset_index().sort_values(["epochs", "row"], key=in_order).set_index(["epochs", "row"])
     gaps = gap_table(df).sort_values(["epochs", "model"], key=in_order)
+    seeded = ["plain_zero", "the experts",
+              *[r.name for r in sweep_rows(args) if r.every_seed and r.channel is None and r.name != "plain_zero"]]
     title = (f"Task 1 budget sweep on {data_name(args)} test split, {args.backbone} backbone ({machine(args)}: "
              f"{args.img_size}px, batch {args.batch_size}; 'seeds': how many have finished, of seed {seeds[0]} at every"
              f" budget and seeds {', '.join(map(str, seeds))} at {sorted({min(args.budgets), claim})} epochs for "
-             f"plain_zero, the experts and dwg; 'minutes': training and validation wall minutes from each run's log, "
-             f"{args.jobs} run(s) sharing the cores; 'epoch cost': an epoch with its validation against "
+             f"{', '.join(seeded[:-1])} and {seeded[-1]}; 'minutes': training and validation wall minutes from each "
+             f"run's log, {args.jobs} run(s) sharing the cores; 'epoch cost': an epoch with its validation against "
              f"plain_zero's, {cost_source(cost)}); {verdict}")
     write_results(table.reset_index().to_dict("records"), args.results, "task1_sweep" + args.tag, title)
     write_results(gaps.to_dict("records"), args.results, "task1_sweep_gaps" + args.tag,

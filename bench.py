@@ -66,6 +66,8 @@ def parse_args(argv):
     p.add_argument("--epoch-img-size", type=img_side, default=64, help="epoch part: image size")
     p.add_argument("--epoch-limit", type=at_least(1), default=None, help="epoch part: images per split (default all)")
     p.add_argument("--repeats", type=at_least(1), default=3, help="epoch part: runs of each model, alternated")
+    p.add_argument("--epoch-models", type=choice_list(list(EPOCH_RECIPES)), default=list(EPOCH_RECIPES),
+                   help="epoch part: the recipes timed, plain_zero always among them (default: all)")
     p.add_argument("--min-time", type=at_least(0.0, float), default=0.5, help="seconds of timed runs per measurement")
     p.add_argument("--out", default=None, help="default runs/bench, or results/bench with --update-docs")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -306,11 +308,12 @@ def bench_epoch(args):
               *(["--limit", str(args.epoch_limit)] if args.epoch_limit else [])]
     if args.quick:
         common += ["--limit", "64", "--batch-size", "16"]
-    seconds = {name: [] for name in EPOCH_RECIPES}
+    timed = {name: EPOCH_RECIPES[name] for name in dict.fromkeys(["plain_zero", *args.epoch_models])}
+    seconds = {name: [] for name in timed}
     recipe = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
-            for name, flags in EPOCH_RECIPES.items():
+            for name, flags in timed.items():
                 out = os.path.join(tmp, name)
                 subprocess.run([sys.executable, "train_dw.py", *flags, *common, "--out", out], check=True,
                                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
@@ -320,7 +323,7 @@ def bench_epoch(args):
                 with open(os.path.join(out, "config.json")) as f:
                     config = json.load(f)
                 recipe[name] = {k: config[k] for k in config
-                                if k.startswith("sandwich_") or k in ("channel_aug", "val_every")}
+                                if k.startswith("sandwich_") or k in ("channel_aug", "single_prob", "val_every")}
                 images = config["limit"]
     median = {name: np.median(np.array(v), axis=0) for name, v in seconds.items()}
     sweep_val = int(SWEEP_VAL[1])
@@ -330,7 +333,7 @@ def bench_epoch(args):
              "epoch_seconds": median[name][1], "ratio_to_plain": median[name][0] / median["plain_zero"][0],
              "epoch_ratio_to_plain": median[name][1] / median["plain_zero"][1],
              "val_every_epoch_ratio": amortized(median[name], sweep_val if name != "plain_zero" else 1)
-             / median["plain_zero"][1]} for name in EPOCH_RECIPES]
+             / median["plain_zero"][1]} for name in timed]
 
 
 def other_settings(path, rows):

@@ -13,6 +13,11 @@ from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.errors import MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Parser, UserError, at_least, between, img_side, non_empty
 from utils.run_folder import run_folder_of
 
+# The share of subset draws that take a single channel, for the models that draw subsets by
+# default: the budget sweep's choice at the budget where plain_zero saturates (docs/task1.md).
+# A model left out draws every subset size equally often.
+SINGLE_PROB = {"dwg": 0.5}
+
 # Where and how a run goes may change when it is resumed; everything else is its recipe.
 SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "log_every", "tensorboard",
                   "compile", "deterministic")
@@ -181,12 +186,24 @@ def add_task1_flags(p, channels):
                                "full-set prediction, kept by image (no extra pass)")
     channels.add_argument("--full-prob", type=between(0, 1), default=0.0,
                           help="subset augmentation: probability that a batch keeps every channel")
-    channels.add_argument("--single-prob", type=between(0, 1), default=None, metavar="P",
+    by_model = ", ".join(f"{p:g} for {m}" for m, p in SINGLE_PROB.items())
+    channels.add_argument("--single-prob", type=single_prob, default=None, metavar="P",
                           help="subset draws (the subset augmentation, the steps between sandwiches) take one "
-                               "channel with probability P, else equally any larger set (default: every size "
-                               "equally often)")
+                               "channel with probability P, else equally any larger set; 'equal': every size "
+                               f"equally often (default: {by_model}, equal for the others)")
     channels.add_argument("--train-channels", default=None, type=non_empty,
                           help="train on this fixed combination only, e.g. R")
+
+
+def single_prob(text):
+    """``--single-prob``: a probability, or 'equal' (None: every subset size equally often)."""
+    if text.strip().lower() == "equal":
+        return None
+    try:
+        float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or 'equal', got {text!r}") from None
+    return between(0, 1)(text)
 
 
 def model_option(text):
@@ -229,6 +246,8 @@ def resolve_args(args, given, parser, default_model):
         args.lr = args.lr if args.lr is not None else DEFAULT_LR[args.opt]
         if args.train_channels and "val_combos" not in given:  # a model that sees only R is judged on R
             args.val_combos = args.train_channels
+        if "single_prob" not in given and args.channel_aug in (None, "subset", "sandwich"):
+            args.single_prob = SINGLE_PROB.get(args.model)
         return args, None
     resume = load_checkpoint(args.resume)
     if resume["model"] in models.list_models() and models.registry.model_task(resume["model"]) != task:

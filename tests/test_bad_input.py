@@ -197,6 +197,7 @@ def cases(w):
         (["--label-smoothing", "1"], "argument --label-smoothing: must be in [0, 1), got 1"),
         (["--full-prob", "1.5"], "argument --full-prob: must be in [0, 1], got 1.5"),
         (["--single-prob", "-0.1"], "argument --single-prob: must be at least 0, got -0.1"),
+        (["--single-prob", "often"], "argument --single-prob: expected a probability or 'equal', got 'often'"),
         (["--single-prob", "0.5", "--channel-aug", "shuffle"],
          "--single-prob 0.5 changes how subsets are drawn; this run trains with --channel-aug shuffle"),
         (["--kd-alpha", "2"], "argument --kd-alpha: must be in [0, 1], got 2"),
@@ -286,6 +287,7 @@ def cases(w):
         ("bench", ["--batch-sizes", "1,,2"], "expected comma-separated integers"),
         ("bench", ["--img-sizes", "0"], "must be at least 8"),
         ("bench", ["--device", "tpu"], "invalid choice: 'tpu'"),
+        ("bench", ["--epoch-models", "dwg,dwg-fast"], "argument --epoch-models: dwg-fast: choose from plain_zero"),
         ("gpu_check", ["--steps", "0"], "argument --steps: must be at least 1"),
         ("gpu_check", ["--limit", "0"], "argument --limit: must be at least 1"),
         ("results", ["--seeds", "a"], "argument --seeds: expected an integer, got 'a'"),
@@ -424,7 +426,7 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 174
+    assert checked == 176
     assert not (world["base"] / "typo").exists()  # a refused --models, --model-opt or page writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
     assert file_hashes(world["base"] / "made") == made  # nor a damaged run it refused to resume

@@ -27,16 +27,19 @@ def test_a_cut_bench_json_is_replaced_and_missing_pages_are_one_line(tmp_path, c
         update_doc("complexity", "a table", str(tmp_path / "no-docs" / "speed.md"))  # --update-docs without the pages
 
 
-def test_quick_epoch_part_times_every_sweep_recipe(tmp_path):
-    """One epoch of plain_zero, dwg and each recipe of the Task 1 sweep, with the cost of an epoch
-    that validates once every --val-every epochs beside the cost with validation every epoch."""
+def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
+    """One epoch of plain_zero and of each recipe asked for (by default dwg and every recipe of the
+    Task 1 sweep), with the cost of an epoch that validates once every --val-every epochs beside
+    the cost with validation every epoch, and the recipe each row timed."""
     from experiments.results.rows import SWEEP_RECIPES
+    assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", "dwg", *SWEEP_RECIPES]
     assert bench.main(["--quick", "--parts", "epoch", "--repeats", "1", "--data-root", "synthetic", "--threads", "1",
-                       "--out", str(tmp_path)]) == 0
+                       "--epoch-models", "dwg,dwg-stored,dwg-packed", "--out", str(tmp_path)]) == 0
     rows = {r["model"]: r for r in json.loads((tmp_path / "epoch.json").read_text())}
-    assert set(rows) == {"plain_zero", "dwg", *SWEEP_RECIPES}
+    assert list(rows) == ["plain_zero", "dwg", "dwg-stored", "dwg-packed"]
     assert rows["plain_zero"]["val_every_epoch_ratio"] == pytest.approx(1.0)
     assert rows["dwg-stored"]["sandwich_stored"] and rows["dwg-packed"]["sandwich_packed"]
+    assert rows["dwg"]["single_prob"] == 0.5 and rows["dwg-packed"]["single_prob"] is None
     for r in rows.values():
         assert r["ratio_to_plain"] > 0 and r["val_every_epoch_ratio"] <= r["epoch_ratio_to_plain"] + 1e-9
     # another setting's measurement stays beside this one; the same setting's is replaced
@@ -57,7 +60,7 @@ def test_quick_model_part_times_every_model_as_trained(tmp_path):
     assert bench.main(["--quick", "--parts", "model", "--threads", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "model.json").read_text())
     assert {r["model"] for r in rows} == set(models.list_models())
-    full = "dwg --sandwich-fraction 1 --sandwich-scale 1 --sandwich-every 1"
+    full = "dwg --sandwich-fraction 1 --sandwich-scale 1 --sandwich-every 1 --single-prob equal"
     assert {("dwg", "small"), (full, "small"), (full, "resnet18"), ("plain_zero --train-channels R", "small"),
             ("resnet34", "-"), ("shallow --teacher resnet34", "-"), ("rrdb", "-")} <= {(r["step"], r["backbone"])
                                                                                     for r in rows}

@@ -320,3 +320,22 @@ def test_task1_sweep_trains_every_seed_of_the_recipes_level_with_the_specialists
     args = argparse.Namespace(models="dwg,dwg-singles,dwg-lean,dwg-singles-affine", budgets=[48, 96, 192])
     later = {(row.name, seed) for row, seed in sweep_plan(args, [0, 1, 2], 96) if seed}
     assert later == {(f"{r}-e{e}", s) for r in ("dwg", "dwg-singles", "dwg-lean") for e in (48, 96) for s in (1, 2)}
+
+
+def test_a_bench_epoch_counts_only_for_the_subset_draws_it_timed(tmp_path):
+    """The sweep's dwg row keeps the earlier draws ('equal') while dwg's default moved to a single
+    channel half the time: a bench epoch of today's dwg is not that row's cost, nor the other way."""
+    import argparse
+    import json
+
+    from experiments.results.task1_sweep import bench_costs
+    args = argparse.Namespace(bench=str(tmp_path), data_root="synthetic", img_size=32, batch_size=64)
+    timed = {"data": "synthetic shapes", "img_size": 32, "batch": 64, "sandwich_fraction": 0.25,
+             "sandwich_every": 3, "val_every_epoch_ratio": 1.1}
+    rows = [{**timed, "model": "dwg", "single_prob": 0.5}, {**timed, "model": "dwg-singles", "single_prob": 0.5},
+            {**timed, "model": "dwg-lean", "single_prob": 0.5}]
+    (tmp_path / "epoch.json").write_text(json.dumps(rows))
+    assert bench_costs(args) == {"dwg-singles": 1.1}  # dwg-lean's sandwich is every sixth step, not third
+    older = [{k: v for k, v in r.items() if k != "single_prob"} for r in rows[:2]]  # timed before it was recorded
+    (tmp_path / "epoch.json").write_text(json.dumps(older))
+    assert bench_costs(args) == {"dwg": 1.1, "dwg-singles": 1.1}

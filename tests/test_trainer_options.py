@@ -257,3 +257,28 @@ def test_a_run_with_accumulation_counts_its_schedule_in_optimizer_steps(tmp_path
     assert "2 micro-batches of 8 a step" in capsys.readouterr().out
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["scheduler"]["last_epoch"] == 2 * 3  # 48 images: 3 steps of 2 x 8 an epoch
+
+
+def test_dwg_draws_a_single_channel_half_the_time_unless_told_equal(tmp_path, capsys):
+    """The budget sweep's choice is dwg's default; 'equal' keeps the earlier draws, a resumed run
+    keeps its own, and a run trained with the other is never reused for a table."""
+    import train_dw
+    from experiments.results.jobs import check_same_recipe
+    from experiments.results.rows import trained_recipe
+    from utils.errors import UserError
+    assert trained_recipe("train_dw.py", [])["single_prob"] == 0.5
+    assert trained_recipe("train_dw.py", ["--channel-aug", "subset"])["single_prob"] == 0.5
+    for flags in (["--single-prob", "equal"], ["--model", "plain_zero"], ["--channel-aug", "shuffle"]):
+        assert trained_recipe("train_dw.py", flags)["single_prob"] is None, flags
+    tiny = [*TINY, "--backbone", "small", "--val-combos", "RGB,R"]
+    assert train_dw.main([*tiny, "--out", str(tmp_path / "new")]) == 0
+    assert train_dw.main([*tiny, "--single-prob", "equal", "--out", str(tmp_path / "equal")]) == 0
+    assert train_dw.main([*tiny, "--channel-aug", "shuffle", "--out", str(tmp_path / "shuffle")]) == 0
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["single_prob"] == 0.5
+    assert "a single channel p=0.5" in capsys.readouterr().out
+    assert train_dw.main(["--resume", str(tmp_path / "equal" / "last.pt"), "--epochs", "2"]) == 0
+    assert json.loads((tmp_path / "equal" / "config.json").read_text())["single_prob"] is None
+    equal = {**torch.load(tmp_path / "equal" / "last.pt", weights_only=False), "path": "equal/last.pt"}
+    with pytest.raises(UserError, match="equal/last.pt was trained with --single-prob None, not 0.5"):
+        check_same_recipe(equal, "train_dw.py", [*tiny, "--epochs", "2"])
+    check_same_recipe(equal, "train_dw.py", [*tiny, "--epochs", "2", "--single-prob", "equal"])

@@ -1,7 +1,6 @@
 """Running the jobs: training runs (resumed or reused when finished) and evaluations (reused when
 newer than their checkpoints), several at once."""
 import functools
-import importlib
 import os
 import signal
 import subprocess
@@ -12,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from flags import BEFORE_FLAG, build_parser, given_flags, resolve_args
+from flags import BEFORE_FLAG
 from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.errors import UserError
 from utils.validate import file_field, read_rows
 
-from .rows import SIZE_ROWS, SIZES, row_combos, row_runs, run_dir, trained_dir
+from .rows import SIZE_ROWS, SIZES, row_combos, row_runs, run_dir, trained_dir, trained_recipe
 
 
 class Children:
@@ -187,14 +186,6 @@ def limit_flags(args):
 NO_EFFECT = {"workers", "device", "log_every", "tensorboard", "out", "resume", "overwrite", "init_from"}
 # Left to the model when not given (train.build_model fills them in from its defaults).
 MODEL_DEFAULTS = {"channel_aug", "stem_base", "combo_bn", "combo_affine"}
-
-
-def trained_recipe(script, flags):
-    """Every flag of a run that ``script`` trains with ``flags``, filled in as train.py fills it."""
-    defaults = importlib.import_module(script.removesuffix(".py")).DEFAULTS
-    parser = build_parser("", **defaults)
-    args, _ = resolve_args(parser.parse_args(flags), given_flags(parser, flags), parser, defaults["default_model"])
-    return vars(args)
 
 
 def check_same_recipe(ckpt, script, flags):

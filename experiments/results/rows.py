@@ -1,10 +1,11 @@
 """What the tables train: the rows of each table, their flags, where their runs live, and the
 training runs (``Run``) they come to."""
+import argparse
 import importlib
 import os
 from dataclasses import dataclass, field
 
-from flags import build_parser
+from flags import build_parser, given_flags, resolve_args
 
 TASK1_COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]
 SINGLE = ["R", "G", "B"]
@@ -31,10 +32,15 @@ class Row:
     backbone: str = None  # None: --backbone
 
 
-def sandwich(fraction=1, scale=1, every=1):
-    """The sandwich's cost options spelled out (by default the full sandwich: every step, whole
-    batch, full size), so that a row keeps its recipe whatever dwg's defaults become."""
-    return ["--sandwich-fraction", str(fraction), "--sandwich-scale", str(scale), "--sandwich-every", str(every)]
+def sandwich(fraction=1, scale=1, every=1, single="equal"):
+    """The sandwich's options spelled out (by default the full sandwich: every step, whole batch,
+    full size, every subset size drawn equally often between sandwiches), so that a row keeps its
+    recipe whatever dwg's defaults become."""
+    return ["--sandwich-fraction", str(fraction), "--sandwich-scale", str(scale), "--sandwich-every", str(every),
+            "--single-prob", str(single)]
+
+
+EQUAL_SIZES = ["--single-prob", "equal"]  # subset sampling as dwg drew it before the budget sweep
 
 
 # Starting from a trained RGB model: plain_zero's 6 epochs, then 3 epochs from its weights.
@@ -51,7 +57,7 @@ TASK1_ROWS = [  # in training order
     *[Row(f"plain_zero-{c}only", "plain_zero", ["--train-channels", c, "--val-combos", c], channel=c)
       for c in SINGLE],
     Row("dwg_finetune", "dwg", recipe=FINETUNE, init="plain_zero", every_seed=False),
-    Row("dwg_earlier", "dwg", EARLIER + ["--channel-aug", "subset"], every_seed=False),
+    Row("dwg_earlier", "dwg", EARLIER + ["--channel-aug", "subset", *EQUAL_SIZES], every_seed=False),
     Row("plain_dropout", "plain_dropout", every_seed=False),
     Row("seed_dwg", "seed_dwg", every_seed=False),
 ]
@@ -78,9 +84,10 @@ HEADLINE = ["dwg", "plain_zero", "plain_zero" + EQUAL_TIME, "plain_mean", "singl
 # step, full batch); rows of TASK1_ROWS and SANDWICH_ROWS complete the table.
 ABLATION_ROWS = [
     Row("earlier+bn", "dwg", same_as="dwg_earlier", eval_flags=["--recalibrate", "640"]),
-    Row("base", "dwg", ["--no-combo-bn", "--channel-aug", "subset"]),
+    Row("base", "dwg", ["--no-combo-bn", "--channel-aug", "subset", *EQUAL_SIZES]),
     Row("base+bn", "dwg", same_as="base", eval_flags=["--recalibrate", "640"]),
-    Row("base+init", "dwg", ["--no-combo-bn", "--channel-aug", "subset"], recipe=FINETUNE, init="plain_zero"),
+    Row("base+init", "dwg", ["--no-combo-bn", "--channel-aug", "subset", *EQUAL_SIZES], recipe=FINETUNE,
+        init="plain_zero"),
     Row("base+init+bn", "dwg", same_as="base+init", eval_flags=["--recalibrate", "640"]),
     Row("base+init+sandwich", "dwg", ["--no-combo-bn", *sandwich()], recipe=FINETUNE, init="plain_zero"),
     Row("finetune-full", "dwg", sandwich(), recipe=FINETUNE, init="plain_zero", every_seed=False),
@@ -104,8 +111,7 @@ SANDWICH_ROWS = [
     Row("sandwich-quarter-side0.75", "dwg", sandwich(fraction=0.25, scale=0.75), every_seed=False),
     Row("sandwich-side0.75", "dwg", sandwich(scale=0.75), every_seed=False),
     Row("sandwich-every3", "dwg", sandwich(every=3), every_seed=False),
-    # dwg's defaults: its own seed-0 run
-    Row("sandwich-every3-quarter", "dwg", same_as="dwg", every_seed=False),
+    Row("sandwich-every3-quarter", "dwg", sandwich(fraction=0.25, every=3), every_seed=False),
     Row("sandwich-full", "dwg", sandwich(), every_seed=False),
 ]
 # A body other than the small CNN, first seed only.
@@ -127,9 +133,9 @@ SWEEP_RECIPES = {
     "dwg-packed": ["--sandwich-packed", *sandwich(fraction=0.1)],
     "dwg-packed-delayed": ["--sandwich-packed", "--sandwich-delay", "0.5", *sandwich(fraction=0.2)],
     "dwg-stored": ["--sandwich-stored", *sandwich(fraction=0.25, every=3)],
-    "dwg-singles": ["--single-prob", "0.5", *sandwich(fraction=0.25, every=3)],
-    "dwg-lean": ["--single-prob", "0.5", *sandwich(fraction=0.25, every=6)],
-    "dwg-singles-affine": ["--single-prob", "0.5", "--combo-affine", *sandwich(fraction=0.25, every=3)],
+    "dwg-singles": sandwich(fraction=0.25, every=3, single=0.5),
+    "dwg-lean": sandwich(fraction=0.25, every=6, single=0.5),
+    "dwg-singles-affine": ["--combo-affine", *sandwich(fraction=0.25, every=3, single=0.5)],
 }
 # The recipes whose claim rests on every seed, not the first only: those level with the specialists.
 SEEDED_RECIPES = {"dwg-singles", "dwg-lean"}
@@ -224,11 +230,16 @@ class Run:
         return int(self.flag("--img-size"))
 
     def script_args(self):
-        """The run's flags as its script reads them, every default filled in."""
-        defaults = importlib.import_module(self.script.removesuffix(".py")).DEFAULTS
-        args = build_parser(None, **defaults).parse_args([*self.common, *self.extra])
-        args.model = args.model or defaults["default_model"]
-        return args
+        """The run's flags as its script fills them in, every default filled in."""
+        return argparse.Namespace(**trained_recipe(self.script, [*self.common, *self.extra]))
+
+
+def trained_recipe(script, flags):
+    """Every flag of a run that ``script`` trains with ``flags``, filled in as train.py fills it."""
+    defaults = importlib.import_module(script.removesuffix(".py")).DEFAULTS
+    parser = build_parser("", **defaults)
+    args, _ = resolve_args(parser.parse_args(flags), given_flags(parser, flags), parser, defaults["default_model"])
+    return vars(args)
 
 
 def row_runs(args, wanted):

@@ -5,6 +5,7 @@ import os
 import pandas as pd
 import torch
 
+from flags import BEFORE_FLAG
 from utils.errors import UserError
 from utils.report import page_path, update_doc
 from utils.validate import log_row, read_log
@@ -81,4 +82,12 @@ def train_seconds(args, row, seed):
     source = ROWS.get(row.same_as, row)  # an equal-time row reuses one that is not in ROWS
     return run_log(trained_dir(args, row, seed))["seconds"].sum() + (train_seconds(args, ROWS[source.init], seed)
                                                                      if source.init else 0)
+
+
+def timed_as(bench_row, recipe):
+    """Whether a row of the bench's epoch table timed ``recipe`` (a run's flags), on the options it
+    recorded: the sandwich's, and the subset draws' (not recorded by rows older than the option,
+    whose names alone say what they timed)."""
+    keys = [k for k in bench_row if k.startswith("sandwich_") or k == "single_prob"]
+    return all(recipe.get(k, BEFORE_FLAG.get(k)) == bench_row[k] for k in keys)
 

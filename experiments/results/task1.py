@@ -31,7 +31,7 @@ from .rows import (
     trained_dir,
     wanted_rows,
 )
-from .tables import budget, data_name, mean_std, paste, run_logs, train_seconds, wall_minutes
+from .tables import budget, data_name, mean_std, paste, run_logs, timed_as, train_seconds, wall_minutes
 
 
 def time_ratio(args, seeds):
@@ -76,8 +76,7 @@ def bench_epoch_ratio(args, dwg_recipe):
     for row in read_rows(path, ("model", "data", "img_size", "batch")):
         if row["model"] == "dwg" and row["data"] == data_name(args) and row["img_size"] == args.img_size \
                 and row["batch"] == args.batch_size \
-                and all(dwg_recipe.get(k, BEFORE_FLAG.get(k)) == v for k, v in row.items()
-                        if k.startswith("sandwich_")):
+                and timed_as(row, dwg_recipe):
             return row
     return None
 

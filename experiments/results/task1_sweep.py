@@ -19,8 +19,18 @@ from utils.validate import read_rows
 
 from .jobs import evaluate_rows, finished
 from .records import check_combos, find, load_records, made, merge, records_path, save_records
-from .rows import DISTINCT, ROWS, SINGLE, SWEEP_RECIPES, SWEEP_ROWS, row_combos, row_runs, trained_dir
-from .tables import data_name, machine, paste, run_log, wall_minutes
+from .rows import (
+    DISTINCT,
+    ROWS,
+    SINGLE,
+    SWEEP_RECIPES,
+    SWEEP_ROWS,
+    row_combos,
+    row_runs,
+    trained_dir,
+    trained_recipe,
+)
+from .tables import data_name, machine, paste, run_log, timed_as, wall_minutes
 from .task2 import saturation
 
 EXPERT = "single-channel expert"
@@ -177,7 +187,14 @@ def bench_costs(args):
         return {}
     rows = read_rows(path, ("model", "data", "img_size", "batch"))
     return {r["model"]: r["val_every_epoch_ratio"] for r in rows if "val_every_epoch_ratio" in r
-            and r["data"] == data_name(args) and r["img_size"] == args.img_size and r["batch"] == args.batch_size}
+            and r["data"] == data_name(args) and r["img_size"] == args.img_size and r["batch"] == args.batch_size
+            and r["model"] in ALL_ROWS and timed_as(r, row_recipe(ALL_ROWS[r["model"]]))}
+
+
+def row_recipe(row):
+    """The flags ``row``'s runs train with (a row that reuses another's checkpoint: that row's)."""
+    row = ALL_ROWS[row.same_as] if row.same_as else row
+    return trained_recipe("train_dw.py", ["--model", row.model, *row.flags])
 
 
 def cost_source(cost):

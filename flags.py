@@ -232,6 +232,11 @@ def flag_name(dest):
     return "--" + dest.replace("_", "-")
 
 
+def flag_value(dest, value):
+    """A stored value as the command line writes it."""
+    return "equal" if dest == "single_prob" and value is None else str(value)
+
+
 def resolve_args(args, given, parser, default_model):
     """-> (args, checkpoint to resume or None). A resumed run takes its recipe from the checkpoint:
     a recipe flag given with a different value is refused; where and how it runs may change

@@ -279,6 +279,6 @@ def test_dwg_draws_a_single_channel_half_the_time_unless_told_equal(tmp_path, ca
     assert train_dw.main(["--resume", str(tmp_path / "equal" / "last.pt"), "--epochs", "2"]) == 0
     assert json.loads((tmp_path / "equal" / "config.json").read_text())["single_prob"] is None
     equal = {**torch.load(tmp_path / "equal" / "last.pt", weights_only=False), "path": "equal/last.pt"}
-    with pytest.raises(UserError, match="equal/last.pt was trained with --single-prob None, not 0.5"):
+    with pytest.raises(UserError, match="equal/last.pt was trained with --single-prob equal, not 0.5"):
         check_same_recipe(equal, "train_dw.py", [*tiny, "--epochs", "2"])
     check_same_recipe(equal, "train_dw.py", [*tiny, "--epochs", "2", "--single-prob", "equal"])

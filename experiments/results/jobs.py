@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from flags import BEFORE_FLAG
+from flags import BEFORE_FLAG, flag_name, flag_value
 from utils.checkpoint import RESUME, check_fields, load_checkpoint
 from utils.errors import UserError
 from utils.validate import file_field, read_rows
@@ -196,8 +196,9 @@ def check_same_recipe(ckpt, script, flags):
     differ = [k for k, v in wanted.items() if k not in NO_EFFECT and not (v is None and k in MODEL_DEFAULTS)
               and stored.get(k) != v]
     if differ:
-        had = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)}" for k in differ)
-        raise UserError(f"{ckpt['path']} was trained with {had}, not {', '.join(str(wanted[k]) for k in differ)}; "
+        had = ", ".join(f"{flag_name(k)} {flag_value(k, stored.get(k))}" for k in differ)
+        wants = ", ".join(flag_value(k, wanted[k]) for k in differ)
+        raise UserError(f"{ckpt['path']} was trained with {had}, not {wants}; "
                         "remove that folder or pass another --runs")
 
 

@@ -34,8 +34,8 @@ from data.channels import sample_subset
 from engine import Run, train_one_epoch
 from experiments.results import parse_args as results_args
 from experiments.results.plan import Step, planned, step_of
-from experiments.results.rows import SWEEP_RECIPES, SWEEP_VAL
-from flags import add_amp, add_data_root, add_device, build_parser
+from experiments.results.rows import EQUAL_SIZES, SWEEP_RECIPES, SWEEP_VAL
+from flags import add_amp, add_data_root, add_device, build_parser, given_flags, resolve_args
 from losses import DistillationLoss, LabelLoss, SandwichLoss
 from models.backbones import BACKBONES
 from models.stems import ChannelHyperStem, SeedDWGStem
@@ -179,8 +179,9 @@ def build_step(step, body, size, batch, args):
     flags = [*step.flags, "--img-size", str(size), "--batch-size", str(batch), "--amp", args.amp,
              "--device", args.device, *(["--backbone", body] if step.script == "train_dw.py" else []),
              *(["--channels-last"] if args.channels_last else [])]
-    targs = build_parser(None, **script.DEFAULTS).parse_args(flags)
-    targs.model = targs.model or script.DEFAULTS["default_model"]
+    parser = build_parser(None, **script.DEFAULTS)
+    targs, _ = resolve_args(parser.parse_args(flags), given_flags(parser, flags), parser,
+                            script.DEFAULTS["default_model"])
     spec = DataSpec("synthetic", [f"class {i}" for i in range(50)], True)
     ctx = distributed.Context(device=torch.device(args.device))
     model, config = build_model(targs, spec, None, ctx)
@@ -292,7 +293,10 @@ def bench_sandwich(args):
 
 # The Task 1 recipes whose cost sets the equal-time budget (dwg with its defaults), and the budget
 # sweep's candidates: each as experiments.results trains it.
+# dwg with its defaults (Task 1's equal-time rows), with its earlier default (the sweep's dwg row),
+# and the sweep's recipes.
 EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"], "dwg": ["--model", "dwg"],
+                 "dwg-equal": ["--model", "dwg", *EQUAL_SIZES],
                  **{name: ["--model", "dwg", *flags] for name, flags in SWEEP_RECIPES.items()}}
 
 
@@ -337,15 +341,17 @@ def bench_epoch(args):
 
 
 def other_settings(path, rows):
-    """The epoch rows already in ``path`` for other data, sizes or batches: each setting's
-    measurement is kept until that setting is timed again (the Task 1 tables read theirs)."""
+    """The epoch rows already in ``path`` that ``rows`` do not time again (other data, sizes or
+    batches, or recipes left out by --epoch-models): each is kept until it is timed again (the
+    Task 1 tables read theirs); each row's ratios are to the plain_zero of its own timing."""
     try:
         with open(path) as f:
             old = json.load(f)
     except (OSError, ValueError):
         return []
-    setting = {(r["data"], r["img_size"], r["batch"]) for r in rows}
-    return [r for r in old if isinstance(r, dict) and (r.get("data"), r.get("img_size"), r.get("batch")) not in setting]
+    timed = {(r["data"], r["img_size"], r["batch"], r["model"]) for r in rows}
+    return [r for r in old if isinstance(r, dict)
+            and (r.get("data"), r.get("img_size"), r.get("batch"), r.get("model")) not in timed]
 
 
 def amortized(seconds, val_every):

@@ -32,7 +32,7 @@ def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
     Task 1 sweep), with the cost of an epoch that validates once every --val-every epochs beside
     the cost with validation every epoch, and the recipe each row timed."""
     from experiments.results.rows import SWEEP_RECIPES
-    assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", "dwg", *SWEEP_RECIPES]
+    assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", "dwg", "dwg-equal", *SWEEP_RECIPES]
     assert bench.main(["--quick", "--parts", "epoch", "--repeats", "1", "--data-root", "synthetic", "--threads", "1",
                        "--epoch-models", "dwg,dwg-stored,dwg-packed", "--out", str(tmp_path)]) == 0
     rows = {r["model"]: r for r in json.loads((tmp_path / "epoch.json").read_text())}
@@ -46,6 +46,8 @@ def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
     other = {**rows["dwg"], "img_size": rows["dwg"]["img_size"] + 1, "ratio_to_plain": 9.0}
     (tmp_path / "epoch.json").write_text(json.dumps([other, rows["dwg"]]))
     assert bench.other_settings(tmp_path / "epoch.json", list(rows.values())) == [other]
+    # a recipe left out of a later timing keeps its row
+    assert bench.other_settings(tmp_path / "epoch.json", [rows["plain_zero"]]) == [other, rows["dwg"]]
 
 
 def test_quick_model_part_times_every_model_as_trained(tmp_path):
@@ -67,6 +69,8 @@ def test_quick_model_part_times_every_model_as_trained(tmp_path):
     assert all(r["images_per_s"] > 0 and r["ratio_to_plain"] > 0 for r in rows)
     cuda = torch.cuda.is_available()
     assert all(isinstance(r["peak_memory_mb"], float) if cuda else r["peak_memory_mb"] == "n/a (CPU)" for r in rows)
-    # dwg's step is the sandwich as train_dw.py builds it by default: one step in three, a quarter of the batch
+    # dwg's step is the sandwich as train_dw.py builds it by default: one step in three, a quarter of the batch,
+    # a single channel on half the steps between
     run, _ = bench.build_step(Step("train_dw.py", ("--model", "dwg")), "small", 32, 4, bench.parse_args(["--quick"]))
     assert isinstance(run.criterion, SandwichLoss) and (run.criterion.every, run.criterion.fraction) == (3, 0.25)
+    assert run.criterion.single_prob == 0.5

@@ -324,10 +324,14 @@ def test_task1_sweep_trains_every_seed_of_the_recipes_level_with_the_specialists
 
 def test_a_bench_epoch_counts_only_for_the_subset_draws_it_timed(tmp_path):
     """The sweep's dwg row keeps the earlier draws ('equal') while dwg's default moved to a single
-    channel half the time: a bench epoch of today's dwg is not that row's cost, nor the other way."""
+    channel half the time: a bench epoch of today's dwg is neither that row's cost nor the other's
+    equal-time budget the other way round; rows timed before the bench recorded the draws timed
+    what their names spelled then."""
     import argparse
     import json
 
+    from experiments.results.rows import trained_recipe
+    from experiments.results.tables import timed_as
     from experiments.results.task1_sweep import bench_costs
     args = argparse.Namespace(bench=str(tmp_path), data_root="synthetic", img_size=32, batch_size=64)
     timed = {"data": "synthetic shapes", "img_size": 32, "batch": 64, "sandwich_fraction": 0.25,
@@ -336,6 +340,10 @@ def test_a_bench_epoch_counts_only_for_the_subset_draws_it_timed(tmp_path):
             {**timed, "model": "dwg-lean", "single_prob": 0.5}]
     (tmp_path / "epoch.json").write_text(json.dumps(rows))
     assert bench_costs(args) == {"dwg-singles": 1.1}  # dwg-lean's sandwich is every sixth step, not third
-    older = [{k: v for k, v in r.items() if k != "single_prob"} for r in rows[:2]]  # timed before it was recorded
+    (tmp_path / "epoch.json").write_text(json.dumps([*rows, {**timed, "model": "dwg-equal", "single_prob": None}]))
+    assert bench_costs(args) == {"dwg": 1.1, "dwg-singles": 1.1}
+    older = [{k: v for k, v in r.items() if k != "single_prob"} for r in rows[:2]]
     (tmp_path / "epoch.json").write_text(json.dumps(older))
     assert bench_costs(args) == {"dwg": 1.1, "dwg-singles": 1.1}
+    assert not timed_as(older[0], trained_recipe("train_dw.py", []))  # dwg's default now: not what was timed
+    assert timed_as(rows[0], trained_recipe("train_dw.py", []))

@@ -11,7 +11,7 @@ from utils.report import page_path, update_doc
 from utils.validate import log_row, read_log
 
 from .jobs import finished, threads_per_run
-from .rows import ROWS, trained_dir
+from .rows import EQUAL_SIZES, ROWS, SWEEP_RECIPES, trained_dir, trained_recipe
 
 # Which page of docs/ holds each section the parts paste (a Task 1 section with a tag, e.g.
 # task1-32px, too); the headlines and the Task 2 recipe stand on the front page.
@@ -85,9 +85,18 @@ def train_seconds(args, row, seed):
 
 
 def timed_as(bench_row, recipe):
-    """Whether a row of the bench's epoch table timed ``recipe`` (a run's flags), on the options it
-    recorded: the sandwich's, and the subset draws' (not recorded by rows older than the option,
-    whose names alone say what they timed)."""
-    keys = [k for k in bench_row if k.startswith("sandwich_") or k == "single_prob"]
-    return all(recipe.get(k, BEFORE_FLAG.get(k)) == bench_row[k] for k in keys)
+    """Whether a row of the bench's epoch table timed ``recipe`` (a run's flags): its sandwich
+    options as recorded, and its subset draws."""
+    keys = [k for k in bench_row if k.startswith("sandwich_")]
+    return all(recipe.get(k, BEFORE_FLAG.get(k)) == bench_row[k] for k in keys) and \
+        recipe.get("single_prob", BEFORE_FLAG["single_prob"]) == timed_draws(bench_row)
 
+
+def timed_draws(bench_row):
+    """The subset draws a bench epoch row timed. Rows written before the bench recorded them
+    timed what their names spelled then: the sweep's recipes as they still do, dwg its earlier
+    default (every size equally often)."""
+    if "single_prob" in bench_row:
+        return bench_row["single_prob"]
+    flags = SWEEP_RECIPES.get(bench_row.get("model"), EQUAL_SIZES)
+    return trained_recipe("train_dw.py", ["--model", "dwg", *flags])["single_prob"]

@@ -24,7 +24,8 @@ def test_the_plan_lists_exactly_the_runs_that_training_starts(tmp_path, monkeypa
     bench.mkdir()
     (bench / "epoch.json").write_text(json.dumps([{
         "model": "dwg", "data": "synthetic shapes", "img_size": 16, "batch": 4, "repeats": 1,
-        "sandwich_fraction": 0.25, "sandwich_every": 3, "ratio_to_plain": 1.6, "epoch_ratio_to_plain": 1.9}]))
+        "sandwich_fraction": 0.25, "sandwich_every": 3, "single_prob": 0.5, "ratio_to_plain": 1.6,
+        "epoch_ratio_to_plain": 1.9}]))
     flags = ["--part", "all", *TOY, "--budgets", "1,3", "--out", str(tmp_path / "runs"), "--bench", str(bench),
              "--results", str(tmp_path / "tables"), "--figs", str(tmp_path / "figs")]
     before = file_hashes(tmp_path)

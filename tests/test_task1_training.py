@@ -401,7 +401,7 @@ def test_task1_table_end_to_end_at_toy_size(tmp_path, capsys):
     out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
     bench_row = {"model": "dwg", "data": "data", "img_size": 16, "batch": 4, "repeats": 3, "sandwich_subsets": 2,
                  "sandwich_all_singles": False, "sandwich_fraction": 0.25, "sandwich_scale": 1.0, "sandwich_every": 3,
-                 "ratio_to_plain": 1.6, "epoch_ratio_to_plain": 1.9}
+                 "single_prob": 0.5, "ratio_to_plain": 1.6, "epoch_ratio_to_plain": 1.9}
 
     def table(ratio, *extra):
         (tmp_path / "results" / "bench").mkdir(parents=True, exist_ok=True)

@@ -291,10 +291,8 @@ def bench_sandwich(args):
     return rows
 
 
-# The Task 1 recipes whose cost sets the equal-time budget (dwg with its defaults), and the budget
-# sweep's candidates: each as experiments.results trains it.
-# dwg with its defaults (Task 1's equal-time rows), with its earlier default (the sweep's dwg row),
-# and the sweep's recipes.
+# Each as experiments.results trains it: dwg with its defaults (its cost sets Task 1's equal-time
+# budget), with its earlier default (the sweep's dwg row), and the budget sweep's candidates.
 EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"], "dwg": ["--model", "dwg"],
                  "dwg-equal": ["--model", "dwg", *EQUAL_SIZES],
                  **{name: ["--model", "dwg", *flags] for name, flags in SWEEP_RECIPES.items()}}

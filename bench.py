@@ -35,6 +35,7 @@ from engine import Run, train_one_epoch
 from experiments.results import parse_args as results_args
 from experiments.results.plan import Step, planned, step_of
 from experiments.results.rows import EQUAL_SIZES, SWEEP_RECIPES, SWEEP_VAL
+from experiments.results.tables import data_name
 from flags import add_amp, add_data_root, add_device, build_parser, given_flags, resolve_args
 from losses import DistillationLoss, LabelLoss, SandwichLoss
 from models.backbones import BACKBONES
@@ -329,7 +330,7 @@ def bench_epoch(args):
                 images = config["limit"]
     median = {name: np.median(np.array(v), axis=0) for name, v in seconds.items()}
     sweep_val = int(SWEEP_VAL[1])
-    return [{"model": name, "data": os.path.basename(os.path.normpath(args.data_root)),
+    return [{"model": name, "data": data_name(args),
              "img_size": args.epoch_img_size, "batch": 64 if not args.quick else 16, "limit": images,
              "repeats": args.repeats, **recipe[name], "train_seconds": median[name][0],
              "epoch_seconds": median[name][1], "ratio_to_plain": median[name][0] / median["plain_zero"][0],

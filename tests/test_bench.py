@@ -40,6 +40,7 @@ def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
     assert rows["plain_zero"]["val_every_epoch_ratio"] == pytest.approx(1.0)
     assert rows["dwg-stored"]["sandwich_stored"] and rows["dwg-packed"]["sandwich_packed"]
     assert rows["dwg"]["single_prob"] == 0.5 and rows["dwg-packed"]["single_prob"] is None
+    assert {r["data"] for r in rows.values()} == {"synthetic shapes"}  # the name the tables look up
     for r in rows.values():
         assert r["ratio_to_plain"] > 0 and r["val_every_epoch_ratio"] <= r["epoch_ratio_to_plain"] + 1e-9
     # another setting's measurement stays beside this one; the same setting's is replaced

@@ -164,7 +164,7 @@ def task1_sweep(args, seeds):
                         "row": sweep_name(r.name)} for r, s, rec in done for c, a in rec["accuracy"].items()])
     minutes = pd.DataFrame([{"row": sweep_name(r.name), "epochs": r.recipe["epochs"], "seed": s,
                              "minutes": rec["minutes"]} for r, s, rec in done])
-    sweep_tables(args, seeds, df, minutes, val, verdict(val, saturated), claim)
+    sweep_tables(args, seeds, df, minutes, val, verdict(val, saturated), claim, saturated)
 
 
 def verdict(val, saturated):
@@ -189,7 +189,8 @@ def bench_costs(args):
             and r["data"] == data_name(args) and r["img_size"] == args.img_size and r["batch"] == args.batch_size]
     costs = {}
     for name, row in ALL_ROWS.items():
-        timed = [r for r in rows if r["model"] in (name, BENCH_NAME.get(name)) and timed_as(r, row_recipe(row))]
+        source = row.same_as or name  # a row that evaluates another's checkpoint trains nothing of its own
+        timed = [r for r in rows if r["model"] in (source, BENCH_NAME.get(source)) and timed_as(r, row_recipe(row))]
         if timed:
             costs[name] = timed[-1]["val_every_epoch_ratio"]
     return costs
@@ -215,7 +216,7 @@ def sweep_name(model):
     return EXPERT if name.endswith("only") else name
 
 
-def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
+def sweep_tables(args, seeds, df, minutes, val, verdict, claim, saturated):
     acc = df.groupby(["row", "epochs", "combo"])["accuracy"].agg(["mean", "std", "count"]).reset_index()
     table = acc.pivot_table(index=["epochs", "row"], columns="combo", values="mean", sort=False)
     combos = [c for c in [*DISTINCT, "BGR"] if c in table.columns]
@@ -256,10 +257,11 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim):
           f"a row has several seeds\n\n{text}\n\nGap to the specialist in points (plain_zero on RGB, each "
           f"expert on its channel; positive: the candidate is ahead; mean ± standard deviation over the seeds both "
           f"rows have):\n\n{gap_text}")
-    if not args.tag:  # the front page shows the gaps at every budget
-        paste(args, "task1-sweep-headline", f"{title}; gap in points to the specialist (plain_zero on RGB, each "
-              f"expert on its channel; positive: ahead), mean ± standard deviation over the seeds both rows have "
-              f"([accuracies, costs and figure](docs/task1.md#the-budget-sweep))\n\n{gap_text}")
+    if saturated:  # the front page shows where users train: the budget where plain_zero stops gaining
+        paste(args, "task1-sweep-headline", f"{title}; gap in points to the specialist at {saturated} epochs "
+              f"(plain_zero on RGB, each expert on its channel; positive: ahead), mean ± standard deviation of the "
+              f"per-seed differences ([every budget, accuracies and figure](docs/task1.md#the-budget-sweep))"
+              f"\n\n{headline_markdown(gaps, cost, saturated)}")
     print(f"{title}\n\n{text}\n\n{gap_text}")
 
 
@@ -287,12 +289,28 @@ def gap_table(df):
                                        "seeds"])
 
 
-def gap_markdown(gaps):
+def gap_frame(gaps):
     """The gaps as 'mean ± sd' (the mean alone from one seed)."""
     shown = gaps[["epochs", "model"]].astype({"epochs": str})
     for combo in GAP_COMBOS:
         shown[combo] = [plus_minus(m, sd, "+.1f") for m, sd in zip(gaps[combo], gaps[f"{combo} sd"])]
     shown["seeds"] = gaps["seeds"]
+    return shown
+
+
+def gap_markdown(gaps):
+    return markdown(gap_frame(gaps))
+
+
+# The sweep's dwg row keeps the default dwg had before the sweep chose dwg-singles: the front page says so.
+HEADLINE_NAMES = {"dwg": "dwg, earlier default (--single-prob equal)", "dwg-singles": "dwg-singles (dwg's default)"}
+
+
+def headline_markdown(gaps, cost, epochs):
+    """The gaps at ``epochs`` with each recipe's measured epoch cost, as the front page shows them."""
+    at = gaps[gaps.epochs == epochs]
+    shown = gap_frame(at).drop(columns="epochs").assign(model=at["model"].map(lambda m: HEADLINE_NAMES.get(m, m)))
+    shown.insert(len(shown.columns) - 1, "epoch cost", [f"{cost[m]:.2f}x" if m in cost else "–" for m in at["model"]])
     return markdown(shown)
 
 

@@ -340,7 +340,8 @@ def test_a_bench_epoch_counts_only_for_the_subset_draws_it_timed(tmp_path):
              "sandwich_every": 3, "val_every_epoch_ratio": 1.1}
     rows = [{**timed, "model": "dwg", "single_prob": 0.5}, {**timed, "model": "dwg-singles", "single_prob": 0.5},
             {**timed, "model": "dwg-lean", "single_prob": 0.5}]
-    (tmp_path / "epoch.json").write_text(json.dumps(rows))
+    untimed = {**rows[1], "val_every_epoch_ratio": None}  # a NaN ratio, as the bench writes it
+    (tmp_path / "epoch.json").write_text(json.dumps([*rows, untimed]))
     assert bench_costs(args) == {"dwg-singles": 1.1}  # dwg-lean's sandwich is every sixth step, not third
     (tmp_path / "epoch.json").write_text(json.dumps([*rows, {**timed, "model": "dwg-equal", "single_prob": None}]))
     # recalibrating BatchNorm after training adds no epoch: the row costs what dwg's checkpoint cost
@@ -352,10 +353,15 @@ def test_a_bench_epoch_counts_only_for_the_subset_draws_it_timed(tmp_path):
     assert timed_as(rows[0], trained_recipe("train_dw.py", []))
 
 
-def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost():
+def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost(tmp_path, capsys):
     """Only the saturated budget's rows, each with the epoch cost the bench measured ('–' where it
-    has not), and the sweep's dwg row named as the earlier default it keeps."""
-    from experiments.results.task1_sweep import headline_markdown
+    has not), signed even where no row has a spread, and the sweep's dwg row named as the earlier
+    default it keeps; a sweep that saturates nowhere, or a tagged one not asked for, leaves the
+    README as it was."""
+    import argparse
+
+    from experiments.results.parts import doc_sections
+    from experiments.results.task1_sweep import front_page, headline_markdown
     gaps = pd.DataFrame([{"epochs": e, "model": m, "RGB": g, "RGB sd": 0.5, "R": g, "R sd": None, "G": g,
                           "G sd": None, "B": -g, "B sd": None, "seeds": 3}
                          for e, g in ((48, -2.0), (96, 1.25)) for m in ("dwg", "dwg-singles", "dwg-lean")])
@@ -367,3 +373,18 @@ def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost()
     assert "dwg, earlier default (--single-prob equal)" in text and "1.16x" in text
     lean, = [line for line in lines if "dwg-lean" in line]
     assert "–" in lean
+    one_seed = headline_markdown(gaps.assign(**{"RGB sd": None}, R=float("nan")), {}, 96)
+    assert "| +1.2 " in one_seed and "| -1.2 " in one_seed and "1.2000" not in one_seed  # signed, not re-parsed
+    assert "| –" in one_seed.splitlines()[2]  # a gap not measured reads as a dash
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- task1-sweep-headline:start -->\nKEPT\n<!-- task1-sweep-headline:end -->\n")
+    args = argparse.Namespace(update_docs=True, docs=str(readme), data_root="synthetic", backbone="small",
+                              img_size=32, batch_size=64, jobs=2)
+    front_page(args, gaps, {}, None, "plain_zero is not saturated")
+    assert "KEPT" in readme.read_text() and "sweep table kept" in capsys.readouterr().out
+    front_page(args, gaps, {}, 96, "plain_zero saturates at 96 epochs")
+    assert "KEPT" not in readme.read_text() and "Task 1 budget sweep at 96 epochs" in readme.read_text()
+    assert "task1-sweep-headline" in doc_sections("task1-sweep")
+    assert "task1-sweep-headline" not in doc_sections("task1-sweep", "-64px")  # a side setting stays off it
+    assert "task1-sweep-headline" in doc_sections("task1-sweep", "-long", front_page=True)

@@ -21,9 +21,11 @@ def _nulls(df):
     return df.astype(object).where(df.notna(), None)
 
 
-def markdown(df, floatfmt=".4f"):
-    """A Markdown table in which a missing value reads as a dash."""
-    return _nulls(df).to_markdown(index=False, floatfmt=floatfmt, missingval="–")
+def markdown(df, floatfmt=".4f", text=()):
+    """A Markdown table in which a missing value reads as a dash; the ``text`` columns print as
+    written (a column of '+1.2' would otherwise be read as numbers and lose its signs)."""
+    as_written = [list(df.columns).index(c) for c in text]
+    return _nulls(df).to_markdown(index=False, floatfmt=floatfmt, missingval="–", disable_numparse=as_written or False)
 
 
 def plus_minus(mean, sd, spec=".3f"):

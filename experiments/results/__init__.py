@@ -81,6 +81,9 @@ def parse_args(argv):
                         "not trained again), extended with --update-docs (default: results/task1_sweep_runs.json, "
                         "or under --results when publishing)")
     p.add_argument("--tag", default="", help="suffix of the Task 1 table's files and docs section (e.g. -32px)")
+    p.add_argument("--front-page", action="store_true",
+                   help="with --update-docs and --tag: this setting's Task 1 tables also go on the README (the "
+                        "main setting, without --tag, always does; the sweep's only from a saturated budget)")
     p.add_argument("--plan", action="store_true",
                    help="train, evaluate and write nothing: list every run the command would train or reuse, with "
                         "the disk its checkpoints need and the hours the bench's rates give")
@@ -116,7 +119,8 @@ def check_destinations(args, parts):
     """Publishing is all or nothing: every page section and folder it writes is checked before
     the first table is replaced."""
     if args.update_docs:
-        check_doc_sections({s: doc_page(args, s) for part in parts for s in doc_sections(part, args.tag)})
+        sections = [s for part in parts for s in doc_sections(part, args.tag, args.front_page)]
+        check_doc_sections({s: doc_page(args, s) for s in sections})
     for folder, flag in ((args.results, "--results"), (args.figs, "--figs")):
         try:
             os.makedirs(folder, exist_ok=True)

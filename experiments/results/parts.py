@@ -46,13 +46,13 @@ def parts_of(args):
     return ALL if args.part == "all" else [args.part]
 
 
-def doc_sections(part, tag=""):
+def doc_sections(part, tag="", front_page=False):
     """The sections of the docs that ``part`` pastes its tables into (``--update-docs``); the
-    front page's Task 1 table comes from the main setting only (no ``--tag``); its sweep headline
-    from whichever sweep finds the saturated budget."""
-    front = not tag
+    front page's Task 1 tables come from the main setting (no ``--tag``) or a tagged one asked for
+    (``--front-page``)."""
+    front = front_page or not tag
     return {"task1": ["task1" + tag, *["task1-headline"] * front],
-            "task1-sweep": ["task1-sweep" + tag, "task1-sweep-headline"],
+            "task1-sweep": ["task1-sweep" + tag, *["task1-sweep-headline"] * front],
             "task1-ablation": ["task1-ablation"], "task1-sandwich": ["task1-sandwich"],
             "task1-resnet18": ["task1-resnet18"], "task2": ["task2"], "task2-sweep": ["task2-sweep", "task2-headline"],
             "task2-recipe": ["task2-recipe"], "task2-headline": ["task2-headline"]}[part]

@@ -29,6 +29,11 @@ def paste(args, section, text):
         update_doc(section, text, doc_page(args, section))
 
 
+def on_front_page(args):
+    """Whether this setting's Task 1 tables go on the README: the main one, or a tagged one asked for."""
+    return not args.tag or args.front_page
+
+
 def machine(args):
     """Where the runs trained, as a title says it: 'CPU proxy' only where it is one, with the threads
     of each run (they change a CPU run's arithmetic, and so its numbers)."""

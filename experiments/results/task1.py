@@ -31,7 +31,7 @@ from .rows import (
     trained_dir,
     wanted_rows,
 )
-from .tables import budget, data_name, mean_std, paste, run_logs, timed_as, train_seconds, wall_minutes
+from .tables import budget, data_name, mean_std, on_front_page, paste, run_logs, timed_as, train_seconds, wall_minutes
 
 
 def time_ratio(args, seeds):
@@ -153,7 +153,7 @@ def task1(args, seeds):
                   f"{markdown(targets)}\n\nSpatial-size invariance (same checkpoints, accuracy, mean over seeds):"
                   f"\n\n{markdown(sizes)}")
     headline = shown.loc[[r for r in HEADLINE if r in shown.index], [*DISTINCT, "epochs", "seeds"]]
-    if not args.tag:  # the front page shows the main setting
+    if on_front_page(args):
         paste(args, "task1-headline", f"{title}; test accuracy, mean ± sample standard deviation over the seeds "
               f"([all rows, targets and figures](docs/task1.md))\n\n{markdown(headline.reset_index(names='model'))}")
     print(f"{title}\n\n{text}\n\n{markdown(targets)}")

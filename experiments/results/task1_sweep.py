@@ -30,7 +30,7 @@ from .rows import (
     trained_dir,
     trained_recipe,
 )
-from .tables import data_name, machine, paste, run_log, timed_as, wall_minutes
+from .tables import data_name, machine, on_front_page, paste, run_log, timed_as, wall_minutes
 from .task2 import saturation
 
 EXPERT = "single-channel expert"
@@ -185,8 +185,9 @@ def bench_costs(args):
     path = os.path.join(args.bench, "epoch.json")
     if not os.path.exists(path):
         return {}
-    rows = [r for r in read_rows(path, ("model", "data", "img_size", "batch")) if "val_every_epoch_ratio" in r
-            and r["data"] == data_name(args) and r["img_size"] == args.img_size and r["batch"] == args.batch_size]
+    setting = (data_name(args), args.img_size, args.batch_size)
+    rows = [r for r in read_rows(path, ("model", "data", "img_size", "batch"))  # an untimed cost is null
+            if pd.notna(r.get("val_every_epoch_ratio")) and (r["data"], r["img_size"], r["batch"]) == setting]
     costs = {}
     for name, row in ALL_ROWS.items():
         source = row.same_as or name  # a row that evaluates another's checkpoint trains nothing of its own
@@ -257,12 +258,24 @@ def sweep_tables(args, seeds, df, minutes, val, verdict, claim, saturated):
           f"a row has several seeds\n\n{text}\n\nGap to the specialist in points (plain_zero on RGB, each "
           f"expert on its channel; positive: the candidate is ahead; mean ± standard deviation over the seeds both "
           f"rows have):\n\n{gap_text}")
-    if saturated:  # the front page shows where users train: the budget where plain_zero stops gaining
-        paste(args, "task1-sweep-headline", f"{title}; gap in points to the specialist at {saturated} epochs "
-              f"(plain_zero on RGB, each expert on its channel; positive: ahead), mean ± standard deviation of the "
-              f"per-seed differences ([every budget, accuracies and figure](docs/task1.md#the-budget-sweep))"
-              f"\n\n{headline_markdown(gaps, cost, saturated)}")
     print(f"{title}\n\n{text}\n\n{gap_text}")
+    if on_front_page(args) and args.update_docs:
+        front_page(args, gaps, cost, saturated, verdict)
+
+
+def front_page(args, gaps, cost, saturated, verdict):
+    """The README shows where users train: the gaps at the budget where plain_zero stops gaining,
+    with each recipe's measured cost; without one, it keeps what it showed."""
+    if not saturated:
+        print("README's sweep table kept: no budget of this sweep is saturated")
+        return
+    paste(args, "task1-sweep-headline",
+          f"Task 1 budget sweep at {saturated} epochs on {data_name(args)} test split, {args.backbone} backbone "
+          f"({machine(args)}: {args.img_size}px, batch {args.batch_size}; {verdict}); gap in points to the "
+          f"specialist (plain_zero on RGB, each expert on its channel; positive: ahead), mean ± standard deviation "
+          f"of the per-seed differences; 'epoch cost': an epoch with its validation against plain_zero's, "
+          f"{cost_source(cost)} ([every budget, accuracies and figure](docs/task1.md#the-budget-sweep))"
+          f"\n\n{headline_markdown(gaps, cost, saturated)}")
 
 
 def gap_table(df):
@@ -293,17 +306,19 @@ def gap_frame(gaps):
     """The gaps as 'mean ± sd' (the mean alone from one seed)."""
     shown = gaps[["epochs", "model"]].astype({"epochs": str})
     for combo in GAP_COMBOS:
-        shown[combo] = [plus_minus(m, sd, "+.1f") for m, sd in zip(gaps[combo], gaps[f"{combo} sd"])]
+        shown[combo] = [plus_minus(m, sd, "+.1f") or None for m, sd in zip(gaps[combo], gaps[f"{combo} sd"])]
     shown["seeds"] = gaps["seeds"]
     return shown
 
 
 def gap_markdown(gaps):
-    return markdown(gap_frame(gaps))
+    return markdown(gap_frame(gaps), text=GAP_COMBOS)
 
 
 # The sweep's dwg row keeps the default dwg had before the sweep chose dwg-singles: the front page says so.
-HEADLINE_NAMES = {"dwg": "dwg, earlier default (--single-prob equal)", "dwg-singles": "dwg-singles (dwg's default)"}
+HEADLINE_NAMES = {"dwg": "dwg, earlier default (--single-prob equal)",
+                  "dwg+recalibrated": "dwg, earlier default, BatchNorm recalibrated",
+                  "dwg-singles": "dwg-singles (dwg's default)"}
 
 
 def headline_markdown(gaps, cost, epochs):
@@ -311,7 +326,7 @@ def headline_markdown(gaps, cost, epochs):
     at = gaps[gaps.epochs == epochs]
     shown = gap_frame(at).drop(columns="epochs").assign(model=at["model"].map(lambda m: HEADLINE_NAMES.get(m, m)))
     shown.insert(len(shown.columns) - 1, "epoch cost", [f"{cost[m]:.2f}x" if m in cost else "–" for m in at["model"]])
-    return markdown(shown)
+    return markdown(shown, text=[*GAP_COMBOS, "epoch cost"])
 
 
 def gap_figure(args, gaps, title):

@@ -361,6 +361,7 @@ def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost(t
     import argparse
 
     from experiments.results.parts import doc_sections
+    from experiments.results.tables import on_front_page
     from experiments.results.task1_sweep import front_page, headline_markdown
     gaps = pd.DataFrame([{"epochs": e, "model": m, "RGB": g, "RGB sd": 0.5, "R": g, "R sd": None, "G": g,
                           "G sd": None, "B": -g, "B sd": None, "seeds": 3}
@@ -385,6 +386,8 @@ def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost(t
     assert "KEPT" in readme.read_text() and "sweep table kept" in capsys.readouterr().out
     front_page(args, gaps, {}, 96, "plain_zero saturates at 96 epochs")
     assert "KEPT" not in readme.read_text() and "Task 1 budget sweep at 96 epochs" in readme.read_text()
-    assert "task1-sweep-headline" in doc_sections("task1-sweep")
-    assert "task1-sweep-headline" not in doc_sections("task1-sweep", "-64px")  # a side setting stays off it
-    assert "task1-sweep-headline" in doc_sections("task1-sweep", "-long", front_page=True)
+    def sections(tag, asked=False):
+        return doc_sections("task1-sweep", tag, on_front_page(argparse.Namespace(tag=tag, front_page=asked)))
+    assert "task1-sweep-headline" in sections("")
+    assert "task1-sweep-headline" not in sections("-64px")  # a side setting stays off it
+    assert "task1-sweep-headline" in sections("-long", asked=True)

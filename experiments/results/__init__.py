@@ -34,7 +34,7 @@ from .jobs import train_runs
 from .parts import PARTS, doc_sections, parts_of
 from .plan import print_plan
 from .rows import ABLATION_NAMES, RESNET18_ROWS, SANDWICH_ROWS, SWEEP_ROWS, TASK1_ROWS
-from .tables import doc_page
+from .tables import doc_page, on_front_page
 
 
 def parse_args(argv):
@@ -119,7 +119,7 @@ def check_destinations(args, parts):
     """Publishing is all or nothing: every page section and folder it writes is checked before
     the first table is replaced."""
     if args.update_docs:
-        sections = [s for part in parts for s in doc_sections(part, args.tag, args.front_page)]
+        sections = [s for part in parts for s in doc_sections(part, args.tag, on_front_page(args))]
         check_doc_sections({s: doc_page(args, s) for s in sections})
     for folder, flag in ((args.results, "--results"), (args.figs, "--figs")):
         try:

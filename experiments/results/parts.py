@@ -46,11 +46,9 @@ def parts_of(args):
     return ALL if args.part == "all" else [args.part]
 
 
-def doc_sections(part, tag="", front_page=False):
-    """The sections of the docs that ``part`` pastes its tables into (``--update-docs``); the
-    front page's Task 1 tables come from the main setting (no ``--tag``) or a tagged one asked for
-    (``--front-page``)."""
-    front = front_page or not tag
+def doc_sections(part, tag="", front=True):
+    """The sections of the docs that ``part`` pastes its tables into (``--update-docs``); ``front``:
+    its Task 1 tables also go on the README (``tables.on_front_page``)."""
     return {"task1": ["task1" + tag, *["task1-headline"] * front],
             "task1-sweep": ["task1-sweep" + tag, *["task1-sweep-headline"] * front],
             "task1-ablation": ["task1-ablation"], "task1-sandwich": ["task1-sandwich"],

@@ -377,6 +377,12 @@ def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost(t
     one_seed = headline_markdown(gaps.assign(**{"RGB sd": None}, R=float("nan")), {}, 96)
     assert "| +1.2 " in one_seed and "| -1.2 " in one_seed and "1.2000" not in one_seed  # signed, not re-parsed
     assert "| –" in one_seed.splitlines()[2]  # a gap not measured reads as a dash
+    # a sweep of the specialists alone has no gaps: a table with its header only, not a crash
+    from experiments.results.task1_sweep import gap_markdown, gap_table
+    empty = gap_table(pd.DataFrame([{"epochs": 24, "row": "plain_zero", "combo": "RGB", "seed": 0, "accuracy": 0.8}]))
+    header, rule = gap_markdown(empty).splitlines()
+    assert "| model " in header and "| B " in header and rule.startswith("|--")
+    assert len(headline_markdown(empty, {}, 24).splitlines()) == 2
 
     readme = tmp_path / "README.md"
     readme.write_text("<!-- task1-sweep-headline:start -->\nKEPT\n<!-- task1-sweep-headline:end -->\n")

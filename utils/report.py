@@ -24,7 +24,7 @@ def _nulls(df):
 def markdown(df, floatfmt=".4f", text=()):
     """A Markdown table in which a missing value reads as a dash; the ``text`` columns print as
     written (a column of '+1.2' would otherwise be read as numbers and lose its signs)."""
-    as_written = [list(df.columns).index(c) for c in text]
+    as_written = [list(df.columns).index(c) for c in text] if len(df) else []  # tabulate indexes the rows
     return _nulls(df).to_markdown(index=False, floatfmt=floatfmt, missingval="–", disable_numparse=as_written or False)
 
 

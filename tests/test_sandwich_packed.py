@@ -362,7 +362,7 @@ def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost(t
 
     from experiments.results.parts import doc_sections
     from experiments.results.tables import on_front_page
-    from experiments.results.task1_sweep import front_page, headline_markdown
+    from experiments.results.task1_sweep import front_page, gap_markdown, gap_table, headline_markdown
     gaps = pd.DataFrame([{"epochs": e, "model": m, "RGB": g, "RGB sd": 0.5, "R": g, "R sd": None, "G": g,
                           "G sd": None, "B": -g, "B sd": None, "seeds": 3}
                          for e, g in ((48, -2.0), (96, 1.25)) for m in ("dwg", "dwg-singles", "dwg-lean")])
@@ -378,7 +378,6 @@ def test_the_front_page_shows_the_gaps_at_the_saturated_budget_with_their_cost(t
     assert "| +1.2 " in one_seed and "| -1.2 " in one_seed and "1.2000" not in one_seed  # signed, not re-parsed
     assert "| –" in one_seed.splitlines()[2]  # a gap not measured reads as a dash
     # a sweep of the specialists alone has no gaps: a table with its header only, not a crash
-    from experiments.results.task1_sweep import gap_markdown, gap_table
     empty = gap_table(pd.DataFrame([{"epochs": 24, "row": "plain_zero", "combo": "RGB", "seed": 0, "accuracy": 0.8}]))
     header, rule = gap_markdown(empty).splitlines()
     assert "| model " in header and "| B " in header and rule.startswith("|--")

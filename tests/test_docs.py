@@ -141,3 +141,23 @@ def test_publishing_to_missing_pages_replaces_no_table(tmp_path, capsys):
     assert exc.value.code == 2 and len(err) == 1 and "to update its task1 section" in err[0]
     assert {k: file_hashes(v) for k, v in published.items()} == before
     assert not (tmp_path / "runs").exists()
+
+
+LISTS = os.path.join(ROOT, "..", "shared", "data", "mini-imagenet-lists")
+
+
+@pytest.mark.skipif(not os.path.isdir(LISTS), reason="no shared mini-ImageNet lists")
+def test_the_plan_the_front_page_prints_is_the_plan_of_its_command(tmp_path, monkeypatch, capsys):
+    """The README's --plan example (its command without the bench's rates, on the course's lists)
+    counts the runs, parts and disk that command plans today: a new row cannot leave it stale."""
+    from experiments import results
+    text, _ = _tokens(PAGES[0])
+    command, = [line for _, line in _commands() if "--plan" in line and "--part all" in line]
+    argv = shlex.split(command.replace("$DATA_ROOT", LISTS))
+    argv = argv[argv.index("-m") + 2:argv.index("--plan-rates")]
+    monkeypatch.chdir(tmp_path)  # its runs folder, relative, is new here
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    assert results.main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    shown = [line for line in printed if re.match(r"plan: \d+ runs|\d+ runs \(|disk: ", line)]
+    assert len(shown) == 3 and all(line in text for line in shown), shown

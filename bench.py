@@ -34,7 +34,7 @@ from data.channels import sample_subset
 from engine import Run, train_one_epoch
 from experiments.results import parse_args as results_args
 from experiments.results.plan import Step, planned, step_of
-from experiments.results.rows import EQUAL_SIZES, SWEEP_RECIPES, SWEEP_VAL
+from experiments.results.rows import EQUAL_SIZES, SWEEP_RECIPES, SWEEP_VAL, sandwich
 from experiments.results.tables import data_name
 from flags import add_amp, add_data_root, add_device, build_parser, given_flags, resolve_args
 from losses import DistillationLoss, LabelLoss, SandwichLoss
@@ -293,10 +293,13 @@ def bench_sandwich(args):
 
 
 # Each as experiments.results trains it: dwg with its defaults (its cost sets Task 1's equal-time
-# budget), with its earlier default (the sweep's dwg row), and the budget sweep's candidates.
+# budget), with its earlier default (the sweep's dwg row), the budget sweep's candidates and the
+# full sandwich.
 EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"], "dwg": ["--model", "dwg"],
                  "dwg-equal": ["--model", "dwg", *EQUAL_SIZES],
-                 **{name: ["--model", "dwg", *flags] for name, flags in SWEEP_RECIPES.items()}}
+                 **{name: ["--model", "dwg", *flags] for name, flags in SWEEP_RECIPES.items()},
+                 "sandwich-full": ["--model", "dwg", *sandwich()]}
+VALIDATES_EVERY_EPOCH = {"plain_zero", "sandwich-full"}  # the others validate as the sweep's candidates do
 
 
 def bench_epoch(args):
@@ -304,8 +307,8 @@ def bench_epoch(args):
     each a ``train_dw.py`` run of one epoch on the small CNN, all alternated ``--repeats`` times,
     one process at a time with ``--threads`` threads; medians of the logged seconds of training
     (loading and steps) and of the whole epoch (validation included). ``val_every_epoch_ratio``
-    is the cost of an epoch with validation once every N epochs (the recipe's ``--val-every``, the
-    sweep's for the candidates), against plain_zero validating every epoch."""
+    is the cost of an epoch with validation once every N epochs (every epoch for the full sandwich,
+    the sweep's ``--val-every`` for the candidates), against plain_zero validating every epoch."""
     common = ["--backbone", "small", "--data-root", args.data_root, "--img-size", str(args.epoch_img_size),
               "--batch-size", "64", "--epochs", "1", "--workers", "1", "--overwrite",
               *(["--limit", str(args.epoch_limit)] if args.epoch_limit else [])]
@@ -335,7 +338,7 @@ def bench_epoch(args):
              "repeats": args.repeats, **recipe[name], "train_seconds": median[name][0],
              "epoch_seconds": median[name][1], "ratio_to_plain": median[name][0] / median["plain_zero"][0],
              "epoch_ratio_to_plain": median[name][1] / median["plain_zero"][1],
-             "val_every_epoch_ratio": amortized(median[name], sweep_val if name != "plain_zero" else 1)
+             "val_every_epoch_ratio": amortized(median[name], 1 if name in VALIDATES_EVERY_EPOCH else sweep_val)
              / median["plain_zero"][1]} for name in timed]
 
 

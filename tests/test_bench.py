@@ -28,16 +28,22 @@ def test_a_cut_bench_json_is_replaced_and_missing_pages_are_one_line(tmp_path, c
 
 
 def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
-    """One epoch of plain_zero and of each recipe asked for (by default dwg and every recipe of the
-    Task 1 sweep), with the cost of an epoch that validates once every --val-every epochs beside
+    """One epoch of plain_zero and of each recipe asked for (by default dwg, every recipe of the
+    Task 1 sweep and the full sandwich), with the cost of an epoch that validates once every --val-every epochs beside
     the cost with validation every epoch, and the recipe each row timed."""
     from experiments.results.rows import SWEEP_RECIPES
-    assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", "dwg", "dwg-equal", *SWEEP_RECIPES]
+    assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", "dwg", "dwg-equal", *SWEEP_RECIPES,
+                                                                      "sandwich-full"]
     assert bench.main(["--quick", "--parts", "epoch", "--repeats", "1", "--data-root", "synthetic", "--threads", "1",
-                       "--epoch-models", "dwg,dwg-stored,dwg-packed", "--out", str(tmp_path)]) == 0
+                       "--epoch-models", "dwg,dwg-stored,dwg-packed,sandwich-full", "--out", str(tmp_path)]) == 0
     rows = {r["model"]: r for r in json.loads((tmp_path / "epoch.json").read_text())}
-    assert list(rows) == ["plain_zero", "dwg", "dwg-stored", "dwg-packed"]
+    assert list(rows) == ["plain_zero", "dwg", "dwg-stored", "dwg-packed", "sandwich-full"]
     assert rows["plain_zero"]["val_every_epoch_ratio"] == pytest.approx(1.0)
+    # the full sandwich validates every epoch, as the sweep trains it; the candidates every sixth
+    full = rows["sandwich-full"]
+    assert full["val_every_epoch_ratio"] == pytest.approx(full["epoch_ratio_to_plain"])
+    assert full["sandwich_every"] == 1 and full["sandwich_fraction"] == 1
+    assert rows["dwg"]["val_every_epoch_ratio"] < rows["dwg"]["epoch_ratio_to_plain"]
     assert rows["dwg-stored"]["sandwich_stored"] and rows["dwg-packed"]["sandwich_packed"]
     assert rows["dwg"]["single_prob"] == 0.5 and rows["dwg-packed"]["single_prob"] is None
     assert {r["data"] for r in rows.values()} == {"synthetic shapes"}  # the name the tables look up

@@ -29,8 +29,8 @@ def test_a_cut_bench_json_is_replaced_and_missing_pages_are_one_line(tmp_path, c
 
 def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
     """One epoch of plain_zero and of each recipe asked for (by default dwg, every recipe of the
-    Task 1 sweep and the full sandwich), with the cost of an epoch that validates once every --val-every epochs beside
-    the cost with validation every epoch, and the recipe each row timed."""
+    Task 1 sweep and the full sandwich), with the cost of an epoch that validates once every
+    --val-every epochs beside the cost with validation every epoch, and the recipe each row timed."""
     from experiments.results.rows import SWEEP_RECIPES
     assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", "dwg", "dwg-equal", *SWEEP_RECIPES,
                                                                       "sandwich-full"]

@@ -333,19 +333,21 @@ def bench_epoch(args):
                 images = config["limit"]
     median = {name: np.median(np.array(v), axis=0) for name, v in seconds.items()}
     sweep_val = int(SWEEP_VAL[1])
+    plain_train, plain_epoch = median["plain_zero"]
     return [{"model": name, "data": data_name(args),
              "img_size": args.epoch_img_size, "batch": 64 if not args.quick else 16, "limit": images,
              "repeats": args.repeats, **recipe[name], "train_seconds": median[name][0],
-             "epoch_seconds": median[name][1], "ratio_to_plain": median[name][0] / median["plain_zero"][0],
-             "epoch_ratio_to_plain": median[name][1] / median["plain_zero"][1],
+             "epoch_seconds": median[name][1], "plain_train_seconds": plain_train, "plain_epoch_seconds": plain_epoch,
+             "ratio_to_plain": median[name][0] / plain_train, "epoch_ratio_to_plain": median[name][1] / plain_epoch,
              "val_every_epoch_ratio": amortized(median[name], 1 if name in VALIDATES_EVERY_EPOCH else sweep_val)
-             / median["plain_zero"][1]} for name in timed]
+             / plain_epoch} for name in timed]
 
 
 def other_settings(path, rows):
     """The epoch rows already in ``path`` that ``rows`` do not time again (other data, sizes or
     batches, or recipes left out by --epoch-models): each is kept until it is timed again (the
-    Task 1 tables read theirs); each row's ratios are to the plain_zero of its own timing."""
+    Task 1 tables read theirs); each row's ratios are to the plain_zero of its own timing, whose
+    seconds the row keeps (``plain_train_seconds``, ``plain_epoch_seconds``)."""
     try:
         with open(path) as f:
             old = json.load(f)

@@ -49,6 +49,9 @@ def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
     assert {r["data"] for r in rows.values()} == {"synthetic shapes"}  # the name the tables look up
     for r in rows.values():
         assert r["ratio_to_plain"] > 0 and r["val_every_epoch_ratio"] <= r["epoch_ratio_to_plain"] + 1e-9
+        # the plain_zero it was divided by stays with it, should a later timing replace that row
+        assert r["ratio_to_plain"] == pytest.approx(r["train_seconds"] / r["plain_train_seconds"])
+        assert r["epoch_ratio_to_plain"] == pytest.approx(r["epoch_seconds"] / r["plain_epoch_seconds"])
     # another setting's measurement stays beside this one; the same setting's is replaced
     other = {**rows["dwg"], "img_size": rows["dwg"]["img_size"] + 1, "ratio_to_plain": 9.0}
     (tmp_path / "epoch.json").write_text(json.dumps([other, rows["dwg"]]))

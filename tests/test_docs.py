@@ -149,15 +149,16 @@ LISTS = os.path.join(ROOT, "..", "shared", "data", "mini-imagenet-lists")
 @pytest.mark.skipif(not os.path.isdir(LISTS), reason="no shared mini-ImageNet lists")
 def test_the_plan_the_front_page_prints_is_the_plan_of_its_command(tmp_path, monkeypatch, capsys):
     """The README's --plan example (its command without the bench's rates, on the course's lists)
-    counts the runs, parts and disk that command plans today: a new row cannot leave it stale."""
+    counts the runs, parts, disk and untimed runs that command plans today: a new row cannot leave it stale."""
     from experiments import results
     text, _ = _tokens(PAGES[0])
     command, = [line for _, line in _commands() if "--plan" in line and "--part all" in line]
     argv = shlex.split(command.replace("$DATA_ROOT", LISTS))
     argv = argv[argv.index("-m") + 2:argv.index("--plan-rates")]
-    monkeypatch.chdir(tmp_path)  # its runs folder, relative, is new here
+    argv[argv.index("--out") + 1] = str(tmp_path / "runs")  # every run new, whatever this checkout has trained
+    monkeypatch.chdir(ROOT)  # the bench's rates it reads, as a user's checkout has them
     monkeypatch.delenv("DATA_ROOT", raising=False)
     assert results.main(argv) == 0
     printed = capsys.readouterr().out.splitlines()
-    shown = [line for line in printed if re.match(r"plan: \d+ runs|\d+ runs \(|disk: ", line)]
-    assert len(shown) == 3 and all(line in text for line in shown), shown
+    shown = [line for line in printed if re.match(r"plan: \d+ runs|\d+ runs \(|disk: |time: ", line)]
+    assert len(shown) == 4 and all(line in text for line in shown), shown

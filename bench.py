@@ -292,14 +292,13 @@ def bench_sandwich(args):
     return rows
 
 
-# Each as experiments.results trains it: dwg with its defaults (its cost sets Task 1's equal-time
-# budget), with its earlier default (the sweep's dwg row), the budget sweep's candidates and the
-# full sandwich.
-EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"], "dwg": ["--model", "dwg"],
-                 "dwg-equal": ["--model", "dwg", *EQUAL_SIZES],
-                 **{name: ["--model", "dwg", *flags] for name, flags in SWEEP_RECIPES.items()},
+# Each as experiments.results trains it, validation cadence included: dwg with its defaults (its
+# cost sets Task 1's equal-time budget), with its earlier default (the sweep's dwg row), the budget
+# sweep's candidates and the full sandwich (which validates every epoch, as plain_zero does).
+EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"],
+                 "dwg": ["--model", "dwg", *SWEEP_VAL], "dwg-equal": ["--model", "dwg", *EQUAL_SIZES, *SWEEP_VAL],
+                 **{name: ["--model", "dwg", *flags, *SWEEP_VAL] for name, flags in SWEEP_RECIPES.items()},
                  "sandwich-full": ["--model", "dwg", *sandwich()]}
-VALIDATES_EVERY_EPOCH = {"plain_zero", "sandwich-full"}  # the others validate as the sweep's candidates do
 
 
 def bench_epoch(args):
@@ -307,8 +306,8 @@ def bench_epoch(args):
     each a ``train_dw.py`` run of one epoch on the small CNN, all alternated ``--repeats`` times,
     one process at a time with ``--threads`` threads; medians of the logged seconds of training
     (loading and steps) and of the whole epoch (validation included). ``val_every_epoch_ratio``
-    is the cost of an epoch with validation once every N epochs (every epoch for the full sandwich,
-    the sweep's ``--val-every`` for the candidates), against plain_zero validating every epoch."""
+    is the cost of an epoch with validation once every ``val_every`` epochs (the recipe's
+    ``--val-every``; a one-epoch run validates at its last), against plain_zero validating every epoch."""
     common = ["--backbone", "small", "--data-root", args.data_root, "--img-size", str(args.epoch_img_size),
               "--batch-size", "64", "--epochs", "1", "--workers", "1", "--overwrite",
               *(["--limit", str(args.epoch_limit)] if args.epoch_limit else [])]
@@ -332,15 +331,14 @@ def bench_epoch(args):
                                 if k.startswith("sandwich_") or k in ("channel_aug", "single_prob", "val_every")}
                 images = config["limit"]
     median = {name: np.median(np.array(v), axis=0) for name, v in seconds.items()}
-    sweep_val = int(SWEEP_VAL[1])
     plain_train, plain_epoch = median["plain_zero"]
     return [{"model": name, "data": data_name(args),
              "img_size": args.epoch_img_size, "batch": 64 if not args.quick else 16, "limit": images,
              "repeats": args.repeats, **recipe[name], "train_seconds": median[name][0],
              "epoch_seconds": median[name][1], "plain_train_seconds": plain_train, "plain_epoch_seconds": plain_epoch,
              "ratio_to_plain": median[name][0] / plain_train, "epoch_ratio_to_plain": median[name][1] / plain_epoch,
-             "val_every_epoch_ratio": amortized(median[name], 1 if name in VALIDATES_EVERY_EPOCH else sweep_val)
-             / plain_epoch} for name in timed]
+             "val_every_epoch_ratio": amortized(median[name], recipe[name]["val_every"]) / plain_epoch}
+            for name in timed]
 
 
 def other_settings(path, rows):

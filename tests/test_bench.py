@@ -52,6 +52,8 @@ def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
         # the plain_zero it was divided by stays with it, should a later timing replace that row
         assert r["ratio_to_plain"] == pytest.approx(r["train_seconds"] / r["plain_train_seconds"])
         assert r["epoch_ratio_to_plain"] == pytest.approx(r["epoch_seconds"] / r["plain_epoch_seconds"])
+        priced = bench.amortized((r["train_seconds"], r["epoch_seconds"]), r["val_every"]) / r["plain_epoch_seconds"]
+        assert r["val_every_epoch_ratio"] == pytest.approx(priced)  # at the cadence the row records
     # another setting's measurement stays beside this one; the same setting's is replaced
     other = {**rows["dwg"], "img_size": rows["dwg"]["img_size"] + 1, "ratio_to_plain": 9.0}
     (tmp_path / "epoch.json").write_text(json.dumps([other, rows["dwg"]]))

@@ -5,13 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_list_root
+from conftest import SHARED_DATA, make_list_root
 from data import build_dataset, describe_root, parse_combo
 from data.channels import dropout, sample_subset, select, shuffle
 from data.datasets import read_image, read_list, to_rgb
 from utils.errors import UserError
-
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 def test_crlf_and_lf_lists_read_the_same(tmp_path):
@@ -22,9 +20,9 @@ def test_crlf_and_lf_lists_read_the_same(tmp_path):
     assert a == b and a[0][0].endswith(".JPEG") and a[0][1] == 0
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "mini-imagenet-lists")), reason="no shared lists")
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "mini-imagenet-lists")), reason="no shared lists")
 def test_real_mini_imagenet_lists_parse():
-    root = os.path.join(SHARED, "mini-imagenet-lists")
+    root = os.path.join(SHARED_DATA, "mini-imagenet-lists")
     spec = describe_root(root)
     assert len(spec.classes) == 50
     assert len(read_list(os.path.join(root, "train.txt"))) == 63325

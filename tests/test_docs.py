@@ -9,7 +9,7 @@ import shlex
 import pytest
 from markdown_it import MarkdownIt
 
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA
 
 PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
@@ -143,7 +143,7 @@ def test_publishing_to_missing_pages_replaces_no_table(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-LISTS = os.path.join(ROOT, "..", "shared", "data", "mini-imagenet-lists")
+LISTS = os.path.join(SHARED_DATA, "mini-imagenet-lists")
 
 
 @pytest.mark.skipif(not os.path.isdir(LISTS), reason="no shared mini-ImageNet lists")

@@ -130,8 +130,9 @@ SWEEP_VAL = ["--val-every", "6"]
 # whose steps between sandwiches draw a single channel half the time instead of a third; lean, the
 # same with a sandwich every sixth step, the one recipe here that aims under 1.2x per epoch; singles75,
 # dwg-singles drawing a single channel three times in four between sandwiches (the singles trailed
-# most at the saturated budget); singles-affine, dwg-singles whose channel sets also keep their own
-# BatchNorm scale and shift.
+# most at the saturated budget); singles-stored, dwg-singles whose steps between sandwiches also distil
+# from the stored targets (the single channels learn from the full set on every step, not one in three);
+# singles-affine, dwg-singles whose channel sets also keep their own BatchNorm scale and shift.
 SWEEP_RECIPES = {
     "dwg-packed": ["--sandwich-packed", *sandwich(fraction=0.1)],
     "dwg-packed-delayed": ["--sandwich-packed", "--sandwich-delay", "0.5", *sandwich(fraction=0.2)],
@@ -139,10 +140,11 @@ SWEEP_RECIPES = {
     "dwg-singles": sandwich(fraction=0.25, every=3, single=0.5),
     "dwg-lean": sandwich(fraction=0.25, every=6, single=0.5),
     "dwg-singles75": sandwich(fraction=0.25, every=3, single=0.75),
+    "dwg-singles-stored": ["--sandwich-stored", *sandwich(fraction=0.25, every=3, single=0.5)],
     "dwg-singles-affine": ["--combo-affine", *sandwich(fraction=0.25, every=3, single=0.5)],
 }
 # The recipes whose claim rests on every seed, not the first only: those level with the specialists.
-SEEDED_RECIPES = {"dwg-singles", "dwg-lean", "dwg-singles75"}
+SEEDED_RECIPES = {"dwg-singles", "dwg-lean", "dwg-singles75", "dwg-singles-stored"}
 SWEEP_ROWS = [Row("plain_zero", "plain_zero", ["--val-combos", "RGB"]),
               *[Row(f"plain_zero-{c}only", "plain_zero", ["--train-channels", c, "--val-combos", c], channel=c)
                 for c in SINGLE],

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import models
-from losses import LabelLoss, SandwichLoss
+from losses import LabelLoss, SandwichLoss, StoredTargets
 from models.norm import ComboBatchNorm2d, ComboSelector
 from tests.conftest import run_script
 
@@ -125,6 +125,31 @@ def test_steps_between_sandwiches_draw_singles_at_the_chosen_rate():
     seen = _passes(crit, 9)
     assert [len(s) for s in seen[::3]] == [3] * 3  # the sandwiches stay as they were
     assert all(len(s) == 1 and len(s[0]) == 1 for i, s in enumerate(seen) if i % 3)
+
+
+def test_stored_targets_teach_the_single_channel_steps_between_sandwiches():
+    """dwg-singles-stored: the steps between sandwiches draw single channels at the chosen rate and
+    each distils towards the prediction the last sandwich stored for its images, none without one."""
+    crit = SandwichLoss(LabelLoss(), 2, torch.Generator().manual_seed(0), every=3,
+                        stored=StoredTargets(8, 4))
+    crit.single_prob = 1.0
+    x, y = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    full = torch.tensor([[2.0, 0.0, 0.0, 0.0]]).expand(4, 4)
+    for step, batch in enumerate([[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]]):
+        crit.see_batch(torch.tensor(batch))
+        calls = []
+
+        def forward(x, names, sync=True):
+            calls.append(names)
+            return (full if len(names) == 3 else torch.zeros(len(x), 4)).clone().requires_grad_()
+        out = list(crit(forward, x, tuple("RGB"), y))
+        if step == 0:
+            continue  # the sandwich stores the full set's prediction for images 0-3
+        (loss, _, (label, distill)), = out
+        assert len(calls) == 1 and len(calls[0]) == 1  # one single channel
+        target = torch.softmax(full[0], 0)
+        expected = -(target * torch.log_softmax(torch.zeros(4), 0)).sum().item() if step == 1 else 0.0
+        assert distill == pytest.approx(expected, rel=1e-3) and loss.item() == pytest.approx(label + distill, rel=1e-5)
 
 
 def test_packed_sandwich_refuses_a_smaller_side():

@@ -133,15 +133,16 @@ SWEEP_VAL = ["--val-every", "6"]
 # most at the saturated budget); singles-stored, dwg-singles whose steps between sandwiches also distil
 # from the stored targets (the single channels learn from the full set on every step, not one in three);
 # singles-affine, dwg-singles whose channel sets also keep their own BatchNorm scale and shift.
+SINGLES = sandwich(fraction=0.25, every=3, single=0.5)  # dwg-singles, the base of the rows named after it
 SWEEP_RECIPES = {
     "dwg-packed": ["--sandwich-packed", *sandwich(fraction=0.1)],
     "dwg-packed-delayed": ["--sandwich-packed", "--sandwich-delay", "0.5", *sandwich(fraction=0.2)],
     "dwg-stored": ["--sandwich-stored", *sandwich(fraction=0.25, every=3)],
-    "dwg-singles": sandwich(fraction=0.25, every=3, single=0.5),
+    "dwg-singles": SINGLES,
     "dwg-lean": sandwich(fraction=0.25, every=6, single=0.5),
     "dwg-singles75": sandwich(fraction=0.25, every=3, single=0.75),
-    "dwg-singles-stored": ["--sandwich-stored", *sandwich(fraction=0.25, every=3, single=0.5)],
-    "dwg-singles-affine": ["--combo-affine", *sandwich(fraction=0.25, every=3, single=0.5)],
+    "dwg-singles-stored": ["--sandwich-stored", *SINGLES],
+    "dwg-singles-affine": ["--combo-affine", *SINGLES],
 }
 # The recipes whose claim rests on every seed, not the first only: those level with the specialists.
 SEEDED_RECIPES = {"dwg-singles", "dwg-lean", "dwg-singles75", "dwg-singles-stored"}

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -32,10 +33,8 @@ import models
 from data import DEFAULT_VOCAB, DataSpec, build_dataset, describe_root, parse_combo
 from data.channels import sample_subset
 from engine import Run, train_one_epoch
-from experiments.results import parse_args as results_args
-from experiments.results.plan import Step, planned, step_of
-from experiments.results.rows import EQUAL_SIZES, SWEEP_RECIPES, SWEEP_VAL, sandwich
-from experiments.results.tables import data_name
+from experiments.results.records import data_identity
+from experiments.results.runs import CANDIDATES, SPECIALISTS, TASK2
 from flags import add_amp, add_data_root, add_device, build_parser, given_flags, resolve_args
 from losses import DistillationLoss, LabelLoss, SandwichLoss
 from models.backbones import BACKBONES
@@ -140,38 +139,47 @@ def bench_profile(args, calls=200):
               for e in ops)]
 
 
-ANY_BODY = "<body>"  # stands for the command's --backbone when the runs are listed
+@dataclass(frozen=True)
+class Step:
+    """What one training step of a run computes: its script and the flags that change a step
+    (``--model`` first), and the model of its teacher when it distils."""
+    script: str
+    flags: tuple
+    teacher: str = None
+
+    @property
+    def label(self):
+        return " ".join([*self.flags[1:], *(["--teacher", self.teacher] if self.teacher else [])])
 
 
 def trained_steps():
-    """Every distinct training step python -m experiments.results trains (its own run lists, every
-    part) with the body it is bound to (None: the command's --backbone), then the default step of
-    every registered model those runs leave out: -> [(Step, body or None)]."""
-    with tempfile.TemporaryDirectory() as empty:  # no runs there: every run is listed as new
-        args = results_args(["--part", "all", "--seeds", "0", "--budgets", "1", "--backbone", ANY_BODY,
-                             "--data-root", "synthetic", "--out", empty, "--bench", empty])
-        runs = [run for _, run in planned(args)]
-    steps = {(step_of(run), None if run.flag("--backbone") in (ANY_BODY, None) else run.flag("--backbone")): None
-             for run in runs}
+    """Every distinct training step of the result tables' rows (experiments/results/runs.py),
+    then the default step of every registered model they leave out."""
+    steps = [Step("train_dw.py", tuple(without(without(flags, "--val-every"), "--val-combos")))
+             for flags in {**SPECIALISTS, **CANDIDATES}.values()]
+    steps += [Step("train_rrdb.py", tuple(flags), "resnet34" if row == "shallow_kd" else None)
+              for row, flags in TASK2.items()]
     for name in models.list_models():
-        if name not in {step.flags[1] for step, _ in steps}:
+        if name not in {step.flags[1] for step in steps}:
             script = "train_dw.py" if models.registry.model_task(name) == 1 else "train_rrdb.py"
-            steps[(Step(script, ("--model", name)), None)] = None
-    return list(steps)
+            steps.append(Step(script, ("--model", name)))
+    return list(dict.fromkeys(steps))
+
+
+def without(flags, name):
+    """``flags`` without ``name`` and its value (what is validated, and how often, does not change a step)."""
+    i = flags.index(name) if name in flags else len(flags)
+    return [*flags[:i], *flags[i + 2:]]
 
 
 class SameBatch:
-    """A training loader of one batch ``steps`` times over, which tells the batch's image indices
-    as the training sampler does (stored targets are kept by image)."""
+    """A training loader of one batch ``steps`` times over."""
 
     def __init__(self, x, y, steps):
-        self.batches, self.sampler = [(x, y)] * steps, self
+        self.batches = [(x, y)] * steps
 
     def __iter__(self):
         return iter(self.batches)
-
-    def batch_indices(self, step):
-        return torch.arange(len(self.batches[0][1]))
 
 
 def build_step(step, body, size, batch, args):
@@ -185,18 +193,15 @@ def build_step(step, body, size, batch, args):
                             script.DEFAULTS["default_model"])
     spec = DataSpec("synthetic", [f"class {i}" for i in range(50)], True)
     ctx = distributed.Context(device=torch.device(args.device))
-    model, config = build_model(targs, spec, None, ctx)
     combo = "".join(parse_combo(targs.train_channels, DEFAULT_VOCAB)) if targs.train_channels else None
+    model, config = build_model(targs, spec, None, ctx, combo)
     run = Run(model, args=targs, ctx=ctx, spec=spec, config=config, val_combos=[], train_combo=combo,
               train_set=range(batch), steps_per_epoch=1)
     build_criterion(run)
     if step.teacher:  # only Task 2 runs distil here, whose criterion is the label loss
         teacher = models.inference_form(models.create_model(step.teacher, 50)).to(ctx.device).requires_grad_(False)
         run.criterion = DistillationLoss(run.criterion, teacher, targs.kd_alpha, targs.kd_temperature)
-    state = training_state(run, None)
-    if isinstance(run.criterion, SandwichLoss):
-        run.criterion.start = 0  # a delayed sandwich timed as it runs once started, its costlier part
-    return run, state
+    return run, training_state(run, None)
 
 
 def time_step(step, body, size, batch, args):
@@ -220,16 +225,15 @@ def time_step(step, body, size, batch, args):
 
 def bench_model(args):
     """A training step of every model as python -m experiments.results trains it (``trained_steps``:
-    its model, channel recipe, optimizer, EMA, batch mixing and teacher, built by train.py), every
-    registered model included; Task 1 steps on each of --model-backbones unless bound to a body:
-    images/s, the ratio to plain_zero's step on the same body (Task 1) or resnet34's (Task 2), and
-    on CUDA the peak memory. The result tables' --plan reads these rates."""
+    its model, channel recipe, optimizer and teacher, built by train.py), every registered model
+    included; Task 1 steps on each of --model-backbones: images/s, the ratio to plain_zero's step
+    on the same body (Task 1) or resnet34's (Task 2), and on CUDA the peak memory."""
     size = args.model_img_size or (224 if args.device == "cuda" else 128)
     bs = args.model_batch or (64 if args.device == "cuda" else 16)
     rows = []
-    for step, body in trained_steps():
+    for step in trained_steps():
         task1 = step.script == "train_dw.py"
-        for backbone in ([body] if body else args.model_backbones) if task1 else ["-"]:
+        for backbone in args.model_backbones if task1 else ["-"]:
             seconds, memory = time_step(step, backbone, size, bs, args)
             rows.append({"step": step.label, "model": step.flags[1], "task": 1 if task1 else 2, "backbone": backbone,
                          "img_size": size, "batch": bs, "amp": args.amp, "device": device_name(args.device),
@@ -242,11 +246,9 @@ def bench_model(args):
 
 # The sandwich's cheaper variants (SandwichLoss's options), each as train_dw.py would build it.
 SANDWICH_RECIPES = {
-    "sandwich, 2 reduced sets (full batch, full size)": {},
+    "sandwich, 2 reduced sets (full batch)": {},
     "sandwich, reduced sets on 1/4 of the batch": {"fraction": 0.25},
-    "sandwich, reduced sets at 3/4 of the side": {"scale": 0.75},
     "sandwich on 1 step in 3, subset sampling between": {"every": 3},
-    "sandwich, 1/4 of the batch at 3/4 of the side": {"fraction": 0.25, "scale": 0.75},
     "sandwich on 1 step in 3 on 1/4 of the batch, subset sampling between": {"every": 3, "fraction": 0.25},
 }
 
@@ -285,24 +287,19 @@ def bench_sandwich(args):
             times[name] = median_seconds(steps, args) / cycle
         for name, t in times.items():
             criterion = recipes[name][1]
-            options = ({k: getattr(criterion, k) for k in ("fraction", "scale", "every")}
-                       if isinstance(criterion, SandwichLoss) else {"fraction": None, "scale": None, "every": None})
+            options = ({k: getattr(criterion, k) for k in ("fraction", "every")}
+                       if isinstance(criterion, SandwichLoss) else {"fraction": None, "every": None})
             rows.append({"backbone": backbone, "img_size": img, "batch": batch, "recipe": name, **options,
                          "ms_per_step": 1e3 * t, "ratio_to_plain": t / times["plain_zero, RGB"]})
     return rows
 
 
-# Each as experiments.results trains it, validation cadence included: dwg with its defaults (its
-# cost sets Task 1's equal-time budget), with its earlier default (the sweep's dwg row), the budget
-# sweep's candidates and the full sandwich (which validates every epoch, as plain_zero does).
-EPOCH_RECIPES = {"plain_zero": ["--model", "plain_zero", "--val-combos", "RGB"],
-                 "dwg": ["--model", "dwg", *SWEEP_VAL], "dwg-equal": ["--model", "dwg", *EQUAL_SIZES, *SWEEP_VAL],
-                 **{name: ["--model", "dwg", *flags, *SWEEP_VAL] for name, flags in SWEEP_RECIPES.items()},
-                 "sandwich-full": ["--model", "dwg", *sandwich()]}
+# Each as experiments.results trains it, its validation cadence included (runs.py).
+EPOCH_RECIPES = {"plain_zero": SPECIALISTS["plain_zero"], **CANDIDATES}
 
 
 def bench_epoch(args):
-    """Whole training epochs of dwg (its defaults) and of the sweep's recipes against plain_zero's:
+    """Whole training epochs of the sweep's candidates (runs.py) against plain_zero's:
     each a ``train_dw.py`` run of one epoch on the small CNN, all alternated ``--repeats`` times,
     one process at a time with ``--threads`` threads; medians of the logged seconds of training
     (loading and steps) and of the whole epoch (validation included). ``val_every_epoch_ratio``
@@ -332,7 +329,7 @@ def bench_epoch(args):
                 images = config["limit"]
     median = {name: np.median(np.array(v), axis=0) for name, v in seconds.items()}
     plain_train, plain_epoch = median["plain_zero"]
-    return [{"model": name, "data": data_name(args),
+    return [{"row": name, "flags": EPOCH_RECIPES[name], "data": data_identity(args.data_root)["name"],
              "img_size": args.epoch_img_size, "batch": 64 if not args.quick else 16, "limit": images,
              "repeats": args.repeats, **recipe[name], "train_seconds": median[name][0],
              "epoch_seconds": median[name][1], "plain_train_seconds": plain_train, "plain_epoch_seconds": plain_epoch,
@@ -351,9 +348,9 @@ def other_settings(path, rows):
             old = json.load(f)
     except (OSError, ValueError):
         return []
-    timed = {(r["data"], r["img_size"], r["batch"], r["model"]) for r in rows}
-    return [r for r in old if isinstance(r, dict)
-            and (r.get("data"), r.get("img_size"), r.get("batch"), r.get("model")) not in timed]
+    timed = {(r["data"], r["img_size"], r["batch"], r["row"]) for r in rows}
+    return [r for r in old if isinstance(r, dict) and "row" in r
+            and (r.get("data"), r.get("img_size"), r.get("batch"), r.get("row")) not in timed]
 
 
 def amortized(seconds, val_every):

@@ -140,7 +140,7 @@ def train_one_epoch(run, state, loader, epoch, *, mix=None, progress=None, start
         if micro_batches is not None and step >= micro_batches:
             break
         t_data = time.perf_counter()
-        x, names, y = device_batch(run, loader, step, x, y, mix)
+        x, names, y = device_batch(run, x, y, mix)
         last_micro = (step + 1) % accum == 0
         if step % accum == 0:
             state.optimizer.zero_grad(set_to_none=True)
@@ -165,7 +165,7 @@ def train_one_epoch(run, state, loader, epoch, *, mix=None, progress=None, start
             "acc": correct / max(seen, 1), "step": step, "interrupted": stop.requested, "tally": tuple(tally)}
 
 
-def device_batch(run, loader, step, x, y, mix):
+def device_batch(run, x, y, mix):
     """A loaded batch on the device, normalised, mixed, with the channels this step trains on."""
     x, y = normalize(x.to(run.ctx.device, non_blocking=True)), y.to(run.ctx.device, non_blocking=True)
     if mix is not None:
@@ -173,8 +173,6 @@ def device_batch(run, loader, step, x, y, mix):
     x, names = select(x, run.train_combo, DEFAULT_VOCAB) if run.train_combo else (x, tuple(DEFAULT_VOCAB))
     if run.augment is not None:
         x, names = run.augment(x, names, generator=run.chan_gen)
-    if getattr(run.criterion, "wants_indices", False):  # stored targets are kept by image
-        run.criterion.see_batch(loader.sampler.batch_indices(step))
     return x, names, y
 
 
@@ -193,14 +191,14 @@ def backward_passes(run, state, x, names, y, where, last_micro):
             return net(x, names).float()
 
     logits, passes = None, []
-    for loss, out, *parts in run.criterion(forward, x, names, y):
+    for loss, out in run.criterion(forward, x, names, y):
         value = loss.item()
         if not math.isfinite(value):
             raise UserError(f"non-finite loss ({value}) at {where}; training stopped; "
                             "the checkpoints saved so far are kept")
         loss = loss / accum if accum > 1 else loss
         (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
-        passes += parts[0] if parts else [value]  # a packed pass names its label and distillation parts
+        passes.append(value)
         logits = out if logits is None else logits
     return logits, passes
 
@@ -262,15 +260,3 @@ def evaluate_split(model, spec, split, img_size, combos, ctx, batch_size=128, wo
     rows = [{"combo": c, "img_size": img_size, "images": len(t),
              **classification_metrics(t, top, len(spec.classes))} for c, (t, top) in results.items()]
     return rows, results
-
-
-def recalibrate(model, spec, img_size, images, ctx, batch_size=128, workers=2, decode="workers"):
-    """Per-channel-set BatchNorm statistics of a Task 1 model from ``images`` training images
-    (evenly spaced, evaluation transform), loaded once and reused for every set."""
-    if not hasattr(model, "recalibrate"):
-        raise UserError("--recalibrate needs a Task 1 model (BatchNorm statistics per channel set)")
-    dataset = build_dataset(spec, "train", img_size, limit=images)
-    batches = [normalize(x.to(ctx.device)) for x, _ in eval_loader(dataset, batch_size, workers, ctx, decode)]
-    model.recalibrate(batches)
-    print(f"recalibrated BatchNorm statistics per channel set on {len(dataset)} training images")
-    return model

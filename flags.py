@@ -4,6 +4,7 @@ older than a flag trained with."""
 import argparse
 import ast
 import copy
+import importlib
 import os
 
 import models
@@ -24,10 +25,13 @@ SAFE_ON_RESUME = ("out", "workers", "decode", "device", "data_root", "epochs", "
 
 # Recipe flags added after runs had begun, with the value those runs trained with; a checkpoint
 # without them resumes with these, not with today's defaults.
-BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_scale": 1.0, "sandwich_every": 1, "opt": "sgd", "sched": "cosine",
+BEFORE_FLAG = {"sandwich_fraction": 1.0, "sandwich_every": 1, "opt": "sgd", "sched": "cosine",
                "model_opt": [], "ema": None, "mixup": 0.0, "cutmix": 0.0, "accum_steps": 1,
-               "val_every": 1, "sandwich_packed": False, "sandwich_delay": 0.0,
-               "sandwich_stored": False, "single_prob": None}
+               "val_every": 1, "single_prob": None}
+# Recipe flags the measurements rejected (docs/task1-design.md), at the value that left them off:
+# a checkpoint trained with one of them on cannot be resumed by this version.
+RETIRED = {"sandwich_packed": False, "sandwich_delay": 0.0, "sandwich_stored": False, "sandwich_scale": 1.0,
+           "sandwich_all_singles": False, "full_prob": 0.0, "combo_affine": None}
 
 # The flags several scripts share, each defined here once: one name, meaning and help everywhere.
 def add_data_root(p, fallback="."):
@@ -161,31 +165,15 @@ def add_task1_flags(p, channels):
                    help="dwg: a plain kernel per channel under the hypernetwork (default: the model's)")
     p.add_argument("--combo-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm statistics per channel set (default: the model's)")
-    p.add_argument("--combo-affine", action=argparse.BooleanOptionalAction, default=None,
-                   help="BatchNorm scale and shift per channel set as well (implies --combo-bn)")
     channels.add_argument("--channel-aug", default=None, choices=["none", "shuffle", "subset", "dropout", "sandwich"],
                           help="channel augmentation (default: the model's own); sandwich: every step trains "
                                "the full set on labels and --sandwich-subsets reduced sets towards it")
     channels.add_argument("--sandwich-subsets", type=at_least(1), default=2,
                           help="reduced combinations per sandwich step (the first a single channel)")
-    channels.add_argument("--sandwich-all-singles", action="store_true",
-                          help="the sandwich's first reduced combination is every single channel, one pass each")
     channels.add_argument("--sandwich-fraction", type=between(0, 1, low_open=True), default=0.25,
                           help="share of the batch each reduced combination trains on (a different slice each)")
-    channels.add_argument("--sandwich-scale", type=between(0, 1, low_open=True), default=1.0,
-                          help="reduced combinations see the images at this share of their side")
     channels.add_argument("--sandwich-every", type=at_least(1), default=3,
                           help="every N-th step is a sandwich; the others train one sampled combination on the labels")
-    channels.add_argument("--sandwich-packed", action="store_true",
-                          help="a sandwich step is one forward and one backward: the reduced views of the batch's "
-                               "images ride in the same batch as the full set, whose output is their target")
-    channels.add_argument("--sandwich-delay", type=between(0, 1, high_open=True), default=0.0, metavar="FRACTION",
-                          help="the first FRACTION of the steps train the full set alone, then the sandwich starts")
-    channels.add_argument("--sandwich-stored", action="store_true",
-                          help="steps between sandwiches also train their combination towards each image's latest "
-                               "full-set prediction, kept by image (no extra pass)")
-    channels.add_argument("--full-prob", type=between(0, 1), default=0.0,
-                          help="subset augmentation: probability that a batch keeps every channel")
     by_model = ", ".join(f"{p:g} for {m}" for m, p in SINGLE_PROB.items())
     channels.add_argument("--single-prob", type=single_prob, default=None, metavar="P",
                           help="subset draws (the subset augmentation, the steps between sandwiches) take one "
@@ -264,6 +252,11 @@ def resolve_args(args, given, parser, default_model):
     if "optimizer" not in resume:
         raise UserError(f"{resume['path']} holds weights only and cannot be resumed")
     check_fields(resume, resume["path"], needed=RESUME)
+    retired = [k for k, off in RETIRED.items() if resume["args"].get(k, off) not in (off, None, False)]
+    if retired:
+        raise UserError(f"{resume['path']} trained with {flag_name(retired[0])} "
+                        f"{resume['args'][retired[0]]}, a recipe this version no longer has; resume it with the "
+                        "version that trained it (docs/task1-design.md names the commit)")
     stored = stored_recipe(parser, resume)
     refused = sorted(k for k in given - {"resume", "model", "overwrite", *SAFE_ON_RESUME}
                      if getattr(args, k) != stored.get(k))
@@ -297,7 +290,8 @@ def stored_recipe(parser, resume):
             problem = flag_problem(action, resume["args"][action.dest])
             if problem:
                 raise UserError(f"{resume['path']}: field 'args.{action.dest}' {problem}; a damaged checkpoint")
-    return {**vars(parser.parse_args([])), **BEFORE_FLAG, **resume["args"]}
+    recipe = {k: v for k, v in resume["args"].items() if k not in RETIRED}
+    return {**vars(parser.parse_args([])), **BEFORE_FLAG, **recipe}
 
 
 def flag_problem(action, value):
@@ -323,11 +317,20 @@ def flag_problem(action, value):
     return f"is {value!r} ({type(value).__name__}), not what {flag_name(action.dest)} gives"
 
 
+def recipe_of(script, flags):
+    """Every flag of a run that ``script`` (``train_dw.py``, ``train_rrdb.py``) trains with
+    ``flags``, filled in as the script fills them in."""
+    defaults = importlib.import_module(script.removesuffix(".py")).DEFAULTS
+    parser = build_parser("", **defaults)
+    args, _ = resolve_args(parser.parse_args(flags), given_flags(parser, flags), parser, defaults["default_model"])
+    return vars(args)
+
+
 def model_config(args):
     """The constructor's arguments: Task 1's flags, then every ``--model-opt``."""
     config = {}
     if models.registry.model_task(args.model) == 1:
-        options = {"base": args.stem_base, "combo_bn": args.combo_bn, "combo_affine": args.combo_affine}
+        options = {"base": args.stem_base, "combo_bn": args.combo_bn}
         config = {"backbone": args.backbone, "pretrained": args.pretrained,
                   **{k: v for k, v in options.items() if v is not None}}
     return {**config, **dict(args.model_opt)}
@@ -338,24 +341,19 @@ def resolved(args, config):
     if models.registry.model_task(args.model) != 1:
         return vars(args)
     took = models.registry.resolved_config(args.model, **config)
-    flags = {"stem_base": "base", "combo_bn": "combo_bn", "combo_affine": "combo_affine"}
+    flags = {"stem_base": "base", "combo_bn": "combo_bn"}
     return {**vars(args), **{f: took.get(k) for f, k in flags.items() if getattr(args, f) is None}}
 
 
 def describe_recipe(args):
     """The channel augmentation and the recipe's options, as the run's banner says them."""
-    aug = args.channel_aug + (f" (full set p={args.full_prob})" if args.full_prob else "")
+    aug = args.channel_aug
     aug += f" (a single channel p={args.single_prob:g})" if args.single_prob is not None else ""
     if args.channel_aug == "sandwich":
-        aug += (f" (every single channel, then {args.sandwich_subsets - 1} drawn reduced set(s), a step)"
-                if args.sandwich_all_singles else f" ({args.sandwich_subsets} reduced sets a step)")
         cheaper = [f"{args.sandwich_fraction:g} of the batch" if args.sandwich_fraction < 1 else "",
-                   f"{args.sandwich_scale:g} of the side" if args.sandwich_scale < 1 else "",
-                   f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else "",
-                   "packed in one forward" if args.sandwich_packed else "",
-                   "stored full-set targets between" if args.sandwich_stored else "",
-                   f"after the first {args.sandwich_delay:g} of the steps" if args.sandwich_delay else ""]
-        aug += "".join(f", {c}" for c in cheaper if c)
+                   f"on 1 step in {args.sandwich_every}" if args.sandwich_every > 1 else ""]
+        aug += f" ({args.sandwich_subsets} reduced sets a step" + "".join(f", {c}" for c in cheaper if c) + ")"
+    aug += f"; pretrained {args.pretrained}" if getattr(args, "pretrained", None) else ""
     aug += f"; initialised from {args.init_from}" if args.init_from else ""
     aug += f", trained on {args.train_channels}" if args.train_channels else ""
     aug += f"; distilled from {args.teacher}" if args.teacher else ""

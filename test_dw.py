@@ -15,7 +15,7 @@ import pandas as pd
 
 from data import DEFAULT_COMBOS, describe_root, parse_combo_list
 from data.loaders import default_workers
-from engine import evaluate_split, recalibrate
+from engine import evaluate_split
 from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
 from models.loading import check_distinct, load_model
 from models.registry import model_task
@@ -53,8 +53,6 @@ def parse_args(argv):
     add_limit(p, "evaluate this many images (evenly spaced)")
     add_device(p)
     p.add_argument("--complexity", action="store_true", help="also print params/MACs/memory at 3x224x224")
-    p.add_argument("--recalibrate", type=at_least(0), default=0, metavar="N",
-                   help="first re-estimate BatchNorm statistics per channel set from N training images")
     return p.parse_args(argv)
 
 
@@ -145,9 +143,6 @@ def evaluate_checkpoint(path, spec, args, ctx):
         raise UserError(f"{ckpt['path']} is a Task 2 model ({ckpt['model']!r}): evaluate it with test_rrdb.py")
     model = model.to(ctx.device)
     combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
-    if args.recalibrate:
-        recalibrate(model, spec, image_size(ckpt), args.recalibrate, ctx, args.batch_size, args.workers,
-                    args.decode)
     rows, predictions = [], {}
     for size in args.img_sizes or [image_size(ckpt)]:
         size_rows, predictions[size] = evaluate_split(model, spec, args.split, size, combos, ctx,

@@ -22,8 +22,8 @@ from data import DEFAULT_VOCAB, build_dataset, describe_root, list_fingerprint, 
 from data.channels import AUGMENTATIONS
 from data.loaders import default_workers, eval_loader, train_loader
 from engine import EMA, Run, State, StopRequest, evaluate, train_one_epoch
-from flags import build_parser, describe_recipe, flag_name, given_flags, model_config, resolve_args, resolved
-from losses import DistillationLoss, LabelLoss, SandwichLoss, StoredTargets
+from flags import build_parser, describe_recipe, given_flags, model_config, resolve_args, resolved
+from losses import DistillationLoss, LabelLoss, SandwichLoss
 from models import inference_form
 from models.loading import init_from, load_model
 from optim import amp_settings, build_optimizer, load_optimizer
@@ -77,7 +77,7 @@ def run_steps(args, resume, ctx, replacing=False):
     and its config written, only once every step that can refuse the run has passed."""
     prepare(args)
     spec, val_combos, train_combo = describe_data(args, ctx)
-    model, config = build_model(args, spec, resume, ctx)
+    model, config = build_model(args, spec, resume, ctx, train_combo)
     run = Run(model, args=args, ctx=ctx, spec=spec, config=config, val_combos=val_combos, train_combo=train_combo)
     build_criterion(run)
     build_datasets(run, resume)
@@ -118,8 +118,9 @@ def describe_data(args, ctx):
 
 
 
-def build_model(args, spec, resume, ctx):
-    """-> (the model, its constructor's arguments), with the weights it starts from."""
+def build_model(args, spec, resume, ctx, train_combo=None):
+    """-> (the model, its constructor's arguments), with the weights it starts from; a pretrained
+    stem that will only see ``train_combo`` is adapted to it (``FilledStem.inherit_for``)."""
     config = model_config(args)
     seed_everything(args.seed)
     # A resumed run's weights are its checkpoint's: --pretrained and --init-from are its history.
@@ -133,6 +134,8 @@ def build_model(args, spec, resume, ctx):
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
     check_input_size(model, args.img_size, ctx.device)
+    if args.pretrained and resume is None and train_combo and hasattr(model.stem, "inherit_for"):
+        model.stem.inherit_for(train_combo)
     if args.init_from and resume is None:
         init_from(model, args.init_from, spec.classes)
     if resume is not None:
@@ -164,22 +167,12 @@ def build_criterion(run):
     """The loss (labels, then distillation, then the sandwich around them) and the channel
     augmentation, which draws from ``run.chan_gen`` as the sandwich does."""
     args = run.args
-    loose = [flag_name(k) for k in ("sandwich_packed", "sandwich_stored", "sandwich_delay") if getattr(args, k)]
     if args.single_prob is not None and args.channel_aug not in ("subset", "sandwich"):
         raise UserError(f"--single-prob {args.single_prob:g} changes how subsets are drawn; this run trains with "
                         f"--channel-aug {args.channel_aug} (add --channel-aug subset or sandwich, or drop it)")
-    if loose and args.channel_aug != "sandwich":
-        raise UserError(f"{', '.join(loose)} only change the sandwich; this run trains with --channel-aug "
-                        f"{args.channel_aug} (add --channel-aug sandwich or drop them)")
     if args.channel_aug == "sandwich" and run.train_combo:
         raise UserError(f"--train-channels {run.train_combo} trains one fixed combination; "
                         "pass --channel-aug none instead of the sandwich")
-    if args.channel_aug == "sandwich" and args.sandwich_packed and not getattr(run.model, "combo_bn", False):
-        raise UserError("--sandwich-packed needs BatchNorm statistics per channel set (--combo-bn): one shared "
-                        "BatchNorm would mix the statistics of the sets in the packed batch")
-    if args.channel_aug == "sandwich" and args.sandwich_packed and args.sandwich_scale < 1:
-        raise UserError(f"--sandwich-packed runs every view in one batch: --sandwich-scale {args.sandwich_scale:g} "
-                        "cannot be packed (use 1)")
     run.criterion = LabelLoss(args.label_smoothing)
     if args.teacher:
         _, teacher = load_model(args.teacher, run.spec.classes)
@@ -187,12 +180,10 @@ def build_criterion(run):
         run.criterion = DistillationLoss(run.criterion, teacher, args.kd_alpha, args.kd_temperature)
     run.augment = AUGMENTATIONS.get(args.channel_aug)
     if args.channel_aug == "subset":
-        run.augment = functools.partial(run.augment, full_prob=args.full_prob, single_prob=args.single_prob)
+        run.augment = functools.partial(run.augment, single_prob=args.single_prob)
     elif args.channel_aug == "sandwich":
-        run.criterion = SandwichLoss(run.criterion, args.sandwich_subsets, run.chan_gen, args.sandwich_all_singles,
-                                     args.sandwich_fraction, args.sandwich_scale, args.sandwich_every,
-                                     args.sandwich_packed)
-        run.criterion.single_prob = args.single_prob
+        run.criterion = SandwichLoss(run.criterion, args.sandwich_subsets, run.chan_gen, args.sandwich_fraction,
+                                     args.sandwich_every, args.single_prob)
 
 
 
@@ -233,16 +224,10 @@ def training_state(run, resume):
             load_part(resume, "scaler", scaler.load_state_dict)
         state.epoch, state.step, state.best_acc = resume["epoch"], resume["step"], resume["best_acc"]
         state.best_epoch, state.tally = resume.get("best_epoch"), resume.get("epoch_tally")
-        if isinstance(run.criterion, SandwichLoss):
-            run.criterion.steps = scheduler.last_epoch * args.accum_steps  # it is called once a micro-batch
-    if isinstance(run.criterion, SandwichLoss):
-        # A delay is a share of the epochs the run began with, kept when --epochs extends it.
-        run.criterion.start = (resume or {}).get("sandwich_start") or \
-            round(args.sandwich_delay * args.epochs * run.steps_per_epoch) * args.accum_steps
-        if args.sandwich_stored:
-            run.criterion.stored = StoredTargets(len(run.train_set), len(run.spec.classes), run.ctx.device)
-            if resume is not None and resume.get("stored_targets"):
-                load_part(resume, "stored_targets", run.criterion.stored.load_state_dict)
+        if resume.get("criterion") is not None and hasattr(run.criterion, "load_state_dict"):
+            load_part(resume, "criterion", run.criterion.load_state_dict)
+        elif hasattr(run.criterion, "load_state_dict"):  # written before criteria kept a state: one call a batch
+            run.criterion.load_state_dict({"steps": scheduler.last_epoch * args.accum_steps})
     state.ema = EMA(run.model, args.ema) if args.ema else None
     if state.ema is not None and resume is not None and resume.get("ema"):
         load_part(resume, "ema", state.ema.load_state_dict)
@@ -318,11 +303,9 @@ def checkpoint(run, state):
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "epoch": state.epoch, "step": state.step, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
             "epoch_tally": list(state.tally) if state.step and state.tally else None,
-            "sandwich_start": getattr(run.criterion, "start", None),
+            "criterion": run.criterion.state_dict() if hasattr(run.criterion, "state_dict") else None,
             "rng": rng_state(), "chan_gen": run.chan_gen.get_state(), "lists": run.lists,
-            "ema": state.ema.state_dict() if state.ema is not None else None,
-            "stored_targets": (run.criterion.stored.state_dict()
-                               if getattr(run.criterion, "stored", None) is not None else None)}
+            "ema": state.ema.state_dict() if state.ema is not None else None}
 
 
 

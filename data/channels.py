@@ -51,18 +51,15 @@ def shuffle(x, names, generator=None):
     return x[:, perm], tuple(names[i] for i in perm)
 
 
-def sample_subset(x, names, generator=None, full_prob=0.0, single_prob=None):
+def sample_subset(x, names, generator=None, single_prob=None):
     """Hierarchical channel sampling (ChannelViT): draw how many channels, then which ones.
 
     Drawing the count first gives every subset size equal weight, so single channels are seen
-    as often as full RGB; drawing subsets uniformly would make them rare. With ``full_prob`` a
-    batch keeps every channel with that probability before any sampling, to spend more of a
-    short budget on the full input. With ``single_prob`` the count is one with that probability
-    and otherwise equally any larger one: the single channels, where a shared model trails the
-    experts most, get a chosen share of the batches instead of 1/V.
+    as often as full RGB; drawing subsets uniformly would make them rare. With ``single_prob``
+    the count is one with that probability and otherwise equally any larger one: the single
+    channels, where a shared model trails the experts most, get a chosen share of the batches
+    instead of 1/V.
     """
-    if full_prob and float(torch.rand(1, generator=generator)) < full_prob:
-        return x, tuple(names)
     if single_prob is None or len(names) == 1:
         k = int(torch.randint(1, len(names) + 1, (1,), generator=generator))
     elif float(torch.rand(1, generator=generator)) < single_prob:

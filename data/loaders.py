@@ -62,10 +62,6 @@ class EpochSampler(torch.utils.data.Sampler):
         self.skip = skip_batches * self.batch_size
         self.base = ((self.seed * 1_000_003 + epoch) * 1009 + self.rank) * 10_000_000
 
-    def batch_indices(self, step):
-        """Dataset indices of the epoch's batch ``step`` (counted from the epoch's start)."""
-        return torch.tensor(self.epoch_order[step * self.batch_size:(step + 1) * self.batch_size])
-
     def __iter__(self):
         order = self.epoch_order
         return ((order[pos], self.base + pos) for pos in range(self.skip, len(order)))

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from utils.checkpoint import NUMPY_ARRAYS
 from utils.errors import UserError
 
 
@@ -59,21 +60,27 @@ def _resnet18(num_classes):
 
 
 BACKBONES = {"densenet121": _densenet121, "resnet18": _resnet18, "small": _small}
+# Each body's classifier: pretrained weights never bring theirs, whatever their number of classes.
+CLASSIFIERS = {"densenet121": "classifier", "resnet18": "fc", "small": "head.2"}
 IMAGENET = "imagenet"
 
 
 def build_backbone(name, num_classes, pretrained=None):
     """-> (body with an identity where its stem was, StemShape, stem weight from ``pretrained``).
 
-    ``pretrained``: ``"imagenet"`` (torchvision's released weights) or a local state dict file.
+    ``pretrained``: ``"imagenet"`` (torchvision's released weights), one of our checkpoints or run
+    folders of a Task 1 model with this body (``models.loading.pretrained_state``: its plain form
+    for the full channel set), or a local torchvision state dict file.
     """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     body, stem_name, shape = BACKBONES[name](num_classes)
     stem_weight = None
     if pretrained:
-        source = imagenet_state_dict(name) if pretrained == IMAGENET else read_state_dict(pretrained)
-        stem_weight = load_pretrained(body, source, stem_name, pretrained)
+        from .loading import pretrained_state  # it builds models, whose factories call this function
+
+        source = imagenet_state_dict(name) if pretrained == IMAGENET else pretrained_state(pretrained, name, stem_name)
+        stem_weight = load_pretrained(body, source, stem_name, CLASSIFIERS[name], pretrained)
     parent, _, attr = stem_name.rpartition(".")
     setattr(body.get_submodule(parent) if parent else body, attr, nn.Identity())
     return body, shape, stem_weight
@@ -87,7 +94,8 @@ def imagenet_state_dict(name):
     weights = torchvision.models.get_model_weights(name).DEFAULT
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     if os.path.isfile(path):
-        return read_state_dict(path)
+        state = read_state_dict(path)
+        return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as exc:
@@ -96,12 +104,14 @@ def imagenet_state_dict(name):
 
 
 def read_state_dict(path):
+    """The mapping in a weights file: a state dict, or a file that holds one as ``state_dict``."""
+    if not os.path.isfile(path):
+        raise UserError(f"pretrained weights not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_ARRAYS):  # our older checkpoints' RNG states
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise UserError(f"cannot read pretrained weights {path}: {str(exc).splitlines()[0]}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"pretrained weights {path} are not a state dict")
     return state
@@ -111,13 +121,14 @@ def read_state_dict(path):
 _LEGACY_DENSENET = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
 
 
-def load_pretrained(body, state, stem_name, source):
-    """Load a torchvision state dict into ``body``; tensors whose shape differs (the classifier
-    of another number of classes) are skipped. Every convolution of the body must load.
-    Returns the stem's weight (the stem itself is not part of the body)."""
+def load_pretrained(body, state, stem_name, classifier, source):
+    """Load a torchvision state dict into ``body``, its ``classifier`` left out (fine-tuning
+    trains a new one) and every convolution loaded. Returns the stem's weight (the stem itself is
+    not part of the body)."""
     state = {_LEGACY_DENSENET.sub(r"\1\2.", k): v for k, v in state.items()}
     own = body.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+              and not k.startswith(classifier + ".")}
     convs = [f"{n}.weight" for n, m in body.named_modules() if isinstance(m, nn.Conv2d) and n != stem_name]
     missing = [k for k in convs if k not in usable]
     if missing:
@@ -126,4 +137,4 @@ def load_pretrained(body, state, stem_name, source):
     body.load_state_dict(usable, strict=False)
     print(f"pretrained {source}: loaded {len(usable)} of {len(own)} tensors of the body; "
           f"skipped {', '.join(sorted({k.rsplit('.', 1)[0] for k in own if k not in usable})) or 'none'}")
-    return usable.get(f"{stem_name}.weight")
+    return state.get(f"{stem_name}.weight")

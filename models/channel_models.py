@@ -5,13 +5,13 @@ the training-time channel augmentation the model is meant to be trained with; th
 uses it unless ``--channel-aug`` says otherwise.
 """
 import copy
-import itertools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from data.channels import DEFAULT_VOCAB
+from utils.errors import UserError
 from utils.validate import check
 
 from .backbones import build_backbone
@@ -23,28 +23,21 @@ from .stems import ChannelHyperStem, FilledStem, SeedDWGStem
 class ChannelClassifier(nn.Module):
     """``stem(x, channels)`` then ``body``. With ``combo_bn`` every BatchNorm of the body keeps
     running statistics per channel set (``models/norm.py``); a set that never went through the
-    model in training (nor ``recalibrate``) is evaluated with the full set's statistics (and,
-    with ``combo_affine``, its scale and shift)."""
+    model in training is evaluated with the full set's statistics."""
 
-    def __init__(self, stem, body, vocab, channel_aug, combo_bn=False, combo_affine=False):
+    def __init__(self, stem, body, vocab, channel_aug, combo_bn=False):
         super().__init__()
         self.stem, self.body = stem, body
         self.vocab, self.channel_aug = vocab, channel_aug
         self._combo_bns = []
-        if combo_bn or combo_affine:
-            self.enable_combo_bn(combo_affine)
+        if combo_bn:
+            self._combo_bns = convert_to_combo_bn(self.body, num_combos(self.vocab))
+            self.register_buffer("combo_seen", torch.zeros(num_combos(self.vocab), dtype=torch.long,
+                                                           device=self.stem_device()))
 
     @property
     def combo_bn(self):
         return bool(self._combo_bns)
-
-    def enable_combo_bn(self, affine=False):
-        """Give every BatchNorm of the body statistics per channel set (idempotent)."""
-        if not self._combo_bns:
-            self._combo_bns = convert_to_combo_bn(self.body, num_combos(self.vocab), affine)
-            self.register_buffer("combo_seen", torch.zeros(num_combos(self.vocab), dtype=torch.long,
-                                                           device=self.stem_device()))
-        return self
 
     def stem_device(self):
         return next(self.parameters()).device
@@ -58,36 +51,10 @@ class ChannelClassifier(nn.Module):
         self._combo_bns[0].selector.index = k  # shared by every layer
 
     def forward(self, x, channels=None):
-        if isinstance(x, (list, tuple)):
-            return self.forward_packed(x, channels)
         channels = tuple(channels or self.vocab)
         if self._combo_bns:
             self._select_statistics(channels)
         return self.body(self.stem(x, channels))
-
-    def forward_packed(self, xs, channel_lists):
-        """Several batches, each with its own channels, through the body as one batch (a packed
-        sandwich): each batch has its own stem kernel, and every BatchNorm normalises each batch
-        with its own statistics and running row, so the logits (concatenated in order) equal
-        separate calls. Needs BatchNorm per channel set where the body has BatchNorm at all."""
-        if len(xs) != len(channel_lists):
-            raise ValueError(f"{len(xs)} batches but {len(channel_lists)} channel lists")
-        if not self._combo_bns and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.body.modules()):
-            raise ValueError("a packed forward needs BatchNorm statistics per channel set (combo_bn): shared "
-                             "BatchNorm would mix the sets' statistics")
-        features = torch.cat([self.stem(x, tuple(c)) for x, c in zip(xs, channel_lists)])
-        if not self._combo_bns:
-            return self.body(features)
-        selector = self._combo_bns[0].selector
-        groups = []
-        for x, c in zip(xs, channel_lists):
-            self._select_statistics(tuple(c))
-            groups.append((selector.index, len(x)))
-        selector.groups = groups
-        try:
-            return self.body(features)
-        finally:
-            selector.groups = None
 
     def for_channels(self, channels):
         """A plain network for one channel combination, equal to this model on it in eval mode
@@ -103,44 +70,13 @@ class ChannelClassifier(nn.Module):
                 _WithChannels(model.stem, channels)
         return nn.Sequential(stem, model.body).eval()
 
-    @torch.no_grad()
-    def recalibrate(self, batches, combos=None):
-        """Re-estimate each channel set's BatchNorm statistics exactly (a cumulative average)
-        from ``batches`` of full-vocabulary images, the weights untouched ("precise BN").
-
-        Every set of the vocabulary by default; converts the body to per-set statistics first.
-        """
-        self.enable_combo_bn()
-        was_training = self.training
-        self.eval()
-        combos = combos or ["".join(c) for k in range(1, len(self.vocab) + 1)
-                            for c in itertools.combinations(self.vocab, k)]
-        for bn in self._combo_bns:
-            bn.train()
-            bn.momentum, bn.saved_momentum = None, bn.momentum
-        for combo in combos:
-            k = combo_index(combo, self.vocab)
-            for bn in self._combo_bns:
-                bn.running_mean[k].zero_()
-                bn.running_var[k].fill_(1)
-                bn.num_batches_tracked[k] = 0
-            idx = [self.vocab.index(c) for c in combo]
-            for x in batches:
-                self._combo_bns[0].selector.index = k
-                self.body(self.stem(x[:, idx], tuple(combo)))
-            self.combo_seen[k] = max(int(self.combo_seen[k]), 1)
-        for bn in self._combo_bns:
-            bn.momentum = bn.saved_momentum
-            del bn.saved_momentum
-        return self.train(was_training)
-
 
 # Bounds on the options (--model-opt): a vocabulary of V channels keeps BatchNorm statistics for
 # 2^V - 1 channel sets; hypernetwork sizes far above any design here, far below a failed allocation.
 MAX_VOCAB, MAX_HYPER = 8, 4096
 
 
-def check_options(backbone, vocab, pretrained, combo_bn, combo_affine, base=True, **sizes):
+def check_options(backbone, vocab, pretrained, combo_bn, base=True, **sizes):
     """TypeError or ValueError for an option a Task 1 model cannot be built with."""
     check("backbone", backbone, str)
     check("vocab", vocab, str)
@@ -148,22 +84,29 @@ def check_options(backbone, vocab, pretrained, combo_bn, combo_affine, base=True
         raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct channel letters, got {vocab!r}")
     if pretrained is not None:
         check("pretrained", pretrained, str)
-    for name, value in {"combo_bn": combo_bn, "combo_affine": combo_affine, "base": base}.items():
+    for name, value in {"combo_bn": combo_bn, "base": base}.items():
         check(name, value, bool)
     for name, value in sizes.items():
         check(name, value, int, 1, MAX_HYPER)
 
 
+def check_stem(weight, shape, source):
+    """A pretrained stem kernel must be one for this model's channels."""
+    if tuple(weight.shape) != tuple(shape):
+        raise UserError(f"--pretrained {source}: its stem kernel is {tuple(weight.shape)}, this model's {tuple(shape)} "
+                         f"(out, channels, k, k): weights of another number of channels or another stem")
+
+
 def _register_plain(name, fill, channel_aug, doc):
     """An ordinary stem over the full vocabulary in front of the body; ``fill`` for missing channels."""
-    def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False,
-                combo_affine=False):
-        check_options(backbone, vocab, pretrained, combo_bn, combo_affine)
+    def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False):
+        check_options(backbone, vocab, pretrained, combo_bn)
         body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
         stem = FilledStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, vocab, fill)
-        if stem_weight is not None and stem_weight.shape == stem.conv.weight.shape:
+        if stem_weight is not None:
+            check_stem(stem_weight, stem.conv.weight.shape, pretrained)
             stem.conv.weight.data.copy_(stem_weight)
-        return ChannelClassifier(stem, body, vocab, channel_aug, combo_bn, combo_affine)
+        return ChannelClassifier(stem, body, vocab, channel_aug, combo_bn)
     factory.__name__, factory.__doc__ = name, doc
     register(name, task=1)(factory)
 
@@ -177,26 +120,26 @@ _register_plain("plain_dropout", "zero", "dropout",
 
 @register("dwg", task=1)
 def dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None,
-        embed_dim=32, hidden=64, templates=16, base=True, combo_bn=True, combo_affine=False):
+        embed_dim=32, hidden=64, templates=16, base=True, combo_bn=True):
     """Our channel-adaptive stem with BatchNorm statistics per channel set, trained as a sandwich.
 
-    ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics;
-    ``combo_affine`` gives each set its own BatchNorm scale and shift too.
+    ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics.
     """
-    check_options(backbone, vocab, pretrained, combo_bn, combo_affine, base, embed_dim=embed_dim, hidden=hidden,
+    check_options(backbone, vocab, pretrained, combo_bn, base, embed_dim=embed_dim, hidden=hidden,
                   templates=templates)
     body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
     stem = ChannelHyperStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding,
                             vocab, embed_dim, hidden, templates, base)
     if stem_weight is not None and base:
+        check_stem(stem_weight, (shape.out_channels, len(vocab), shape.kernel_size, shape.kernel_size), pretrained)
         stem.load_state_dict({"conv.weight": stem_weight}, strict=False)
-    return ChannelClassifier(stem, body, vocab, "sandwich", combo_bn, combo_affine)
+    return ChannelClassifier(stem, body, vocab, "sandwich", combo_bn)
 
 
 @register("seed_dwg", task=1)
 def seed_dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None):
     """The original design (kernel from per-image channel means), batched, trained with shuffling."""
-    check_options(backbone, vocab, pretrained, False, False)
+    check_options(backbone, vocab, pretrained, False)
     body, shape, _ = build_backbone(backbone, num_classes, pretrained)
     stem = SeedDWGStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, len(vocab))
     return ChannelClassifier(_Positional(stem, len(vocab)), body, vocab, channel_aug="shuffle")

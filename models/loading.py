@@ -4,11 +4,12 @@ the weights of another run (``--init-from``)."""
 import os
 
 import torch
+import torch.nn as nn
 
 from utils.checkpoint import check_classes, load_checkpoint
 from utils.errors import UserError
 
-from .registry import create_model
+from .registry import create_model, list_models
 
 
 def model_from_checkpoint(ckpt, ema=True):
@@ -102,6 +103,33 @@ def init_from(model, path, classes):
     print(f"initialised from {path} ({ckpt['model']}): {loaded} of {total} tensors loaded"
           + (f"; new: {', '.join(new)}" if new else ""))
     return model
+
+
+def pretrained_state(path, backbone, stem_name):
+    """The weights that ``--pretrained PATH`` starts a body and its stem from, in torchvision's
+    names. One of our checkpoints (or run folders) gives its model's plain form for the full
+    channel set (``for_channels``): the body as it ran on every channel (BatchNorm's full-set
+    statistics) and the stem's kernel for them (a plain stem's as it is, ``dwg``'s generated one)
+    as ``<stem_name>.weight``. Any other file is read as a torchvision state dict."""
+    from .backbones import read_state_dict  # backbones imports this module's function lazily too
+
+    file = best_of(path)
+    state = read_state_dict(file)
+    if not {"model", "config", "classes", "state_dict"} <= set(state):
+        return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+    ckpt = load_checkpoint(file)
+    if ckpt["model"] not in list_models(task=1):
+        raise UserError(f"--pretrained {path}: a checkpoint of {ckpt['model']!r}, not of a Task 1 model; "
+                        "pretrain with train_dw.py (e.g. --model plain_zero) or pass a torchvision state dict")
+    if ckpt["config"].get("backbone") != backbone:
+        raise UserError(f"--pretrained {path}: a checkpoint of the {ckpt['config'].get('backbone')!r} backbone; "
+                        f"this model's is {backbone!r} (--backbone)")
+    model = model_from_checkpoint(ckpt)
+    stem, body = model.for_channels(model.vocab)
+    state = body.state_dict()
+    if isinstance(stem, nn.Conv2d):  # seed_dwg's stem makes its kernel from the pixels: the body alone
+        state[f"{stem_name}.weight"] = stem.weight.detach()
+    return state
 
 
 def _first_reason(exc):

@@ -5,8 +5,7 @@ normalises each batch with its own statistics, so every combination is trained w
 only the running statistics used at evaluation were shared, averaged over a mix of
 combinations that no single combination has. Keeping one row of running statistics per
 combination (Yu et al.'s switchable BN, statistics only; the affine parameters stay shared)
-makes evaluation see what training saw. ``affine=True`` gives each combination its own scale
-and shift as well (switchable BN in full), starting from the shared ones.
+makes evaluation see what training saw.
 
 Combinations are channel *sets*: a permutation shares its set's statistics, as the stem's
 output does not depend on the order.
@@ -27,28 +26,21 @@ def num_combos(vocab):
 
 class ComboSelector:
     """The row every ``ComboBatchNorm2d`` of a model reads: one object shared by all of them, so
-    that choosing the channel set for a pass is one assignment, not one per layer. ``groups``, when
-    set, is a list of ``(row, images)``: the batch is several channel sets one after another (a
-    packed sandwich), each normalised with its own batch statistics and running row, as separate
-    calls would (AdvProp's auxiliary BatchNorm, one per set)."""
+    that choosing the channel set for a pass is one assignment, not one per layer."""
 
     def __init__(self, index):
         self.index = index
-        self.groups = None
 
 
 class ComboBatchNorm2d(nn.Module):
-    """``nn.BatchNorm2d`` with ``[combos, C]`` running statistics (and, with ``affine``, ``[combos,
-    C]`` scale and shift); ``selector.index`` picks the row (a ``ComboSelector`` that the layers
-    of one model share; each layer has its own unless given one)."""
+    """``nn.BatchNorm2d`` with ``[combos, C]`` running statistics; ``selector.index`` picks the row
+    (a ``ComboSelector`` that the layers of one model share; each layer has its own unless given one)."""
 
-    def __init__(self, num_features, combos, eps=1e-5, momentum=0.1, affine=False, selector=None):
+    def __init__(self, num_features, combos, eps=1e-5, momentum=0.1, selector=None):
         super().__init__()
         self.num_features, self.combos, self.eps, self.momentum = num_features, combos, eps, momentum
-        self.affine = affine
-        shape = (combos, num_features) if affine else (num_features,)
-        self.weight = nn.Parameter(torch.ones(shape))
-        self.bias = nn.Parameter(torch.zeros(shape))
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(combos, num_features))
         self.register_buffer("running_var", torch.ones(combos, num_features))
         self.register_buffer("num_batches_tracked", torch.zeros(combos, dtype=torch.long))
@@ -56,72 +48,55 @@ class ComboBatchNorm2d(nn.Module):
         self.register_load_state_dict_pre_hook(self._load_hook)
 
     @classmethod
-    def from_bn(cls, bn, combos, affine=False, selector=None):
-        """Every row starts from ``bn``'s statistics; the affine parameters are ``bn``'s own
-        (shared) or copies of them (``affine``)."""
-        new = cls(bn.num_features, combos, bn.eps, bn.momentum, affine, selector).to(bn.weight.device)
-        if affine:
-            new.weight.data.copy_(bn.weight.detach().expand(combos, -1))
-            new.bias.data.copy_(bn.bias.detach().expand(combos, -1))
-        else:
-            new.weight, new.bias = bn.weight, bn.bias
+    def from_bn(cls, bn, combos, selector=None):
+        """Every row starts from ``bn``'s statistics; the affine parameters are ``bn``'s own."""
+        new = cls(bn.num_features, combos, bn.eps, bn.momentum, selector).to(bn.weight.device)
+        new.weight, new.bias = bn.weight, bn.bias
         new.running_mean.copy_(bn.running_mean.expand(combos, -1))
         new.running_var.copy_(bn.running_var.expand(combos, -1))
         return new
 
     def _load_hook(self, module, state, prefix, *args):
-        """A plain BatchNorm's ``[C]`` statistics and affine parameters (e.g. ``--init-from`` a plain
-        model) fill every row."""
-        for name in ("running_mean", "running_var", "num_batches_tracked", "weight", "bias"):
+        """A plain BatchNorm's ``[C]`` statistics (e.g. ``--init-from`` a plain model) fill every row."""
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
             value = state.get(prefix + name)
             if value is not None and value.dim() == getattr(self, name).dim() - 1:
                 state[prefix + name] = value.expand_as(getattr(self, name)).clone()
 
     def forward(self, x):
-        if self.selector.groups:
-            sizes = [n for _, n in self.selector.groups]
-            return torch.cat([self._normalize(part, k) for part, (k, _) in
-                              zip(x.split(sizes), self.selector.groups)])
-        return self._normalize(x, self.selector.index)
-
-    def _normalize(self, x, k):
-        factor = self.momentum
+        k = self.selector.index
         if self.training:
             self.num_batches_tracked[k] += 1
-            if factor is None:  # a cumulative average, as nn.BatchNorm2d does; used to recalibrate
-                factor = 1.0 / float(self.num_batches_tracked[k])
-        weight, bias = (self.weight[k], self.bias[k]) if self.affine else (self.weight, self.bias)
-        return F.batch_norm(x, self.running_mean[k], self.running_var[k], weight, bias,
-                            self.training, factor, self.eps)
+        return F.batch_norm(x, self.running_mean[k], self.running_var[k], self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
 
     @torch.no_grad()
     def to_bn(self, combo):
         """An ``nn.BatchNorm2d`` holding row ``combo`` (deployment for one channel set)."""
         bn = nn.BatchNorm2d(self.num_features, self.eps, self.momentum).to(self.weight.device)
-        bn.weight.copy_(self.weight[combo] if self.affine else self.weight)
-        bn.bias.copy_(self.bias[combo] if self.affine else self.bias)
+        bn.weight.copy_(self.weight)
+        bn.bias.copy_(self.bias)
         bn.running_mean.copy_(self.running_mean[combo])
         bn.running_var.copy_(self.running_var[combo])
         bn.num_batches_tracked.copy_(self.num_batches_tracked[combo])
         return bn
 
     def extra_repr(self):
-        return (f"{self.num_features}, combos={self.combos}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}")
+        return f"{self.num_features}, combos={self.combos}, eps={self.eps}, momentum={self.momentum}"
 
 
-def convert_to_combo_bn(module, combos, affine=False, selector=None):
+def convert_to_combo_bn(module, combos, selector=None):
     """Replace every ``nn.BatchNorm2d`` under ``module`` in place, all reading ``selector``;
     returns the new modules."""
     selector = selector or ComboSelector(combos - 1)
     converted = []
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            new = ComboBatchNorm2d.from_bn(child, combos, affine, selector)
+            new = ComboBatchNorm2d.from_bn(child, combos, selector)
             setattr(module, name, new)
             converted.append(new)
         else:
-            converted += convert_to_combo_bn(child, combos, affine, selector)
+            converted += convert_to_combo_bn(child, combos, selector)
     return converted
 
 

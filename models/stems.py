@@ -197,6 +197,15 @@ class FilledStem(nn.Module):
             kernel = kernel + w[:, missing].sum(1, keepdim=True) / len(channels)
         return _conv_with(kernel, self.conv.stride, self.conv.padding)
 
+    @torch.no_grad()
+    def inherit_for(self, channels):
+        """Adapt a pretrained kernel to a model that will only ever see ``channels``: a zero-filled
+        stem given one channel takes the sum of the kernel's slices for it (timm's
+        ``adapt_input_conv``: its response to that channel is the pretrained stem's to a grey image
+        of it); with several, each keeps its own slice. A mean-filled stem already sums them."""
+        if self.fill == "zero" and len(channels) == 1:
+            self.conv.weight[:, self.vocab.index(channels[0])] = self.conv.weight.sum(1)
+
     def forward(self, x, channels):
         return self.conv(self.expand(x, channels))
 

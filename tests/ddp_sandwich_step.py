@@ -1,12 +1,11 @@
 """One sandwich step under torchrun (gloo): counts gradient all-reduces and saves the weights.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_sandwich_step.py OUT [--sync-every-pass]
-                                                                                               [--accumulate] [--packed]
+                                                                                               [--accumulate]
 
 Each rank trains on its half of a fixed batch; ``--sync-every-pass`` ignores the passes' ``sync``
 (every backward all-reduces), to show that the count can fail; ``--accumulate`` makes the two
-batches micro-batches of one optimizer step; ``--packed`` makes each sandwich one forward. Rank 0
-writes OUT; ``one_process_weights`` is what it must equal.
+batches micro-batches of one optimizer step. Rank 0 writes OUT; ``one_process_weights`` is what it must equal.
 """
 import argparse
 import os
@@ -38,13 +37,13 @@ def tiny_model():
     return model
 
 
-def criterion(packed=False):
-    return SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), fraction=0.5, packed=packed)
+def criterion():
+    return SandwichLoss(LabelLoss(0.1), 2, torch.Generator().manual_seed(5), fraction=0.5)
 
 
 def one_process_weights():
     """The weights after the same steps in one process, averaging the two shards' gradients (each
-    shard drawn with its own generator of the same seed, as each rank does; sequential passes)."""
+    shard drawn with its own generator of the same seed, as each rank does)."""
     from data.datasets import normalize
     model = tiny_model().train()
     crits = [criterion(), criterion()]
@@ -62,7 +61,7 @@ def one_process_weights():
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
-def main(out, sync_every_pass=False, accumulate=False, packed=False):
+def main(out, sync_every_pass=False, accumulate=False):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     ddp = torch.nn.parallel.DistributedDataParallel(tiny_model(), bucket_cap_mb=1000)
@@ -80,7 +79,7 @@ def main(out, sync_every_pass=False, accumulate=False, packed=False):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     shards = [(x.chunk(world)[rank], y.chunk(world)[rank]) for x, y in batch()]
     budget = argparse.Namespace(epochs=1, accum_steps=2 if accumulate else 1)
-    run = Run(ddp.module, criterion(packed), budget, Context(rank, world), net=ddp)
+    run = Run(ddp.module, criterion(), budget, Context(rank, world), net=ddp)
     train_one_epoch(run, State(opt, sched), shards, 1)
     if rank == 0:
         torch.save({"rounds": len(rounds), "state_dict": ddp.module.state_dict()}, out)
@@ -88,4 +87,4 @@ def main(out, sync_every_pass=False, accumulate=False, packed=False):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--sync-every-pass" in sys.argv, "--accumulate" in sys.argv, "--packed" in sys.argv)
+    main(sys.argv[1], "--sync-every-pass" in sys.argv, "--accumulate" in sys.argv)

@@ -97,19 +97,16 @@ def made_files(base, run):
     make_list_root(base / "other_names", classes=6, per_class=4, size=16)  # wnids, not the run's class names
     made_checkpoints(run, base / "made")
     made_sidecars(base / "sidecars")
-    for name, text in {"cut": '[{"epochs": 1', "object": '{"epochs": 1}', "no_epochs": '[{"shallow": 0.5}]'}.items():
-        (base / "tables" / name).mkdir(parents=True)
-        (base / "tables" / name / "task2_sweep.json").write_text(text)
-        (base / "tables" / name / "task2_sweep.md").write_text("a title\n")
-    rate = {"step": "shallow", "backbone": "-", "img_size": 32, "amp": "off", "device": "cpu", "batch": 16}
-    for name, value in {"zero": 0, "word": "fast", "negative": -5}.items():
-        (base / f"rates_{name}.json").write_text(json.dumps([{**rate, "images_per_s": value}]))
-    record = {"run": "plain_zero-e1", "seed": 0, "made": {}, "val_best": 0.5, "minutes": 1.0}
-    for name, accuracy in {"acc_high": {"RGB": 1.5}, "acc_word": {"RGB": "high"}, "acc_list": [0.5]}.items():
-        (base / f"records_{name}.json").write_text(json.dumps([{**record, "accuracy": accuracy}]))
-    (base / "records_twice.json").write_text(json.dumps([{**record, "accuracy": {"RGB": 0.5}}] * 2))
+    record = {"row": "plain_zero", "seed": 0, "epochs": 1, "made": {}, "val_best": 0.5, "minutes": 1.0}
+    records = {"acc_high": [{**record, "metrics": [{"accuracy": 1.5}]}],
+               "acc_word": [{**record, "metrics": [{"accuracy": "high"}]}],
+               "metrics_map": [{**record, "metrics": {"RGB": 0.5}}], "twice": [{**record, "metrics": []}] * 2,
+               "no_seed": [{k: v for k, v in record.items() if k != "seed"}], "object": {"row": "plain_zero"}}
+    for name, value in records.items():
+        (base / f"records_{name}.json").write_text(json.dumps(value))
+    (base / "records_cut.json").write_text('[{"row": "plain_zero"')
     (base / "pages").mkdir()
-    (base / "pages" / "README.md").write_text("<!-- task2-headline:end -->\nold\n<!-- task2-headline:start -->\n")
+    (base / "pages" / "task1-results.md").write_text("<!-- task1-lr:end -->\nold\n<!-- task1-lr:start -->\n")
 
 
 # A run stopped inside the first of its two epochs, each field then damaged (one folder each).
@@ -195,7 +192,6 @@ def cases(w):
         (["--lr", "nan"], "argument --lr: must be at least 0.0, got nan"),
         (["--momentum", "1"], "argument --momentum: must be in [0, 1), got 1"),
         (["--label-smoothing", "1"], "argument --label-smoothing: must be in [0, 1), got 1"),
-        (["--full-prob", "1.5"], "argument --full-prob: must be in [0, 1], got 1.5"),
         (["--single-prob", "-0.1"], "argument --single-prob: must be at least 0, got -0.1"),
         (["--single-prob", "often"], "argument --single-prob: expected a probability or 'equal', got 'often'"),
         (["--single-prob", "0.5", "--channel-aug", "shuffle"],
@@ -249,7 +245,7 @@ def cases(w):
         ("export", ["--checkpoint", ck, "--out", str(w["file"])], "cannot write into --out"),
         ("export", ["--checkpoint", ck, "--out", str(w["file"] / "sub")], "cannot write into --out"),
         ("results", ["--part", "task1", "--no-train", "--out", str(w["base"] / "no_runs"), "--data-root", "synthetic"],
-         "--no-train: no finished run of these rows"),
+         "no finished run of this part under"),
         ("train_dw", [*TINY, "--out", run], "already holds a run"),
         ("train_dw", [*TINY, "--out", str(w["file"])], "is a file, not a folder"),
         ("train_dw", ["--resume", run, "--lr", "0.5"], "--lr cannot change"),
@@ -266,7 +262,6 @@ def cases(w):
         ("test_dw", ["--checkpoint", ck, "--img-sizes", "32,"], "expected comma-separated integers"),
         ("test_dw", ["--checkpoint", ck, "--batch-size", "0"], "must be at least 1"),
         ("test_dw", ["--checkpoint", ck, "--limit", "0"], "must be at least 1"),
-        ("test_dw", ["--checkpoint", ck, "--recalibrate", "-5"], "must be at least 0"),
         ("test_dw", ["--checkpoint", ck, "--split", "dev"], "invalid choice: 'dev'"),
         ("test_dw", ["--checkpoint", ck, "--as-model", "nope"], "unknown model 'nope'"),
         ("test_dw", ["--checkpoint", ck, "--as-model", "shallow"], "model 'shallow' has no option 'backbone'"),
@@ -300,22 +295,13 @@ def cases(w):
         ("train_dw", [*TINY, "--lr", "1e308"], "argument --lr: must be at most 1e+30, got 1e308"),
         ("train_dw", [*TINY, "--img-size", "60000"], "argument --img-size: must be at most 2048, got 60000"),
         ("test_dw", ["--checkpoint", ck, "--img-sizes", "32,100000"], "argument --img-sizes: must be at most 2048"),
-        ("results", ["--part", "task1-sweep", "--models", "dwg,dgw", "--out", str(w["base"] / "typo")],
-         "--models dgw: not a row of --part task1-sweep (its rows: plain_zero,"),
-        ("results", ["--part", "task2", "--models", "dwg", "--out", str(w["base"] / "typo")],
-         "--models picks Task 1 rows; --part task2 has none"),
-        ("results", ["--part", "task2-headline", "--update-docs", "--docs", str(w["base"] / "no-docs"),
-                     "--results", str(w["base"] / "typo")], "README.md to update its task2-headline section"),
-        ("results", ["--part", "task2-headline", "--results", str(w["file"])], "cannot write into --results"),
+        ("results", ["--part", "task1-lr", "--lrs", "0.1,fast"], "argument --lrs: expected a number, got 'fast'"),
+        ("results", ["--part", "task1-lr", "--lrs", "0.1,"], "argument --lrs: expected comma-separated numbers"),
+        ("results", ["--part", "task2", "--update-docs", "--docs", str(w["base"] / "no-docs"),
+                     "--out", str(w["base"] / "typo")], "task2.md to update its task2 section"),
         ("bench", ["--parts", "complexity", "--update-docs", "--docs", str(w["base"] / "no-docs"),
                    "--out", str(w["base"] / "typo")], "to update its complexity section"),
         ("test_dw", ["--checkpoints", run, ck], "are the same checkpoint"),
-        ("results", ["--part", "task2-headline", "--results", str(w["base"] / "tables" / "cut")],
-         "cut/task2_sweep.json: Expecting"),
-        ("results", ["--part", "task2-headline", "--results", str(w["base"] / "tables" / "object")],
-         "object/task2_sweep.json: not a table (a JSON list of objects)"),
-        ("results", ["--part", "task2-headline", "--results", str(w["base"] / "tables" / "no_epochs")],
-         "no_epochs/task2_sweep.json: a row has no field 'epochs'"),
         ("test_rrdb", ["--checkpoints", ck, run], "are the same checkpoint"),
     ]
     return listed + damaged_cases(w) + model_option_cases(w) + sidecar_cases(w) + bound_cases(w)
@@ -325,8 +311,7 @@ def bound_cases(w):
     """Numbers beyond what the machine holds, outputs that would replace an input, rates that
     are no rates, a page whose markers are out of order."""
     ck, image, typo = str(w["run"] / "best.pt"), str(w["images"] / "float.tiff"), str(w["base"] / "typo")
-    plan = ["--part", "task2", "--plan", "--out", typo, "--plan-rates"]
-    sweep = ["--part", "task1-sweep", "--no-train", "--budgets", "1", "--out", str(w["base"] / "sweep"), "--records"]
+    records = ["--part", "task1-lr", "--no-train", "--data-root", "synthetic", "--out", typo, "--records"]
     return [("train_dw", [*TINY, "--epochs", "1" + "0" * 20], "argument --epochs: must be at most 100000"),
             ("train_dw", [*TINY, "--seed", "1" + "0" * 20], "argument --seed: must be at most 9223372036854775807"),
             ("test_rrdb", ["--checkpoints", ck, "--workers", "100000"], "argument --workers: must be at most 256"),
@@ -334,16 +319,15 @@ def bound_cases(w):
              "does not take the data's RGB images"),
             ("predict", ["--checkpoint", ck, "--out", ck, image], "is one of the files it reads"),
             ("predict", ["--checkpoint", ck, "--out", str(w["file"]), image], "exists and is not a table predict.py"),
-            ("results", [*plan, str(w["base"] / "rates_zero.json")], "images_per_s must be at least 1e-09, got 0"),
-            ("results", [*plan, str(w["base"] / "rates_word.json")], "images_per_s must be a number, got 'fast'"),
-            ("results", [*plan, str(w["base"] / "rates_negative.json")], "images_per_s must be at least 1e-09"),
-            ("results", ["--part", "task2-headline", "--update-docs", "--docs", str(w["base"] / "pages" / "README.md"),
-                         "--results", typo], "markers, in that order and once"),
-            ("results", [*sweep, str(w["base"] / "records_acc_high.json")], "accuracy of RGB must be in [0, 1]"),
-            ("results", [*sweep, str(w["base"] / "records_acc_word.json")], "accuracy of RGB must be a number, got"),
-            ("results", [*sweep, str(w["base"] / "records_acc_list.json")], "record 0 'accuracy' must be a mapping"),
-            ("results", [*sweep, str(w["base"] / "tables" / "object" / "task2_sweep.json")], "not a table"),
-            ("results", [*sweep, str(w["base"] / "records_twice.json")], "record 1 repeats record 0")]
+            ("results", ["--part", "task1-lr", "--update-docs", "--docs", str(w["base"] / "pages"), "--out", typo],
+             "markers, in that order and once"),
+            ("results", [*records, str(w["base"] / "records_acc_high.json")], "accuracy must be in [0, 1], got 1.5"),
+            ("results", [*records, str(w["base"] / "records_acc_word.json")], "accuracy must be a number, got"),
+            ("results", [*records, str(w["base"] / "records_metrics_map.json")], "record 0 'metrics' must be a list"),
+            ("results", [*records, str(w["base"] / "records_no_seed.json")], "a row has no field 'seed'"),
+            ("results", [*records, str(w["base"] / "records_object.json")], "not a table"),
+            ("results", [*records, str(w["base"] / "records_cut.json")], "records_cut.json: Expecting"),
+            ("results", [*records, str(w["base"] / "records_twice.json")], "record 1 repeats record 0")]
 
 
 def damaged_cases(w):
@@ -426,7 +410,7 @@ def test_every_bad_input_is_one_line_and_exit_2(world, capsys):
         assert exc.value.code == 2, (entry, argv, err)
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (entry, argv, err)
         checked += 1
-    assert checked == 176
+    assert checked == 169
     assert not (world["base"] / "typo").exists()  # a refused --models, --model-opt or page writes nothing
     assert file_hashes(world["run"]) == before  # no refusal touched the existing run
     assert file_hashes(world["base"] / "made") == made  # nor a damaged run it refused to resume

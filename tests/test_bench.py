@@ -31,21 +31,20 @@ def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
     """One epoch of plain_zero and of each recipe asked for (by default dwg, every recipe of the
     Task 1 sweep and the full sandwich), with the cost of an epoch that validates once every
     --val-every epochs beside the cost with validation every epoch, and the recipe each row timed."""
-    from experiments.results.rows import SWEEP_RECIPES
-    assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", "dwg", "dwg-equal", *SWEEP_RECIPES,
-                                                                      "sandwich-full"]
+    from experiments.results.runs import CANDIDATES
+    assert bench.parse_args(["--parts", "epoch"]).epoch_models == ["plain_zero", *CANDIDATES]
     assert bench.main(["--quick", "--parts", "epoch", "--repeats", "1", "--data-root", "synthetic", "--threads", "1",
-                       "--epoch-models", "dwg,dwg-stored,dwg-packed,sandwich-full", "--out", str(tmp_path)]) == 0
-    rows = {r["model"]: r for r in json.loads((tmp_path / "epoch.json").read_text())}
-    assert list(rows) == ["plain_zero", "dwg", "dwg-stored", "dwg-packed", "sandwich-full"]
+                       "--epoch-models", "dwg,sandwich-full", "--out", str(tmp_path)]) == 0
+    rows = {r["row"]: r for r in json.loads((tmp_path / "epoch.json").read_text())}
+    assert list(rows) == ["plain_zero", "dwg", "sandwich-full"]
     assert rows["plain_zero"]["val_every_epoch_ratio"] == pytest.approx(1.0)
     # the full sandwich validates every epoch, as the sweep trains it; the candidates every sixth
     full = rows["sandwich-full"]
     assert full["val_every_epoch_ratio"] == pytest.approx(full["epoch_ratio_to_plain"])
     assert full["sandwich_every"] == 1 and full["sandwich_fraction"] == 1
+    assert full["flags"] == CANDIDATES["sandwich-full"]
     assert rows["dwg"]["val_every_epoch_ratio"] < rows["dwg"]["epoch_ratio_to_plain"]
-    assert rows["dwg-stored"]["sandwich_stored"] and rows["dwg-packed"]["sandwich_packed"]
-    assert rows["dwg"]["single_prob"] == 0.5 and rows["dwg-packed"]["single_prob"] is None
+    assert rows["dwg"]["single_prob"] == 0.5 and full["single_prob"] is None
     assert {r["data"] for r in rows.values()} == {"synthetic shapes"}  # the name the tables look up
     for r in rows.values():
         assert r["ratio_to_plain"] > 0 and r["val_every_epoch_ratio"] <= r["epoch_ratio_to_plain"] + 1e-9
@@ -64,20 +63,20 @@ def test_quick_epoch_part_times_the_sweep_recipes_it_is_given(tmp_path):
 
 def test_quick_model_part_times_every_model_as_trained(tmp_path):
     """A training step of every model as the result tables train it, read from their own run lists
-    (dwg's default sandwich, the full sandwich on the body it is bound to, resnet34, shallow
-    distilled from it, rrdb, ...), and of every other registered model; peak memory on CUDA only."""
+    (dwg's default sandwich, the lean and the full sandwich, resnet34, shallow distilled from it,
+    rrdb, ...), and of every other registered model; peak memory on CUDA only."""
     import torch
 
     import models
-    from experiments.results.plan import Step
+    from bench import Step
     from losses import SandwichLoss
     assert bench.main(["--quick", "--parts", "model", "--threads", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "model.json").read_text())
     assert {r["model"] for r in rows} == set(models.list_models())
-    full = "dwg --sandwich-fraction 1 --sandwich-scale 1 --sandwich-every 1 --single-prob equal"
-    assert {("dwg", "small"), (full, "small"), (full, "resnet18"), ("plain_zero --train-channels R", "small"),
-            ("resnet34", "-"), ("shallow --teacher resnet34", "-"), ("rrdb", "-")} <= {(r["step"], r["backbone"])
-                                                                                    for r in rows}
+    full = "dwg --sandwich-fraction 1 --sandwich-every 1 --single-prob equal"
+    assert {("dwg", "small"), (full, "small"), ("dwg --sandwich-every 6", "small"),
+            ("plain_zero --train-channels R", "small"), ("resnet34", "-"), ("shallow --teacher resnet34", "-"),
+            ("rrdb", "-")} <= {(r["step"], r["backbone"]) for r in rows}
     assert all(r["images_per_s"] > 0 and r["ratio_to_plain"] > 0 for r in rows)
     cuda = torch.cuda.is_available()
     assert all(isinstance(r["peak_memory_mb"], float) if cuda else r["peak_memory_mb"] == "n/a (CPU)" for r in rows)

@@ -9,7 +9,7 @@ import shlex
 import pytest
 from markdown_it import MarkdownIt
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT
 
 PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
@@ -102,7 +102,7 @@ def test_pasting_a_table_on_a_full_disk_keeps_the_page(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
     with monkeypatch.context() as m:
         m.setattr(os, "fsync", full)
-        with pytest.raises(UserError, match="No space left on device; the previous file is kept"):
+        with pytest.raises(UserError, match="No space left on device; nothing was replaced"):
             update_doc("task1", "new table", str(link))
     assert page.read_text() == "intro\n<!-- task1:start -->\nold\n<!-- task1:end -->\nend\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.md", "page.md"]
@@ -114,11 +114,13 @@ def test_every_section_a_part_publishes_is_marked_in_the_docs():
     """The sections checked before publishing are those the parts paste, and each has its markers."""
     import argparse
 
-    from experiments.results.parts import PARTS, doc_sections
-    from experiments.results.tables import doc_page
+    from experiments.results import PARTS
+    from experiments.results.tables import page, sections
     from utils.report import check_doc_sections
-    args = argparse.Namespace(docs=os.path.join(ROOT, "docs"))
-    check_doc_sections({s: doc_page(args, s) for part in PARTS for s in doc_sections(part)})
+    settings = {"": list(PARTS), "-scratch": ["task1-sweep"], "-resnet18": ["task1"]}  # each as docs publish it
+    for tag, parts in settings.items():
+        args = argparse.Namespace(docs=os.path.join(ROOT, "docs"), tag=tag, front_page=False)
+        check_doc_sections({s: page(args, s) for part in parts for s in sections(part, args)})
 
 
 def test_publishing_to_missing_pages_replaces_no_table(tmp_path, capsys):
@@ -134,31 +136,10 @@ def test_publishing_to_missing_pages_replaces_no_table(tmp_path, capsys):
     (published["figs"] / "task1_accuracy.png").write_bytes(b"\x89PNG a figure")
     before = {k: file_hashes(v) for k, v in published.items()}
     with pytest.raises(SystemExit) as exc:
-        results.main(["--part", "all", "--no-train", "--update-docs", "--docs", str(tmp_path / "missing"),
+        results.main(["--part", "task1", "--no-train", "--update-docs", "--docs", str(tmp_path / "missing"),
                       "--results", str(published["results"]), "--figs", str(published["figs"]),
                       "--out", str(tmp_path / "runs"), "--data-root", "synthetic"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "to update its task1 section" in err[0]
     assert {k: file_hashes(v) for k, v in published.items()} == before
     assert not (tmp_path / "runs").exists()
-
-
-LISTS = os.path.join(SHARED_DATA, "mini-imagenet-lists")
-
-
-@pytest.mark.skipif(not os.path.isdir(LISTS), reason="no shared mini-ImageNet lists")
-def test_the_plan_the_front_page_prints_is_the_plan_of_its_command(tmp_path, monkeypatch, capsys):
-    """The README's --plan example (its command without the bench's rates, on the course's lists)
-    counts the runs, parts, disk and untimed runs that command plans today: a new row cannot leave it stale."""
-    from experiments import results
-    text, _ = _tokens(PAGES[0])
-    command, = [line for _, line in _commands() if "--plan" in line and "--part all" in line]
-    argv = shlex.split(command.replace("$DATA_ROOT", LISTS))
-    argv = argv[argv.index("-m") + 2:argv.index("--plan-rates")]
-    argv[argv.index("--out") + 1] = str(tmp_path / "runs")  # every run new, whatever this checkout has trained
-    monkeypatch.chdir(ROOT)  # the bench's rates it reads, as a user's checkout has them
-    monkeypatch.delenv("DATA_ROOT", raising=False)
-    assert results.main(argv) == 0
-    printed = capsys.readouterr().out.splitlines()
-    shown = [line for line in printed if re.match(r"plan: \d+ runs|\d+ runs \(|disk: |time: ", line)]
-    assert len(shown) == 4 and all(line in text for line in shown), shown

@@ -67,18 +67,6 @@ def test_spreads_are_sample_standard_deviations_and_one_seed_has_none():
     assert pd.isna(out.loc["b", "accuracy_std"]) and out.loc["b", "seeds"] == 1
 
 
-def test_aggregates_count_each_combination_once():
-    """BGR is RGB permuted: shown, never counted a second time in the mean or the worst."""
-    import pandas as pd
-
-    from experiments.results.rows import TASK1_COMBOS
-    from experiments.results.task1 import accuracy_table
-    acc = {"RGB": 0.9, "RG": 0.8, "RB": 0.8, "GB": 0.8, "R": 0.5, "G": 0.6, "B": 0.7, "BGR": 0.9}
-    table = accuracy_table(pd.DataFrame([{"model": "m", "combo": c, "accuracy": acc[c]} for c in TASK1_COMBOS]), ["m"])
-    assert table.loc["m", "mean"] == pytest.approx(5.1 / 7)  # over the seven distinct sets, not 6.0 / 8
-    assert table.loc["m", "worst"] == 0.5
-
-
 def test_class_losses_leave_out_classes_without_test_images():
     # a trial on a few images (--limit) leaves classes with no image: their accuracy is NaN
     top = np.array([[0], [0], [1], [2]])

@@ -224,7 +224,14 @@ def test_an_unreadable_log_is_one_line_and_stays(tmp_path):
 def test_results_refuse_a_run_folder_of_another_recipe(reference_run):
     """Every flag that can change what a run learns, given or left at its default, must be the
     checkpoint's; flags that say only where and how fast it runs may differ."""
-    from experiments.results.jobs import run_finished
+    import argparse
+
+    from experiments.results.jobs import status
+    from experiments.results.runs import Job
+
+    def run_finished(out, script, flags):
+        args = argparse.Namespace(data_root=flags[flags.index("--data-root") + 1])
+        return status(args, Job("part", "row", 0, 3, script, tuple(flags), str(out))) == "finished"
     flags = [*RUN, "--epochs", "3"]
     assert run_finished(reference_run, "train_dw.py", flags)
     assert run_finished(reference_run, "train_dw.py", [*flags, "--workers", "2", "--log-every", "7", "--device", "cpu"])
@@ -249,7 +256,7 @@ def test_a_damaged_evaluation_is_evaluated_again(tmp_path):
                          ('{"checkpoint": 1}', False), ('[{"combo": "RGB"}]', False)):
         results.write_text(text)
         os.utime(results, (time.time() + 5, time.time() + 5))  # written after the checkpoint
-        assert evaluated(str(results), [str(ckpt)]) == reused, text
+        assert evaluated(str(results), str(ckpt), None) == reused, text
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
@@ -287,7 +294,7 @@ def test_a_checkpoint_that_carries_code_is_refused_and_never_runs(tmp_path):
 
 
 def test_saturation_is_the_first_budget_whose_doubling_gains_under_a_point():
-    from experiments.results.task2 import saturation
+    from experiments.results.tables import saturation
     assert saturation({6: 0.50, 12: 0.60, 24: 0.655, 48: 0.66}) == 24
     assert saturation({6: 0.50, 12: 0.505}) == 6
     assert saturation({6: 0.50, 12: 0.60, 24: 0.70}) is None

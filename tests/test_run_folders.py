@@ -122,19 +122,19 @@ def test_recipe_flags_on_resume_are_refused_safe_ones_applied(tmp_path, finished
 
 
 def test_a_run_from_before_the_sandwich_options_resumes_with_the_recipe_it_had(tmp_path, finished):
-    """A checkpoint written before --sandwich-fraction/-scale/-every existed trained with the
-    full sandwich: resumed, it keeps that, whatever today's defaults are."""
+    """A checkpoint written before --sandwich-fraction/-every existed trained with the full
+    sandwich: resumed, it keeps that, whatever today's defaults are."""
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(run / name, weights_only=False)
-        for key in ("sandwich_fraction", "sandwich_scale", "sandwich_every"):
+        for key in ("sandwich_fraction", "sandwich_every"):
             del ckpt["args"][key]
         save_atomic(ckpt, run / name)
     r = run_script("train_dw.py", "--resume", str(run), "--epochs", "2")
     assert r.returncode == 0, r.stderr
     args = torch.load(run / "last.pt", weights_only=False)["args"]
-    assert (args["sandwich_fraction"], args["sandwich_scale"], args["sandwich_every"]) == (1.0, 1.0, 1)
+    assert (args["sandwich_fraction"], args["sandwich_every"]) == (1.0, 1)
 
 
 def test_a_resumed_run_keeps_the_weights_it_started_from_in_its_recipe(tmp_path, finished):

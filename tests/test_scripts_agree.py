@@ -127,7 +127,7 @@ def test_training_line_config_and_log_say_what_the_run_did(runs, capsys):
     root, base = runs
     config = json.loads((base / "dwg" / "config.json").read_text())
     # Left to the model on the command line, written as the model took them.
-    assert (config["stem_base"], config["combo_bn"], config["combo_affine"]) == (True, True, False)
+    assert (config["stem_base"], config["combo_bn"]) == (True, True)
     out = base / "dwg-2"
     assert train_dw.main(["--model", "dwg", "--data-root", str(root), *SMALL, "--sandwich-every", "1",
                           "--out", str(out)]) == 0

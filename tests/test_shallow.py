@@ -1,14 +1,9 @@
-import json
 import os
-import re
 
 import pytest
 import torch
 
 import models
-from conftest import make_list_root
-from experiments import results
-from experiments.results.rows import RECIPES
 from models.shallow import RepConv
 from utils.complexity import complexity_row, count_weighted_layers
 
@@ -153,81 +148,3 @@ def test_the_training_loop_anneals_the_activation(tmp_path):
     slopes = {k: float(v) for k, v in load_checkpoint(str(out / "last.pt"))["state_dict"].items()
               if k.endswith("slope")}
     assert len(slopes) == 3 and set(slopes.values()) == {1.0}  # gone after half of the 8 steps
-
-
-def test_task2_sweep_end_to_end_at_toy_size(tmp_path):
-    """Two budgets on a toy list: every model trained and evaluated per budget, the distilled row
-    at the saturated budget (else the longest), the table (with minutes) written and pasted into
-    the README given."""
-    root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
-    readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- task2-sweep:start -->\nSTALE TABLE\n<!-- task2-sweep:end -->\n"
-                      "<!-- task2-headline:start -->\n<!-- task2-headline:end -->\nafter\n")
-    out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
-    args = ["--part", "task2-sweep", "--budgets", "1,2", "--img-size", "16", "--batch-size", "4", "--workers", "0",
-            "--jobs", "2",
-            "--data-root", str(root), "--out", out["runs"], "--results", out["results"], "--figs", out["figs"],
-            "--update-docs", "--docs", str(readme)]
-    assert results.main(args) == 0
-    rows = json.loads((tmp_path / "results" / "task2_sweep.json").read_text())
-    assert [r["epochs"] for r in rows] == [1, 2]
-    assert {"resnet34", "shallow", "shallow_deep", "shallow / resnet34", "resnet34 min"} <= set(rows[0])
-    text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text and "epochs |" in text
-    assert (tmp_path / "figs" / "task2_sweep.png").exists()
-    # the front page's rows, pasted again from the written table alone (no runs needed)
-    headline = text.split("<!-- task2-headline:start -->")[1].split("<!-- task2-headline:end -->")[0]
-    assert headline.count("\n|") == 4 and "shallow / resnet34" in headline  # header, rule, two budgets
-    page = tmp_path / "front.md"
-    page.write_text("<!-- task2-headline:start -->\n<!-- task2-headline:end -->\n")
-    assert results.main(["--part", "task2-headline", "--results", out["results"], "--update-docs",
-                         "--docs", str(page)]) == 0
-    assert page.read_text() == f"<!-- task2-headline:start -->{headline}<!-- task2-headline:end -->\n"
-    # distilled at the saturated budget, or from the longest budget's ResNet34 when none saturates
-    kd_epochs = int(re.search(r"shallow\+kd is distilled from the (\d+)-epoch ResNet34", text).group(1))
-    assert kd_epochs == (1 if "ResNet34 saturates at 1 epochs" in text else 2)
-    assert [r["epochs"] for r in rows if r["shallow+kd"] is not None] == [kd_epochs]
-    # saturation (and so the teacher) is judged on validation: each ResNet34 checkpoint's val accuracy
-    for r in rows:
-        log = (tmp_path / "runs" / "task2-sweep" / f"resnet34-e{r['epochs']}-s0" / "log.csv").read_text()
-        assert r["resnet34 val"] == max(float(line.split(",")[4]) for line in log.splitlines()[1:])
-    # --no-train: a budget whose ResNet34 has finished is reported, its unfinished shallow runs as
-    # blanks; a budget without a finished ResNet34 is left out; nothing is trained
-    import train_rrdb
-    sweep = tmp_path / "runs" / "task2-sweep"
-    assert train_rrdb.main(["--model", "resnet34", "--epochs", "4", "--img-size", "16", "--batch-size", "4",
-                            "--workers", "0", "--data-root", str(root), "--out", str(sweep / "resnet34-e4-s0")]) == 0
-    evaluated = {p: p.stat().st_mtime_ns for p in sweep.glob("eval-*/results.json")}
-    assert len(evaluated) == 3  # two budgets and the distilled run
-    assert results.main([*args[:3], "1,2,4,8", *args[4:], "--no-train"]) == 0
-    assert all(p.stat().st_mtime_ns == t for p, t in evaluated.items())  # unchanged runs: evaluations reused
-    rows = json.loads((tmp_path / "results" / "task2_sweep.json").read_text())
-    assert [r["epochs"] for r in rows] == [1, 2, 4]
-    assert rows[2]["resnet34"] is not None and rows[2]["shallow"] is None and rows[2]["shallow / resnet34"] is None
-    assert re.search(r"\|\s+–\s+\|", readme.read_text())
-    assert sorted(p.name for p in sweep.glob("*-e[48]-*")) == ["eval-e4-s0", "resnet34-e4-s0"]
-
-
-def test_recipe_part_trains_each_option_and_writes_the_table(tmp_path):
-    """The recipe options (plain, EMA, MixUp+CutMix) on shallow: one run each with its own flags,
-    evaluated side by side, the table in the order of the options with minutes against plain."""
-    root = make_list_root(tmp_path / "data", classes=3, per_class=4, size=24)
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- task2-recipe:start -->\n<!-- task2-recipe:end -->\n")
-    out = str(tmp_path / "runs")
-    args = ["--part", "task2-recipe", "--epochs", "1", "--img-size", "16", "--batch-size", "4", "--workers", "0",
-            "--jobs", "3",
-            "--data-root", str(root), "--out", out, "--update-docs", "--docs", str(readme),
-            "--results", str(tmp_path / "tables")]
-    assert results.main(args) == 0
-    rows = json.loads((tmp_path / "tables" / "task2_recipe.json").read_text())
-    assert [r["recipe"] for r in rows] == list(RECIPES)
-    plain = rows[0]["minutes"]  # a toy run may log 0.0 seconds, and then no ratio can be had
-    assert [r["minutes / plain"] for r in rows] == ([pytest.approx(r["minutes"] / plain) for r in rows] if plain
-                                                    else [None] * len(rows))
-    for name in RECIPES:
-        config = json.loads((tmp_path / "runs" / "task2-recipe" / f"shallow-{name}-e1-s0" / "config.json").read_text())
-        assert config["ema"] == (0.998 if name == "ema" else None)
-        assert config["cutmix"] == (1.0 if name == "mixup+cutmix" else 0.0)
-    section = readme.read_text()
-    assert "minutes / plain" in section and section.count("\n|") == 2 + len(RECIPES)

@@ -47,8 +47,8 @@ def test_the_results_driver_passes_a_stop_to_its_run_and_waits(tmp_path):
     driver waits for it and exits 143; nothing is left running; the same command resumes."""
     from tests.conftest import make_list_root
     root = make_list_root(tmp_path / "data", classes=3, per_class=30, size=24)
-    args = [sys.executable, "-m", "experiments.results", "--part", "task1-sweep", "--models", "plain_zero",
-            "--budgets", "40", "--img-size", "16", "--batch-size", "2", "--workers", "1", "--data-root", str(root),
+    args = [sys.executable, "-m", "experiments.results", "--part", "task1-lr", "--lrs", "0.1", "--epochs", "40",
+            "--img-size", "16", "--batch-size", "2", "--workers", "1", "--data-root", str(root),
             "--out", str(tmp_path / "runs")]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -60,7 +60,7 @@ def test_the_results_driver_passes_a_stop_to_its_run_and_waits(tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     assert stderr.count("SIGTERM: finishing this step") == 1 and "passed to the running scripts" in stderr, stderr
-    run = tmp_path / "runs" / "task1" / "plain_zero-e40-s0"
+    run = tmp_path / "runs" / "task1" / "plain_zero-e40-s0-lr0.1"
     saved = torch.load(run / "last.pt", weights_only=True)
     assert 1 <= saved["epoch"] < 40
     ps = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True)

@@ -1,18 +1,14 @@
 """Task 1 training: the sandwich criterion, BatchNorm statistics per channel set, starting from
 trained RGB weights (our checkpoints, torchvision files, torchvision's ImageNet weights)."""
-import json
 import os
 import urllib.error
 
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
-import flags
 import models
-import optim
 import train_dw
 from data.datasets import normalize
 from engine import Run, State, train_one_epoch
@@ -45,14 +41,6 @@ def test_sandwich_draws_a_single_channel_first_then_proper_subsets():
         draws = crit.draw(("R", "G", "B"))
         assert len(draws) == 3 and len(draws[0]) == 1
         assert all(1 <= len(d) <= 2 and d == sorted(d) for d in draws)
-
-
-def test_sandwich_with_every_single_channel():
-    gen = torch.Generator().manual_seed(0)
-    for subsets, extra in [(1, 0), (2, 1), (3, 2)]:
-        draws = SandwichLoss(LabelLoss(), subsets, gen, all_singles=True).draw(("R", "G", "B"))
-        assert draws[:3] == [[0], [1], [2]] and len(draws) == 3 + extra
-        assert all(1 <= len(d) <= 2 and d == sorted(d) for d in draws[3:])
 
 
 def test_sandwich_step_equals_the_hand_written_loss():
@@ -90,13 +78,12 @@ def _hand_drawn(gen, n=3, subsets=2):
     return draws
 
 
-@pytest.mark.parametrize("options", [{"fraction": 0.25}, {"scale": 0.5}, {"every": 2},
-                                     {"fraction": 0.5, "scale": 0.75, "every": 2}])
+@pytest.mark.parametrize("options", [{"fraction": 0.25}, {"every": 2}, {"fraction": 0.5, "every": 2}])
 def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
     """Two steps of the loop: the first a sandwich whose reduced passes take their own slice of
-    the batch (``fraction``) at a smaller side (``scale``); with ``every`` 2 the second step is
-    one pass on a hierarchically sampled combination, on the labels."""
-    fraction, scale, every = options.get("fraction", 1), options.get("scale", 1), options.get("every", 1)
+    the batch (``fraction``); with ``every`` 2 the second step is one pass on a hierarchically
+    sampled combination, on the labels."""
+    fraction, every = options.get("fraction", 1), options.get("every", 1)
     images = [torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8) for _ in range(2)]
     labels = [torch.randint(0, 4, (8,)) for _ in range(2)]
 
@@ -115,8 +102,6 @@ def test_cheaper_sandwich_steps_equal_the_hand_written_loss(options):
             for i, keep in enumerate(_hand_drawn(gen)):
                 rows = [(i * m + j) % 8 for j in range(m)]
                 xr = x[rows][:, keep]
-                if scale < 1:
-                    xr = F.interpolate(xr, size=(round(16 * scale),) * 2, mode="bilinear", antialias=True)
                 loss = loss + soft_cross_entropy(reference(xr, tuple("RGB"[c] for c in keep)), target[rows])
             distills.append(loss.item() - losses[-1])
         else:
@@ -206,61 +191,6 @@ def test_training_updates_only_the_statistics_of_the_set_it_ran():
     model(torch.randn(4, 2, 16, 16), ("G", "B"))
     changed = (first.running_mean != before).any(1).tolist()
     assert changed == [i == combo_index("GB", "RGB") for i in range(7)]
-
-
-def test_recalibration_gives_each_set_its_exact_statistics():
-    model = _tiny_dwg()
-    batches = [torch.randn(8, 3, 16, 16) + 2 for _ in range(3)]
-    model.recalibrate(batches)
-    first = model.body.features[0]
-    assert isinstance(first, ComboBatchNorm2d) and model.training  # its mode is given back
-    for combo in ("R", "GB", "RGB"):
-        idx = ["RGB".index(c) for c in combo]
-        with torch.no_grad():
-            feats = torch.cat([model.stem(b[:, idx], tuple(combo)) for b in batches])
-        torch.testing.assert_close(first.running_mean[combo_index(combo, "RGB")], feats.mean((0, 2, 3)),
-                                   atol=1e-5, rtol=1e-4)
-    assert model.combo_seen.min() == 1
-
-
-def test_recalibration_converts_a_model_trained_with_shared_statistics():
-    torch.manual_seed(0)
-    model = models.create_model("dwg", 3, backbone="small", combo_bn=False)
-    assert not model.combo_bn
-    model.recalibrate([torch.randn(4, 3, 16, 16)])
-    assert model.combo_bn and model(torch.randn(2, 1, 16, 16), ("B",)).shape == (2, 3)
-
-
-def test_per_set_affine_trains_only_the_set_it_ran_and_is_not_decayed(tmp_path):
-    torch.manual_seed(0)
-    model = models.create_model("dwg", 3, backbone="small", combo_affine=True).train()
-    first = next(m for m in model.modules() if isinstance(m, ComboBatchNorm2d))
-    assert first.weight.shape == (7, first.num_features)
-    model(torch.randn(4, 1, 16, 16), ("R",)).sum().backward()
-    touched = (first.weight.grad != 0).any(1).tolist()
-    assert touched == [i == combo_index("R", "RGB") for i in range(7)]
-    args = flags.build_parser("", "dwg", "RGB").parse_args([])
-    optimizer, _ = optim.build_optimizer(model, args, 10)
-    no_decay = {id(p) for p in optimizer.param_groups[1]["params"]}
-    assert id(first.weight) in no_decay and id(first.bias) in no_decay
-
-
-def test_per_set_affine_starts_from_a_plain_model_in_every_row(tmp_path):
-    torch.manual_seed(0)
-    plain = _perturbed_bn(models.create_model("plain_zero", 5, backbone="small"))
-    with torch.no_grad():
-        for m in plain.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 2)
-    path = tmp_path / "pz.pt"
-    save_atomic({"model": "plain_zero", "config": {"backbone": "small"}, "classes": list("abcde"),
-                 "state_dict": plain.state_dict()}, path)
-    dwg = init_from(models.create_model("dwg", 5, backbone="small", combo_affine=True), str(path), list("abcde"))
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(dwg.eval()(x, tuple("RGB")), plain.eval()(x, tuple("RGB")), atol=1e-5, rtol=0)
-    first = next(m for m in dwg.modules() if isinstance(m, ComboBatchNorm2d))
-    assert (first.weight == first.weight[:1]).all() and not (first.weight == 1).all()
 
 
 def _perturbed_bn(model):
@@ -385,72 +315,3 @@ def test_sandwich_without_reduced_sets_is_refused(tmp_path, capsys):
         train_dw.main(["--model", "dwg", "--sandwich-subsets", "0", "--out", str(tmp_path / "x"), *TINY])
     assert exc.value.code == 2 and "argument --sandwich-subsets: must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x" / "last.pt").exists()
-
-
-def test_task1_table_end_to_end_at_toy_size(tmp_path, capsys):
-    """experiments.results --part task1 on a toy list: dwg, plain_zero and the R expert for as many
-    epochs, then plain_zero and the R expert again for as long as dwg trained (the epoch ratio
-    that `python -m bench --parts epoch` measured for this setting and dwg's recipe), both
-    comparisons in the table and the targets, the figure, the docs and front-page sections."""
-    from experiments import results
-    from tests.conftest import make_list_root
-    root = make_list_root(tmp_path / "data", classes=3, per_class=6, size=24)
-    readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- task1:start -->\nSTALE\n<!-- task1:end -->\n"
-                      "<!-- task1-headline:start -->\n<!-- task1-headline:end -->\nafter\n")
-    out = {k: str(tmp_path / k) for k in ("runs", "results", "figs")}
-    bench_row = {"model": "dwg", "data": "data", "img_size": 16, "batch": 4, "repeats": 3, "sandwich_subsets": 2,
-                 "sandwich_all_singles": False, "sandwich_fraction": 0.25, "sandwich_scale": 1.0, "sandwich_every": 3,
-                 "single_prob": 0.5, "ratio_to_plain": 1.6, "epoch_ratio_to_plain": 1.9}
-
-    def table(ratio, *extra):
-        (tmp_path / "results" / "bench").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "results" / "bench" / "epoch.json").write_text(json.dumps([{**bench_row, "ratio_to_plain": ratio}]))
-        return results.main(["--part", "task1", "--models", "dwg,plain_zero,plain_mean,plain_zero-Ronly", "--jobs", "2",
-                             "--epochs", "1", "--img-size", "16", "--batch-size", "4", "--workers", "0",
-                             "--data-root", str(root), "--out", out["runs"], "--results", out["results"],
-                             "--figs", out["figs"],
-                             "--bench", str(tmp_path / "results" / "bench"), "--update-docs", "--docs", str(readme),
-                             *extra])
-
-    assert table(1.6) == 0  # round(1 x 1.6) = 2 epochs for the equal-time rows
-    title = (tmp_path / "results" / "task1.md").read_text().splitlines()[0]
-    assert "trains 1.60x as long" in title and "round(1 x 1.60) = 2 epochs" in title and "python -m bench" in title
-    logs = {name: pd.read_csv(tmp_path / "runs" / "task1" / f"{name}-s0" / "log.csv")
-            for name in ("dwg", "plain_zero", "plain_zero-equal-time", "plain_zero-Ronly-equal-time")}
-    assert [len(logs[n]) for n in logs] == [1, 1, 2, 2]
-    acc = {r["model"]: r for r in json.loads((tmp_path / "results" / "task1_accuracy.json").read_text())}
-    assert set(acc) == {"dwg", "plain_zero", "plain_zero-equal-time", "plain_mean", "plain_mean-equal-time",
-                        "single-channel expert", "single-channel expert-equal-time"}
-    assert acc["single-channel expert"]["G"] is None and acc["single-channel expert"]["mean"] is None
-    targets = json.loads((tmp_path / "results" / "task1_targets.json").read_text())
-    assert [(t["combo"], t["budget"]) for t in targets] == [
-        ("RGB", "equal epochs"), ("RGB", "equal time"), ("R", "equal epochs"), ("R", "equal time")]
-    text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text
-    assert "plain_zero-equal-time" in text and (tmp_path / "figs" / "task1_accuracy.png").exists()
-    headline = text.split("<!-- task1-headline:start -->")[1]
-    assert "| dwg " in headline and "seed_dwg" not in headline
-    # A ratio that asks for 3 epochs: --no-train refuses the equal-time runs trained for 2.
-    with pytest.raises(SystemExit) as exc:
-        table(2.7, "--no-train")
-    assert exc.value.code == 2
-    assert "plain_zero-equal-time-s0/last.pt was trained with --epochs 2, not 3" in capsys.readouterr().err
-    # Equal time that is equal epochs: the equal-time rows are the equal-epoch checkpoints, evaluated anew.
-    assert table(1.2, "--no-train") == 0
-    acc = {r["model"]: r for r in json.loads((tmp_path / "results" / "task1_accuracy.json").read_text())}
-    assert acc["plain_zero-equal-time"]["RGB"] == acc["plain_zero"]["RGB"]
-    assert acc["single-channel expert-equal-time"]["R"] == acc["single-channel expert"]["R"]
-    # Without --update-docs nothing is published: tables and figures stay under --out, and the
-    # title states the data and the settings used.
-    page = readme.read_text()
-    assert results.main(["--part", "task1", "--models", "dwg,plain_zero", "--epochs", "1", "--img-size", "16",
-                         "--batch-size", "4", "--workers", "0", "--data-root", str(root), "--backbone", "small",
-                         "--out", out["runs"], "--bench", str(tmp_path / "results" / "bench"), "--no-train"]) == 0
-    assert readme.read_text() == page
-    title = (tmp_path / "runs" / "tables" / "task1.md").read_text().splitlines()[0]
-    assert title.startswith("Task 1 on data test split, small backbone (CPU proxy, ") and \
-        "1 epochs, 16px, batch 4, seed(s) 0" in title
-    rows = json.loads((tmp_path / "runs" / "tables" / "task1_accuracy.json").read_text())
-    assert [r["model"] for r in rows] == ["dwg", "plain_zero", "plain_zero-equal-time"]
-    assert (tmp_path / "runs" / "figs" / "task1_accuracy.png").exists()

@@ -262,9 +262,12 @@ def test_a_run_with_accumulation_counts_its_schedule_in_optimizer_steps(tmp_path
 def test_dwg_draws_a_single_channel_half_the_time_unless_told_equal(tmp_path, capsys):
     """The budget sweep's choice is dwg's default; 'equal' keeps the earlier draws, a resumed run
     keeps its own, and a run trained with the other is never reused for a table."""
+    import argparse
+
     import train_dw
-    from experiments.results.jobs import check_same_recipe
-    from experiments.results.rows import trained_recipe
+    from experiments.results.jobs import status
+    from experiments.results.runs import Job
+    from flags import recipe_of as trained_recipe
     from utils.errors import UserError
     assert trained_recipe("train_dw.py", [])["single_prob"] == 0.5
     assert trained_recipe("train_dw.py", ["--channel-aug", "subset"])["single_prob"] == 0.5
@@ -278,7 +281,10 @@ def test_dwg_draws_a_single_channel_half_the_time_unless_told_equal(tmp_path, ca
     assert "a single channel p=0.5" in capsys.readouterr().out
     assert train_dw.main(["--resume", str(tmp_path / "equal" / "last.pt"), "--epochs", "2"]) == 0
     assert json.loads((tmp_path / "equal" / "config.json").read_text())["single_prob"] is None
-    equal = {**torch.load(tmp_path / "equal" / "last.pt", weights_only=False), "path": "equal/last.pt"}
+    data = argparse.Namespace(data_root=tiny[tiny.index("--data-root") + 1])
+
+    def check_same_recipe(flags):
+        return status(data, Job("part", "row", 0, 2, "train_dw.py", tuple(flags), str(tmp_path / "equal")))
     with pytest.raises(UserError, match="equal/last.pt was trained with --single-prob equal, not 0.5"):
-        check_same_recipe(equal, "train_dw.py", [*tiny, "--epochs", "2"])
-    check_same_recipe(equal, "train_dw.py", [*tiny, "--epochs", "2", "--single-prob", "equal"])
+        check_same_recipe([*tiny, "--epochs", "2"])
+    assert check_same_recipe([*tiny, "--epochs", "2", "--single-prob", "equal"]) == "finished"

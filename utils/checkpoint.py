@@ -31,8 +31,7 @@ FIELDS = {
     "rng": {"kind": dict, "optional": True}, "chan_gen": {"kind": torch.Tensor, "optional": True},
     "lists": {"kind": dict, "optional": True},
     "epoch_tally": {"kind": list, "each": float, "length": 5, "optional": True},
-    "sandwich_start": {"kind": int, "low": 0, "optional": True},
-    "stored_targets": {"kind": dict, "optional": True}, "data": {"kind": str, "optional": True},
+    "criterion": {"kind": dict, "optional": True}, "data": {"kind": str, "optional": True},
     "deployed": {"kind": bool, "optional": True}, "averaged": {"kind": bool, "optional": True},
 }
 # Fields inside those above, checked when the field that holds them is there.
@@ -46,7 +45,7 @@ INNER = {
     ("scheduler", "last_epoch"): {"kind": int, "low": 0},
     ("rng", "python"): {"kind": list, "length": 3}, ("rng", "numpy"): {"kind": list, "length": 5},
     ("rng", "torch"): {"kind": torch.Tensor},
-    ("stored_targets", "probs"): {"kind": torch.Tensor}, ("stored_targets", "known"): {"kind": torch.Tensor},
+    ("criterion", "steps"): {"kind": int, "low": 0},
 }
 RESUME = ("epoch", "step", "best_acc", "optimizer", "scheduler", "args")
 # Checkpoints written before RNG states were stored as lists hold a numpy array (data, no code).

@@ -103,6 +103,16 @@ def int_list(low, high=None):
     return parse
 
 
+def float_list(low, high=None):
+    """An argparse type: comma-separated numbers, each in [``low``, ``high``], at least one."""
+    def parse(text):
+        items = [t.strip() for t in text.split(",")]
+        if not text.strip() or "" in items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+        return [at_least(low, float, high=high)(t) for t in items]
+    return parse
+
+
 def choice_list(choices):
     """An argparse type: comma-separated names out of ``choices``, at least one."""
     def parse(text):

@@ -64,3 +64,33 @@ def write_folder(path, write):
         if old:
             shutil.rmtree(old, ignore_errors=True)
     return result
+
+
+def replace_all(files):
+    """Write every ``{path: bytes}`` of ``files`` to a temporary beside it, then rename them all
+    into place, only once every one is written: a full disk, a folder that cannot be written or a
+    kill before the renames leave every old file as it was. An existing file keeps its mode (a
+    new one gets 0644); a link is followed."""
+    staged = []
+    try:
+        for path, data in files.items():
+            path = os.path.realpath(path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=os.path.dirname(path))
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+    except BaseException as exc:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        if isinstance(exc, OSError):
+            where = exc.filename or (staged[-1][1] if staged else "")
+            raise UserError(f"cannot write {where}: {exc.strerror or exc}; nothing was replaced") from None
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)

@@ -6,7 +6,7 @@ import matplotlib
 import pandas as pd
 
 from utils.errors import UserError
-from utils.files import write_atomic
+from utils.files import replace_all, write_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -137,34 +137,45 @@ def page_path(docs, page):
     return docs if os.path.isfile(docs) else os.path.normpath(os.path.join(docs, page))
 
 
-def _marked_page(section, path):
-    """-> the text of the page at ``path``, which must have the markers of ``section``."""
+def _marked_page(sections, path):
+    """-> the bytes of the page at ``path``, which must have each section's markers once, in order."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
+        data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path} to update its {section} section "
+        raise UserError(f"cannot read {path} to update its {', '.join(sections)} section(s) "
                         f"({getattr(exc, 'strerror', None) or exc}); --docs names the pages' folder") from None
-    start, end = text.find(f"<!-- {section}:start -->"), text.find(f"<!-- {section}:end -->")
-    if start < 0 or end < start or text.count(f"<!-- {section}:start -->") > 1:
-        raise UserError(f"{path} has no <!-- {section}:start --> ... <!-- {section}:end --> markers, in that order "
-                        "and once")
-    return text
+    for section in sections:
+        start, end = f"<!-- {section}:start -->".encode(), f"<!-- {section}:end -->".encode()
+        if data.count(start) != 1 or data.count(end) != 1 or data.find(end) < data.find(start):
+            raise UserError(f"{path} has no <!-- {section}:start --> ... <!-- {section}:end --> markers, in that "
+                            "order and once")
+    return data
 
 
 def check_doc_sections(pages):
-    """Refuse, before anything is published, a section that ``update_doc`` could not paste
-    (``pages``: section -> page path): tables and figures are then not replaced while the pages
-    keep the old ones."""
+    """Refuse, before anything is published, a section that could not be pasted (``pages``:
+    section -> page path): tables and figures are then not replaced while the pages keep the old ones."""
     for section, path in pages.items():
-        _marked_page(section, path)
+        _marked_page([section], path)
+
+
+def pasted(path, sections):
+    """The bytes of the page at ``path`` with each ``{section: text}`` between its markers; the
+    rest of the page byte for byte as it was, the new lines ending as the page's do (CRLF or LF)."""
+    data = _marked_page(list(sections), path)
+    eol = b"\r\n" if b"\r\n" in data else b"\n"
+    for section, text in sections.items():
+        start, end = f"<!-- {section}:start -->".encode(), f"<!-- {section}:end -->".encode()
+        head, rest = data.split(start, 1)
+        _, tail = rest.split(end, 1)
+        body = eol.join(text.encode().splitlines())
+        data = head + start + eol + body + eol + end + tail
+    return data
 
 
 def update_doc(section, text, path):
     """Replace what stands between ``<!-- section:start -->`` and ``<!-- section:end -->`` in the
-    page at ``path``."""
-    page = _marked_page(section, path)
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    head, rest = page.split(start, 1)
-    _, tail = rest.split(end, 1)
-    write_text(path, f"{head}{start}\n{text}\n{end}{tail}")
+    page at ``path`` (``pasted``), the page's mode kept."""
+    replace_all({path: pasted(path, {section: text})})

@@ -1,147 +1,134 @@
-"""The result tables and figures of docs/: every row trained and evaluated by the entry scripts.
+"""The tables and figures of docs/, every row trained and evaluated by the entry scripts:
 
-    python -m experiments.results [--part task1|task1-ablation|task1-sandwich|task1-resnet18|task2|task2-sweep|
-                                          task2-headline|task2-recipe|all]
-                                  [--data-root DIR] [--backbone small] [--pretrained imagenet] [--img-size 64]
-                                  [--epochs 6] [--batch-size 64] [--lr 0.1] [--amp bf16] [--seeds 0,1,2]
-                                  [--budgets 6,12,24,48] [--jobs 2] [--no-train] [--models ROW,...]
-                                  [--out runs/results] [--update-docs] [--plan [--plan-rates FILE]]
+    python -m experiments.results --part task1|task1-sweep|task1-lr|task2|task2-sweep [--plan] [--update-docs]
 
-Trains every row with the repository's own entry scripts (<out>/task1/<row>-s<seed>/ and so on,
-resumable: a finished run is reused, an interrupted one resumed; ``--jobs`` runs at once, each
-with cores/jobs threads), evaluates it with test_dw.py/test_rrdb.py (an evaluation newer than its
-checkpoints is reused), and writes the tables (.md, .json, .csv) to <out>/tables/ and the figures
-to <out>/figs/; titles state the data and the settings. ``--update-docs`` publishes instead: the
-tables to results/, the figures to figs/ and each table into its marked section of docs/.
-The budget sweep also keeps each finished run's numbers and recipe, without its weights, in
-results/task1_sweep_runs.json when it publishes: another machine continues the sweep from there.
-``--no-train`` makes the tables from the finished runs only (Task 1 rows; sweep budgets whose
-ResNet34 has finished). ``--plan`` trains, evaluates and writes nothing: it lists every run the
-command would train or reuse, with the disk its checkpoints take and, from the bench's rates on
-this machine, the hours. Never run by CI, except end-to-end tests at toy size.
-
-What to train is in rows.py and in each part's ``runs`` (parts.py), running the jobs in jobs.py,
-the tables and figures in task1.py and task2.py (what they share in tables.py), the plan in
-plan.py; this module reads the command line.
+What each part trains is in runs.py, one script and its flags per row; this command adds the
+budget they share. Runs go to ``<out>/<task>/<row>-e<epochs>-s<seed>/`` (``--jobs`` at once, each
+with cores/jobs threads; a finished run is reused, an interrupted one resumed), each is evaluated
+by its test script and kept as a record (records.py: its numbers without its weights), and the
+tables are made from the records (tables.py): into ``<out>/tables`` and ``<out>/figs``, or, with
+``--update-docs``, into results/, figs/, each table's marked section of docs/ and the README,
+and the records into results/, all written together or not at all. ``--no-train`` makes the
+tables from the records and finished runs alone; ``--plan`` lists the runs and trains nothing.
 """
 import os
 
 from flags import add_amp, add_data_root, add_limit, add_workers
-from utils.errors import MAX_EPOCHS, Parser, UserError, at_least, cli, img_side, int_list, non_empty
+from utils.errors import MAX_EPOCHS, Parser, at_least, cli, float_list, img_side, int_list
 from utils.report import check_doc_sections
 
-from .jobs import train_runs
-from .parts import PARTS, doc_sections, parts_of
-from .plan import print_plan
-from .rows import ABLATION_NAMES, RESNET18_ROWS, SANDWICH_ROWS, SWEEP_ROWS, TASK1_ROWS
-from .tables import doc_page, on_front_page
+from .jobs import run_jobs, status
+from .records import Records, identity
+from .runs import lr_jobs, sweep_jobs, task1_jobs, task2_jobs, task2_sweep_jobs
+from .tables import (
+    Publication,
+    lr_tables,
+    page,
+    saturation,
+    sections,
+    sweep_tables,
+    task1_tables,
+    task2_sweep_tables,
+    task2_tables,
+)
+
+PARTS = {"task1": (task1_jobs, task1_tables), "task1-sweep": (sweep_jobs, sweep_tables),
+         "task1-lr": (lr_jobs, lr_tables), "task2": (task2_jobs, task2_tables),
+         "task2-sweep": (task2_sweep_jobs, task2_sweep_tables)}
 
 
 def parse_args(argv):
     p = Parser(prog="python -m experiments.results", description=__doc__)
-    p.add_argument("--part", default="all",
-                   choices=[*PARTS, "all"],
-                   help="which table(s); all: every part in turn, both budget sweeps and the recipe table "
-                        "included; task2-headline re-pastes the front page's Task 2 rows from the sweep's written "
-                        "table (with --update-docs)")
-    p.add_argument("--budgets", default="6,12,24,48", type=int_list(1),
-                   help="task1-sweep, task2-sweep: epochs per run, one run per budget")
+    p.add_argument("--part", default="task1", choices=list(PARTS),
+                   help="task1: the headline rows at --epochs; task1-sweep: every candidate and specialist at every "
+                        "--budgets; task1-lr: plain_zero at every --lrs; task2: the Task 2 rows; task2-sweep: ResNet34 "
+                        "and the shallow nets at every --budgets")
     add_data_root(p, "synthetic")
+    p.add_argument("--backbone", default="small", help="Task 1's body: small|resnet18|densenet121")
+    p.add_argument("--pretrained", default=None, help="Task 1 rows fine-tune these weights (imagenet, or our "
+                                                      "checkpoint or run folder); Task 2 trains from scratch")
+    p.add_argument("--epochs", type=at_least(1, high=MAX_EPOCHS), default=30, help="task1, task1-lr, task2")
+    p.add_argument("--budgets", default="3,6,12,24,48", type=int_list(1), help="the sweeps' epochs, a run each")
+    p.add_argument("--headline-budgets", default=None, type=int_list(1),
+                   help="task1-sweep: the budgets of the README's rows (default: 30 and where plain_zero saturates)")
     p.add_argument("--seeds", default="0", type=int_list(0))
-    p.add_argument("--backbone", default="small", help="body of the Task 1 rows: small|resnet18|densenet121")
-    p.add_argument("--pretrained", default=None, help="Task 1 rows start from these weights (e.g. imagenet); "
-                                                      "Task 2 trains from scratch")
-    p.add_argument("--epochs", type=at_least(1, high=MAX_EPOCHS), default=6)
-    p.add_argument("--img-size", type=img_side, default=64)
+    p.add_argument("--img-size", type=img_side, default=32)
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--lr", type=at_least(0.0, float, high=1e30), default=None,
-                   help="peak learning rate (default: the scripts')")
+                   help="every row's peak learning rate (default: the scripts')")
+    p.add_argument("--lrs", default="0.003,0.01,0.03,0.1", type=float_list(0.0, 1e30), help="task1-lr: the grid")
     add_amp(p)
     add_workers(p, 1, "loader processes per run")
     add_limit(p, "images per split for every run (evenly spaced): a trial of the whole command")
-    p.add_argument("--models", default=None, type=non_empty,
-                   help="only these rows (comma-separated names; default every row of the part)")
-    p.add_argument("--no-train", action="store_true",
-                   help="tables from the finished runs only: Task 1 rows; sweep budgets whose ResNet34 has finished, "
-                        "a shallow run still training shown as a dash")
-    p.add_argument("--jobs", type=at_least(1), default=1,
-                   help="runs trained (and evaluated) at once, each with cores/jobs threads")
-    p.add_argument("--out", "--runs", dest="runs", default="runs/results",
-                   help="runs (checkpoints, logs, evaluations) and, unless --update-docs, tables and figures")
+    p.add_argument("--jobs", type=at_least(1), default=1, help="runs at once, each with cores/jobs threads")
+    p.add_argument("--out", dest="runs", default="runs/results", help="the runs, their evaluations and records")
+    p.add_argument("--no-train", action="store_true", help="tables from the records and finished runs alone")
+    p.add_argument("--plan", action="store_true", help="list the runs the command needs; train and write nothing")
+    p.add_argument("--update-docs", action="store_true",
+                   help="publish: tables to results/, figures to figs/, records to --records, sections of --docs")
+    p.add_argument("--docs", default="docs", help="the pages' folder (or one page) whose marked sections are replaced")
     p.add_argument("--results", default=None, help="tables (default: <out>/tables, or results/ with --update-docs)")
     p.add_argument("--figs", default=None, help="figures (default: <out>/figs, or figs/ with --update-docs)")
-    p.add_argument("--bench", default="results/bench",
-                   help="the bench's tables (step and epoch cost ratios; its model part's rates for --plan)")
-    p.add_argument("--update-docs", action="store_true",
-                   help="publish: tables to results/, figures to figs/, and each table into its marked section "
-                        "of --docs (docs/*.md)")
-    p.add_argument("--docs", default="docs", help="the folder (or one file) whose marked sections are replaced")
-    p.add_argument("--records", default=None, metavar="FILE",
-                   help="task1-sweep: the finished runs kept without their weights, read always (a recorded run is "
-                        "not trained again), extended with --update-docs (default: results/task1_sweep_runs.json, "
-                        "or under --results when publishing)")
-    p.add_argument("--tag", default="", help="suffix of the Task 1 table's files and docs section (e.g. -32px)")
-    p.add_argument("--front-page", action="store_true",
-                   help="with --update-docs and --tag: this setting's Task 1 tables also go on the README (the "
-                        "main setting, without --tag, always does; the sweep's only from a saturated budget)")
-    p.add_argument("--plan", action="store_true",
-                   help="train, evaluate and write nothing: list every run the command would train or reuse, with "
-                        "the disk its checkpoints need and the hours the bench's rates give")
-    p.add_argument("--plan-rates", default=None, metavar="FILE",
-                   help="with --plan: the training-step rates of python -m bench --parts model (its model.json), "
-                        "whatever machine measured them (default: <--bench>/model.json, if measured on this one)")
+    p.add_argument("--records", default=None, help="the published records (default: results/<task><tag>_runs.json)")
+    p.add_argument("--bench", default="results/bench", help="the bench's tables (the epoch cost of each recipe)")
+    p.add_argument("--tag", default="", help="a setting's name, the suffix of its tables, figures, sections and "
+                                             "records (e.g. scratch: task1_sweep-scratch.md)")
+    p.add_argument("--front-page", action="store_true", help="a tagged setting's headline goes on the README too")
     args = p.parse_args(argv)
+    args.tag = f"-{args.tag.strip('-')}" if args.tag.strip("-") else ""
     args.results = args.results or ("results" if args.update_docs else os.path.join(args.runs, "tables"))
     args.figs = args.figs or ("figs" if args.update_docs else os.path.join(args.runs, "figs"))
+    task = "task2" if args.part.startswith("task2") else "task1" + args.tag
+    args.records = args.records or os.path.join("results", f"{task}_runs.json")
+    args.own_records = os.path.join(args.runs, f"records-{task}.json")
     return args
 
 
-# The rows --models may pick, by part.
-PART_ROWS = {"task1": [r.name for r in TASK1_ROWS], "task1-sweep": [r.name for r in SWEEP_ROWS] + ["sandwich-full"],
-             "task1-ablation": list(ABLATION_NAMES), "task1-sandwich": ["plain_zero", *(r.name for r in SANDWICH_ROWS)],
-             "task1-resnet18": [r.name for r in RESNET18_ROWS]}
-PART_ROWS["all"] = list(dict.fromkeys(n for rows in PART_ROWS.values() for n in rows))
+def teacher_epochs(args, records):
+    """The budget whose ResNet34 shallow_kd distils from: where ResNet34 saturates on validation,
+    else the longest; None until every ResNet34 of the sweep has a record."""
+    val = {}
+    for job in [j for j in task2_sweep_jobs(args) if j.row == "resnet34"]:
+        rec = records.find(job.row, job.seed, job.epochs, identity(args, job, job.row))
+        if rec:
+            val[job.epochs] = rec["val_best"]
+    return (saturation(val) or max(args.budgets)) if len(val) == len(args.budgets) else None
 
 
-def check_models(args):
-    """Refuse, before anything is written, a --models name that is not a row of the part."""
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    rows = PART_ROWS.get(args.part)
-    if rows is None:
-        raise UserError(f"--models picks Task 1 rows; --part {args.part} has none to pick")
-    unknown = [n for n in names if n not in rows]
-    if unknown:
-        raise UserError(f"--models {', '.join(unknown)}: not a row of --part {args.part} (its rows: {', '.join(rows)})")
-    args.models = ",".join(names)
-
-
-def check_destinations(args, parts):
-    """Publishing is all or nothing: every page section and folder it writes is checked before
-    the first table is replaced."""
-    if args.update_docs:
-        sections = [s for part in parts for s in doc_sections(part, args.tag, on_front_page(args))]
-        check_doc_sections({s: doc_page(args, s) for s in sections})
-    for folder, flag in ((args.results, "--results"), (args.figs, "--figs")):
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot write into {flag} {folder}: {exc.strerror or exc}") from None
+def plan(args, jobs, records):
+    print(f"plan: {len(jobs)} runs of --part {args.part} (nothing is trained, evaluated or written)\n")
+    counts = {}
+    for j in jobs:
+        done = all(records.find(r, j.seed, j.epochs, identity(args, j, r)) for r, _ in j.evals)
+        state = "recorded" if done else status(args, j)
+        counts[state] = counts.get(state, 0) + 1
+        print(f"{state:>15}  {j.script} {' '.join(j.all_flags)} --out {j.out}")
+    left = sum(j.epochs for j in jobs if status(args, j) != "finished" and not all(
+        records.find(r, j.seed, j.epochs, identity(args, j, r)) for r, _ in j.evals))
+    print(f"\n{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {left} epochs to train")
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
-    if args.models:
-        check_models(args)
-    if args.plan_rates and not args.plan:
-        raise UserError("--plan-rates goes with --plan")
+    make_jobs, make_tables = PARTS[args.part]
+    records = Records(args.records, args.own_records)
+    jobs = make_jobs(args)
     if args.plan:
-        print_plan(args)
+        if args.part == "task2-sweep":
+            jobs += make_jobs(args, teacher_epochs(args, records) or max(args.budgets))[-1:]
+        plan(args, jobs, records)
         return 0
-    check_destinations(args, parts_of(args))
-    for part in parts_of(args):
-        if not args.no_train:  # each stage once the stages before it have trained
-            for stage in PARTS[part].runs(args, args.seeds):
-                train_runs(args, stage())
-        PARTS[part].tables(args, args.seeds)
+    if args.update_docs:  # every page checked before anything trains, and again as it is written
+        check_doc_sections({s: page(args, s) for s in sections(args.part, args)})
+    if args.part == "task2-sweep":
+        run_jobs(args, jobs, records)
+        epochs = teacher_epochs(args, records)
+        jobs = make_jobs(args, epochs) if epochs else jobs
+    run_jobs(args, jobs, records)
+    pub = Publication(args)
+    make_tables(args, jobs, records, pub)
+    if args.update_docs:
+        pub.add(args.records, records.merged())
+    pub.commit()
     return 0

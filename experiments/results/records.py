@@ -1,117 +1,155 @@
-"""The budget sweep's finished runs kept without their weights, so that a sweep outlives the
-machine that trained it: results/task1_sweep_runs.json, extended each time the sweep publishes.
+"""Each finished run's numbers kept without its weights, so that tables outlive the machine that
+trained them: ``results/<task><tag>_runs.json``, extended when the command publishes, and
+``<out>/records.json`` for what this command made.
 
-A record holds what the sweep's tables read from a run (test accuracy per combination, best
-validation accuracy, wall minutes) and what made the run: every flag that can change what it
-learned (as train.py fills them in), the evaluation flags, the data's name and the machine as the
-titles name it. A run is taken from its record, and not trained again, only when all of that is
-this command's; a record of other settings stays in the file and is never mixed into a table.
+A record holds the row, seed and budget, what made it (``identity``: the run's recipe as train.py
+fills it in, how it was evaluated, the data's name and a digest of each list file, the machine),
+its test metrics (a row per combination and size), its best validation accuracy and wall minutes.
+A run is taken from a record, never trained again, only when all of that is this command's.
 """
+import hashlib
 import json
 import os
+import threading
 
-from flags import BEFORE_FLAG
+import pandas as pd
+import torch
+
+from flags import recipe_of
 from utils.errors import UserError
 from utils.report import write_text
-from utils.validate import check, read_rows
+from utils.validate import check, log_row, read_log, read_rows
 
-from .jobs import NO_EFFECT, trained_recipe
-from .tables import data_name, machine
-
-FIELDS = ("run", "seed", "made", "accuracy", "val_best", "minutes")
-
-
-def records_path(args):
-    """--records, else the published file: results/ (or --results when publishing elsewhere); one
-    file for every setting (--tag) of the sweep, each record saying how it was made."""
-    folder = args.results if args.update_docs else "results"
-    return args.records or os.path.join(folder, "task1_sweep_runs.json")
+# Flags that say where a run goes and how fast, never what it learns; --teacher is a path, checked
+# through the job it names; the data is named by its lists (``data_identity``), wherever it lies.
+NO_EFFECT = {"workers", "device", "decode", "log_every", "tensorboard", "out", "resume", "overwrite", "compile",
+             "deterministic", "teacher", "data_root"}
+FIELDS = ("row", "seed", "epochs", "made", "metrics", "val_best", "minutes")
 
 
-def made(args, run, eval_flags):
-    """What makes a run's numbers: its recipe (the data's path aside: the same photos live in
-    another folder on another machine), how it is evaluated, the data's name and the machine."""
-    recipe = {k: v for k, v in trained_recipe(run.script, [*run.common, *run.extra]).items()
-              if k not in NO_EFFECT and k != "data_root"}
-    return json.loads(json.dumps({"recipe": recipe, "eval": list(eval_flags), "data": data_name(args),
-                                  "machine": machine(args)}, sort_keys=True, default=str))
+def recipe(job):
+    """What makes the job's run learn what it learns: every flag but ``NO_EFFECT``, as train.py
+    fills them in."""
+    return {k: v for k, v in recipe_of(job.script, job.all_flags).items() if k not in NO_EFFECT}
 
 
-def _checked(path, i, record):
-    """One record of the file, each field of the kind and within the bounds the sweep writes."""
+def machine(jobs):
+    """Where runs train, as titles say it: 'CPU proxy' only where it is one, with the threads of
+    each run (they change a CPU run's arithmetic, and so its numbers)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU proxy, {os.cpu_count()}-core CPU, {max(1, (os.cpu_count() or 1) // jobs)} thread(s) per run"
+
+
+def data_identity(root):
+    """The data by name and by the digest of each list file: edited lists are other data."""
+    if root == "synthetic":
+        return {"name": "synthetic shapes", "lists": {}}
+    lists = {}
+    for name in ("train.txt", "val.txt", "test.txt", "classes.txt"):
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                lists[name] = hashlib.sha256(f.read()).hexdigest()[:12]
+    return {"name": os.path.basename(os.path.normpath(root)), "lists": lists}
+
+
+def identity(args, job=None, row=None):
+    """What makes a record's numbers (JSON-plain, so that it compares with a stored one); without
+    ``job`` the data's identity alone."""
+    data = data_identity(args.data_root)
+    if job is None:
+        return data
+    as_model = dict(job.evals)[row]
+    made = {"recipe": recipe(job), "eval": {"as": as_model, "combos": job.combos, "sizes": job.sizes},
+            "data": data, "machine": machine(args.jobs)}
+    if job.after is not None:  # a distilled run is made by its teacher's recipe too
+        made["teacher"] = recipe(job.after)
+    return json.loads(json.dumps(made, sort_keys=True, default=str))
+
+
+def run_log(out):
+    """The log.csv of the run in ``out``, a row per whole epoch (a cut or damaged row left out)."""
+    path = os.path.join(out, "log.csv")
+    header, rows = read_log(path)
+    if not {"epoch", "val_acc", "seconds"} <= set(header):
+        raise UserError(f"{path}: no epoch, val_acc and seconds columns; not the log of a run")
+    return pd.DataFrame([r for r in rows if log_row(r, header)], columns=header).astype(float)
+
+
+def make_record(row, job, made, results, log):
+    keep = ("combo", "img_size", "accuracy", "precision", "recall", "f1", "layers", "params", "macs")
+    metrics = [{k: r[k] for k in keep if k in r} for r in results]
+    val = log["val_acc"].max()
+    return {"row": row, "seed": job.seed, "epochs": job.epochs, "made": made, "metrics": metrics,
+            "val_best": None if pd.isna(val) else float(val), "minutes": float(log["seconds"].sum() / 60)}
+
+
+def _checked(path, i, r):
+    """One record, each field of the kind and within the bounds this module writes."""
     name = f"{path}: record {i}"
     try:
-        check(f"{name} 'run'", record["run"], str)
-        check(f"{name} 'seed'", record["seed"], int, low=0)
-        check(f"{name} 'made'", record["made"], dict)
-        check(f"{name} 'accuracy'", record["accuracy"], dict)
-        for combo, acc in record["accuracy"].items():
-            check(f"{name} accuracy of {combo}", acc, float, low=0, high=1)
-        if record["val_best"] is not None:
-            check(f"{name} 'val_best'", record["val_best"], float, low=0, high=1)
-        check(f"{name} 'minutes'", record["minutes"], float, low=0)
-    except (TypeError, ValueError) as exc:
+        for key, kind in (("row", str), ("seed", int), ("epochs", int), ("made", dict), ("metrics", list),
+                          ("minutes", float)):
+            check(f"{name} {key!r}", r[key], kind, low=0 if kind in (int, float) else None)
+        if r["val_best"] is not None:
+            check(f"{name} 'val_best'", r["val_best"], float, low=0, high=1)
+        for m in r["metrics"]:
+            check(f"{name} metrics", m, dict)
+            for k in ("accuracy", "precision", "recall", "f1"):
+                if k in m:
+                    check(f"{name} {k}", m[k], float, low=0, high=1)
+    except (TypeError, ValueError, KeyError) as exc:
         raise UserError(f"{exc}; not a file this project wrote, or a damaged one") from None
-    return record
+    return r
 
 
-def _spelled_today(made):
-    """A record written before a recipe flag existed trained with the value runs had before it
-    (``BEFORE_FLAG``): said so, a new flag leaves the records of earlier runs usable."""
-    recipe = made.get("recipe")
-    if not isinstance(recipe, dict):  # a hand-made record without a recipe matches no run either way
-        return made
-    older = {k: v for k, v in BEFORE_FLAG.items() if k not in NO_EFFECT and k not in recipe}
-    return {**made, "recipe": {**older, **recipe}}
+def key(r):
+    return r["row"], r["seed"], r["epochs"], json.dumps(r["made"], sort_keys=True)
 
 
-def _key(record):
-    """A record's identity: its run, seed and making (records of one run made otherwise coexist)."""
-    return record["run"], record["seed"], json.dumps(record["made"], sort_keys=True)
+class Records:
+    """The published records (``path``) and those this command adds (``own``, saved at once)."""
+
+    def __init__(self, path, own):
+        self.path, self.own, self.lock = path, own, threading.Lock()
+        self.published = self._load(path)
+        self.new = self._load(own)
+
+    def _load(self, path):
+        if not os.path.exists(path):
+            return []
+        records = [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))]
+        seen = {}
+        for i, r in enumerate(records):
+            if key(r) in seen:
+                raise UserError(f"{path}: record {i} repeats record {seen[key(r)]} (row {r['row']}, seed {r['seed']}, "
+                                f"{r['epochs']} epochs, made alike); keep one")
+            seen[key(r)] = i
+        return records
+
+    def find(self, row, seed, epochs, made):
+        wanted = (row, seed, epochs, json.dumps(made, sort_keys=True))
+        return next((r for r in self.new + self.published if key(r) == wanted), None)
+
+    def add(self, record):
+        with self.lock:
+            self.new = [r for r in self.new if key(r) != key(record)] + [record]
+            write_text(self.own, dumps(self.new))
+
+    def merged(self):
+        """The published file's text with this command's records in place of older ones."""
+        fresh = {key(r) for r in self.new}
+        return dumps([r for r in self.published if key(r) not in fresh] + self.new)
 
 
-def load_records(args):
-    """Every record of the file (none before the first publish); two records of one run made
-    alike would leave the tables to pick one: refused."""
-    path = records_path(args)
-    if not os.path.exists(path):
-        return []
-    records = [_checked(path, i, r) for i, r in enumerate(read_rows(path, FIELDS))]
-    records = [{**r, "made": _spelled_today(r["made"])} for r in records]
-    seen = {}
-    for i, r in enumerate(records):
-        key = _key(r)
-        if key in seen:
-            raise UserError(f"{path}: record {i} repeats record {seen[key]} (run {r['run']}, seed {r['seed']}, made "
-                            "alike); keep one")
-        seen[key] = i
-    return records
+def dumps(records):
+    return json.dumps(sorted(records, key=key), indent=1, sort_keys=True) + "\n"
 
 
-def check_combos(args, record, combos):
-    """A record used in a table holds exactly the combinations its row is evaluated on."""
-    missing = [c for c in combos if c not in record["accuracy"]]
-    extra = [c for c in record["accuracy"] if c not in combos]
-    if missing or extra:
-        wrong = f"no accuracy of {', '.join(missing)}" if missing else f"an accuracy of {', '.join(extra)} too"
-        raise UserError(f"{records_path(args)}: the record of {record['run']}, seed {record['seed']} has {wrong}; "
-                        "a damaged record")
-    return record
-
-
-def find(records, name, seed, making):
-    """The record of run ``name`` with ``seed`` made as ``making``, or None."""
-    return next((r for r in records if (r["run"], r["seed"], r["made"]) == (name, seed, making)), None)
-
-
-def merge(records, new):
-    """``records`` with each of ``new`` in place of its older record (same run, seed and making)."""
-    fresh = {_key(r) for r in new}
-    kept = [r for r in records if _key(r) not in fresh]
-    return kept + list(new)
-
-
-def save_records(args, records):
-    """Write the file whole, sorted, atomically: a kill leaves the old file or the new one."""
-    order = sorted(records, key=_key)
-    write_text(records_path(args), json.dumps(order, indent=1, sort_keys=True) + "\n")
+def accuracy(record, combo, size):
+    """A record's test accuracy on ``combo`` at ``size`` (NaN where it was not evaluated)."""
+    for m in record["metrics"]:
+        if m.get("combo", "RGB") == combo and m.get("img_size", size) == size:
+            return m["accuracy"]
+    return float("nan")

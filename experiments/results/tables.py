@@ -1,107 +1,332 @@
-"""What every table needs: titles that state the budget and the machine, means over seeds,
-minutes from the runs' logs, the docs' marked sections."""
+"""Each part's tables and figures, made from its records: titles that state the data, budget,
+seeds and machine; files staged in a ``Publication`` and written together at the end."""
+import io
+import json
 import os
 
 import pandas as pd
-import torch
 
-from flags import BEFORE_FLAG
 from utils.errors import UserError
-from utils.report import page_path, update_doc
-from utils.validate import log_row, read_log
+from utils.files import replace_all
+from utils.report import markdown, pasted, plt, plus_minus
+from utils.validate import read_rows
 
-from .jobs import finished, threads_per_run
-from .rows import EQUAL_SIZES, ROWS, SWEEP_RECIPES, trained_dir, trained_recipe
+from .records import accuracy, identity, machine
+from .runs import CANDIDATES, COMBOS, SINGLE
 
-# Which page of docs/ holds each section the parts paste (a Task 1 section with a tag, e.g.
-# task1-32px, too); the headlines and the Task 2 recipe stand on the front page.
-DOC_PAGES = {"task1-headline": "../README.md", "task1-sweep-headline": "../README.md", "task2-headline": "../README.md",
-             "task2-recipe": "../README.md", "task1": "task1.md", "task2": "task2.md"}
-
-
-def doc_page(args, section):
-    return page_path(args.docs, DOC_PAGES.get(section) or DOC_PAGES[section.split("-")[0]])
+# The page of each section a part pastes into (a tagged one's, e.g. task1-resnet18, by its prefix).
+PAGES = {"task1-headline": "../README.md", "task1-sweep-headline": "../README.md", "task2-headline": "../README.md",
+         "task1": "task1-results.md", "task1-sweep": "task1-results.md", "task1-lr": "task1-results.md",
+         "task2": "task2.md", "task2-sweep": "task2.md"}
+EXPERT = "expert (its channel)"
 
 
-def paste(args, section, text):
-    """The table also goes into its marked section of the docs, when asked (``--update-docs``)."""
-    if args.update_docs:
-        update_doc(section, text, doc_page(args, section))
+def sections(part, args):
+    """The marked sections ``part`` pastes into; the README's only from the main setting or a
+    tagged one asked for with ``--front-page``."""
+    front = not args.tag or args.front_page
+    return {"task1": ["task1" + args.tag, *["task1-headline"] * front],
+            "task1-sweep": ["task1-sweep" + args.tag, *["task1-sweep-headline"] * front],
+            "task1-lr": ["task1-lr" + args.tag], "task2": ["task2"],
+            "task2-sweep": ["task2-sweep", "task2-headline"]}[part]
 
 
-def on_front_page(args):
-    """Whether this setting's Task 1 tables go on the README: the main one, or a tagged one asked for."""
-    return not args.tag or args.front_page
+def page(args, section):
+    name = PAGES.get(section) or PAGES[next(p for p in ("task1-sweep", "task1-lr", "task1") if section.startswith(p))]
+    return args.docs if os.path.isfile(args.docs) else os.path.normpath(os.path.join(args.docs, name))
 
 
-def machine(args):
-    """Where the runs trained, as a title says it: 'CPU proxy' only where it is one, with the threads
-    of each run (they change a CPU run's arithmetic, and so its numbers)."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return (f"CPU proxy, {os.cpu_count()}-core CPU, {threads_per_run(args.jobs)} thread(s) "
-            f"per run")
+class Publication:
+    """Tables, figures and page sections staged in memory, then written all at once or not at all
+    (``replace_all``): a failure anywhere leaves every earlier file as it was."""
+
+    def __init__(self, args):
+        self.args, self.files, self.pages = args, {}, {}
+
+    def table(self, stem, df, title):
+        base = os.path.join(self.args.results, stem)
+        rows = df.astype(object).where(df.notna(), None).to_dict("records")
+        self.files[base + ".json"] = json.dumps(rows, indent=2).encode()
+        self.files[base + ".csv"] = df.to_csv(index=False).encode()
+        self.files[base + ".md"] = f"{title}\n\n{markdown(df)}\n".encode()
+
+    def figure(self, name, fig):
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, dpi=120, format="png")
+        plt.close(fig)
+        self.files[os.path.join(self.args.figs, name)] = buf.getvalue()
+
+    def section(self, name, text):
+        print(f"\n{text}\n", flush=True)
+        if self.args.update_docs:
+            self.pages.setdefault(page(self.args, name), {})[name] = text
+
+    def add(self, path, text):
+        self.files[path] = text.encode()
+
+    def commit(self):
+        replace_all({**self.files, **{p: pasted(p, s) for p, s in self.pages.items()}})
 
 
-def budget(args):
-    extra = [f"from {args.pretrained} weights" if args.pretrained else "", f"lr {args.lr:g}" if args.lr else "",
-             f"amp {args.amp}" if args.amp != "off" else ""]
-    return (f"{machine(args)}: {args.epochs} epochs, {args.img_size}px, batch {args.batch_size}, "
-            f"{''.join(e + ', ' for e in extra if e)}seed(s) {', '.join(map(str, args.seeds))}")
+def setting(args, seeds=None, epochs=None):
+    """The budget every row shares, as a title says it."""
+    start = f"fine-tuned from {args.pretrained}" if args.pretrained else "from scratch"
+    extra = [f"{epochs} epochs" if epochs else "", f"{args.img_size}px", f"batch {args.batch_size}",
+             f"lr {args.lr:g}" if args.lr is not None else "", f"amp {args.amp}" if args.amp != "off" else "",
+             f"{args.limit} images per split" if args.limit else "",
+             f"seed(s) {', '.join(map(str, seeds or args.seeds))}"]
+    return (f"{identity(args)['name']} test split, {args.backbone} backbone {start} "
+            f"({machine(args.jobs)}: {', '.join(e for e in extra if e)})")
 
 
-def data_name(args):
-    return "synthetic shapes" if args.data_root == "synthetic" else os.path.basename(os.path.normpath(args.data_root))
+def frame(args, jobs, records):
+    """One row per (row, seed, budget, metric row) of every job that has its record."""
+    out = []
+    for job in jobs:
+        for row, _ in job.evals:
+            rec = records.find(row, job.seed, job.epochs, identity(args, job, row))
+            if rec:
+                out += [{"row": row, "seed": job.seed, "epochs": job.epochs, "val_best": rec["val_best"],
+                         "minutes": rec["minutes"], **m} for m in rec["metrics"]]
+    if not out:
+        raise UserError(f"no finished run of this part under {args.runs} nor a record of one in {args.records} "
+                        "(train them first: the same command without --no-train)")
+    return pd.DataFrame(out)
 
 
 def mean_std(df, keys, values):
     """Mean and sample standard deviation (ddof=1, NaN for one seed) over the seeds."""
     g = df.groupby(keys, sort=False)[values]
-    out = g.mean()
-    std = g.std(ddof=1).add_suffix("_std")
-    return pd.concat([out, std], axis=1).reset_index().assign(seeds=g.size().values)
+    return pd.concat([g.mean(), g.std(ddof=1).add_suffix("_std")], axis=1).reset_index().assign(seeds=g.size().values)
 
 
-def run_log(out):
-    """The log.csv of the run in folder ``out``, a row per whole epoch (a cut or damaged row left out)."""
-    path = os.path.join(out, "log.csv")
-    header, rows = read_log(path)
-    if not {"epoch", "val_acc", "seconds"} <= set(header):
-        raise UserError(f"{path}: no epoch, val_acc and seconds columns; not the log of a run")
-    return pd.DataFrame([r for r in rows if log_row(r, header)], columns=header).astype(float)
+def cells(agg, index, values="accuracy", spec=".3f"):
+    """'mean ± sd' cells, index x combination, in the order of ``COMBOS``."""
+    agg = agg.assign(cell=[plus_minus(m, s if n > 1 else None, spec)
+                           for m, s, n in zip(agg[values], agg[values + "_std"], agg["seeds"])])
+    table = agg.pivot_table(index=index, columns="combo", values="cell", aggfunc="first", sort=False)
+    return table[[c for c in COMBOS if c in table.columns]].fillna("")
 
 
-def wall_minutes(log):
-    """A run's wall time from its log: training and validation, whatever else shared the cores."""
-    return log["seconds"].sum() / 60
+def task1_tables(args, jobs, records, pub):
+    """The headline: accuracy per combination (mean ± sd over seeds), precision, recall and F1,
+    the accuracy at other sizes, and a heat map."""
+    df = frame(args, jobs, records)
+    df["table_row"] = [EXPERT if r.startswith("expert-") else r for r in df.row]
+    metrics = ["accuracy", "precision", "recall", "f1"]
+    agg = mean_std(df[df.img_size == args.img_size], ["table_row", "combo"], metrics)
+    title = (f"Task 1 on {setting(args, epochs=args.epochs)}; RGB-only rows selected on RGB validation accuracy, "
+             "experts on their channel's, dwg on the mean over seven combinations; precision, recall and F1 are "
+             "weighted averages over the classes (scikit-learn's 'weighted')")
+    pub.table("task1" + args.tag, agg, title)
+    shown = cells(agg, "table_row")
+    sizes = df[df.row.isin(["plain_zero", "plain_mean", "dwg"])].pivot_table(
+        index=["row", "combo"], columns="img_size", values="accuracy", sort=False).reset_index()
+    sizes.columns = [f"{c}px" if isinstance(c, int) else c for c in sizes.columns]
+    pub.table("task1_sizes" + args.tag, sizes, f"{title}; accuracy of the {args.img_size}px runs at other sizes")
+    means = agg.pivot_table(index="table_row", columns="combo", values="accuracy", sort=False)[shown.columns]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.05 * len(means.columns), 1.4 + 0.55 * len(means)))
+    image = ax.imshow(means.to_numpy(float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in pd.DataFrame(means.to_numpy(float)).stack().items():
+        ax.text(j, i, shown.iat[i, j].replace(" ± ", "\n±"), ha="center", va="center", fontsize=8,
+                color="white" if v < 0.5 else "black")
+    ax.set_xticks(range(len(means.columns)), means.columns)
+    ax.set_yticks(range(len(means)), means.index)
+    fig.colorbar(image, ax=ax, label="test accuracy")
+    ax.set_title(wrap(f"Task 1 test accuracy: {setting(args, epochs=args.epochs)}"), fontsize=8)
+    pub.figure(f"task1_accuracy{args.tag}.png", fig)
+    detail = agg.assign(**{m: agg[m].round(3) for m in metrics})[["table_row", "combo", *metrics, "seeds"]]
+    text = markdown(shown.reset_index(names="model"))
+    pub.section("task1" + args.tag, f"{title}; test accuracy, mean ± standard deviation over the seeds\n\n{text}\n\n"
+                f"Every metric (means over the seeds):\n\n{markdown(detail, '.3f')}\n\nAccuracy at other sizes "
+                f"(mean over the seeds):\n\n{markdown(sizes, '.3f')}")
+    if "task1-headline" in sections("task1", args):
+        pub.section("task1-headline", f"{title}; test accuracy, mean ± standard deviation over the seeds "
+                    f"([every metric and figure](docs/task1-results.md))\n\n{text}")
 
 
-def run_logs(args, name, seeds):
-    """The log.csv of each finished run behind row ``name``, over ``seeds``."""
-    row = ROWS[name]
-    return [run_log(trained_dir(args, row, s)) for s in seeds if finished(args, row, s)]
+def wrap(text, width=110):
+    """A long title on several lines, so that a figure never cuts it off."""
+    words, lines = text.split(), [""]
+    for w in words:
+        lines[-1:] = [lines[-1] + " " + w] if len(lines[-1]) + len(w) < width else [lines[-1], w]
+    return "\n".join(line.strip() for line in lines)
 
 
-def train_seconds(args, row, seed):
-    """Training time of a row's checkpoint from its log, plus that of the row it started from."""
-    source = ROWS.get(row.same_as, row)  # an equal-time row reuses one that is not in ROWS
-    return run_log(trained_dir(args, row, seed))["seconds"].sum() + (train_seconds(args, ROWS[source.init], seed)
-                                                                     if source.init else 0)
+def saturation(val, gain=0.01):
+    """The first budget after which doubling the epochs gains less than ``gain``; None if none does."""
+    for low in sorted(val):
+        if 2 * low in val and val[2 * low] - val[low] < gain:
+            return low
+    return None
 
 
-def timed_as(bench_row, recipe):
-    """Whether a row of the bench's epoch table timed ``recipe`` (a run's flags): its sandwich
-    options as recorded, and its subset draws."""
-    keys = [k for k in bench_row if k.startswith("sandwich_")]
-    return all(recipe.get(k, BEFORE_FLAG.get(k)) == bench_row[k] for k in keys) and \
-        recipe.get("single_prob", BEFORE_FLAG["single_prob"]) == timed_draws(bench_row)
+def paired_gaps(df):
+    """Each candidate against the specialists, per budget: points by which it is ahead (negative:
+    behind) of plain_zero on RGB and of each expert on its channel, mean ± sd of the per-seed
+    differences over the seeds both have."""
+    acc = df.pivot_table(index=["epochs", "seed"], columns=["row", "combo"], values="accuracy")
+    out = []
+    for row in [r for r in CANDIDATES if r in acc.columns.get_level_values(0)]:
+        for combo in ["RGB", *SINGLE]:
+            rival = "plain_zero" if combo == "RGB" else f"expert-{combo}"
+            if (row, combo) not in acc or (rival, combo) not in acc:
+                continue
+            diff = (100 * (acc[(row, combo)] - acc[(rival, combo)])).dropna()
+            for epochs, d in diff.groupby(level="epochs"):
+                out.append({"row": row, "epochs": epochs, "combo": combo, "gap": d.mean(), "gap_std": d.std(ddof=1),
+                            "seeds": len(d)})
+    return pd.DataFrame(out)
 
 
-def timed_draws(bench_row):
-    """The subset draws a bench epoch row timed. Rows written before the bench recorded them
-    timed what their names spelled then: the sweep's recipes as they still do, dwg its earlier
-    default (every size equally often)."""
-    if "single_prob" in bench_row:
-        return bench_row["single_prob"]
-    flags = SWEEP_RECIPES.get(bench_row.get("model"), EQUAL_SIZES)
-    return trained_recipe("train_dw.py", ["--model", "dwg", *flags])["single_prob"]
+def epoch_cost(args, row):
+    """The bench's price of an epoch of ``row`` (its validation included) against plain_zero's,
+    each run alone, for this data, size, batch and the row's flags; None if not timed."""
+    path = os.path.join(args.bench, "epoch.json")
+    if not os.path.exists(path):
+        return None
+    for r in read_rows(path, ("data", "img_size", "batch")):
+        if (r.get("row"), r["data"], r["img_size"], r["batch"]) == (row, identity(args)["name"], args.img_size,
+                                                                args.batch_size) and r.get("flags") == CANDIDATES[row]:
+            return r["epoch_ratio_to_plain"]
+    return None
+
+
+def sweep_tables(args, jobs, records, pub):
+    """Accuracy at every budget, each candidate's gap to the specialists, where plain_zero
+    saturates, the figure; the README's rows at ``--headline-budgets`` (default: 30 epochs and
+    the saturated budget)."""
+    df = frame(args, jobs, records)
+    df = df[df.img_size == args.img_size]
+    val = df[df.row == "plain_zero"].groupby("epochs")["val_best"].mean().to_dict()
+    sat = saturation(val)
+    verdict = (f"plain_zero saturates at {sat} epochs (doubling them gains under 1 point of its RGB validation "
+               "accuracy)" if sat else f"plain_zero is not saturated within {sorted(val)} epochs")
+    title = f"Task 1 budget sweep on {setting(args)}; {verdict}"
+    agg = mean_std(df[df.combo.isin(["RGB", *SINGLE])], ["row", "epochs", "combo"], ["accuracy"])
+    pub.table("task1_sweep" + args.tag, agg, title + "; test accuracy")
+    gaps = paired_gaps(df)
+    pub.table("task1_sweep_gaps" + args.tag, gaps, title + "; gap in points to the specialists")
+    pub.figure(f"task1_sweep{args.tag}.png", sweep_figure(args, gaps, title))
+    text = gap_table(args, gaps, sorted(gaps.epochs.unique()))
+    pub.section("task1-sweep" + args.tag, f"{title}; gap in points to the specialist (plain_zero on RGB, each expert "
+                f"on its channel; positive: ahead), mean ± sd of the per-seed differences; 'epoch cost': an epoch "
+                f"with its validation against plain_zero's, from python -m bench --parts epoch, each run alone\n\n"
+                f"{text}\n\nTest accuracy, mean over the seeds:\n\n{accuracy_table(agg)}")
+    if "task1-sweep-headline" in sections("task1-sweep", args):
+        shown = [e for e in (args.headline_budgets or [30, sat]) if e in set(gaps.epochs)]
+        pub.section("task1-sweep-headline", f"{title}; gap in points to the specialist, mean ± sd of the per-seed "
+                    f"differences ([every budget and figure](docs/task1-results.md))\n\n{gap_table(args, gaps, shown)}")
+
+
+def gap_table(args, gaps, budgets):
+    rows = []
+    for epochs in budgets:
+        for row in CANDIDATES:
+            g = gaps[(gaps.row == row) & (gaps.epochs == epochs)].set_index("combo")
+            if len(g):
+                cost = epoch_cost(args, row)
+                rows.append({"model": row, "epochs": epochs, **{c: plus_minus(g.gap.get(c), g.gap_std.get(c), "+.1f")
+                                                                for c in ["RGB", *SINGLE]},
+                             "epoch cost": f"{cost:.2f}x" if cost else "–", "seeds": int(g.seeds.max())})
+    return markdown(pd.DataFrame(rows), text=["RGB", *SINGLE, "epoch cost"])
+
+
+def accuracy_table(agg):
+    table = agg.pivot_table(index=["row", "epochs"], columns="combo", values="accuracy", sort=False)
+    return markdown(table[[c for c in ["RGB", *SINGLE] if c in table]].reset_index(), ".3f")
+
+
+def sweep_figure(args, gaps, title):
+    """Each candidate's gap to the specialists against the budget, a panel per combination."""
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.8), sharey=True)
+    for ax, combo in zip(axes, ["RGB", *SINGLE]):
+        for row in CANDIDATES:
+            g = gaps[(gaps.row == row) & (gaps.combo == combo)].sort_values("epochs")
+            if len(g):
+                ax.errorbar(g.epochs, g.gap, yerr=g.gap_std.fillna(0), marker="o", capsize=3, label=row)
+        ax.axhline(0, color="gray", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(gaps.epochs.unique()), [str(e) for e in sorted(gaps.epochs.unique())])
+        ax.minorticks_off()
+        ax.set_title(f"{combo}: against {'plain_zero' if combo == 'RGB' else 'the ' + combo + ' expert'}", fontsize=9)
+        ax.set_xlabel("epochs")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("gap in points (mean ± sd over seeds)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(wrap(title, 160), fontsize=8)
+    return fig
+
+
+def lr_tables(args, jobs, records, pub):
+    """plain_zero at each learning rate: the one with the best RGB validation accuracy is picked."""
+    rows = []
+    for job in jobs:
+        rec = records.find(job.row, job.seed, job.epochs, identity(args, job, job.row))
+        if rec:
+            rows.append({"lr": float(job.flags[job.flags.index("--lr") + 1]), "best val (RGB)": rec["val_best"],
+                         "test RGB": accuracy(rec, "RGB", args.img_size), "minutes": rec["minutes"]})
+    if not rows:
+        raise UserError(f"no finished run of the learning-rate grid under {args.runs} nor a record of one")
+    table = pd.DataFrame(rows)
+    best = table.loc[table["best val (RGB)"].idxmax(), "lr"]
+    title = (f"Task 1 learning rate: plain_zero on {setting(args, args.seeds[:1], args.epochs)}; picked: lr {best:g} "
+             "(the best RGB validation accuracy), then given to every row as --lr")
+    pub.table("task1_lr" + args.tag, table, title)
+    pub.section("task1-lr" + args.tag, f"{title}\n\n{markdown(table)}")
+
+
+def task2_frame(args, jobs, records):
+    df = frame(args, jobs, records)
+    base = df[df.row == "resnet34"].set_index(["seed", "epochs"])["accuracy"]
+    return df.assign(ratio=[a / base.get((s, e), float("nan")) for a, s, e in zip(df.accuracy, df.seed, df.epochs)])
+
+
+def task2_tables(args, jobs, records, pub):
+    """Every Task 2 row against ResNet34 with the same recipe, and accuracy against MACs."""
+    df = task2_frame(args, jobs, records)
+    agg = mean_std(df, ["row", "layers", "params", "macs"], ["accuracy", "precision", "recall", "f1", "ratio"])
+    title = (f"Task 2 on {setting(args, epochs=args.epochs).replace(f' {args.backbone} backbone from scratch', '')}; "
+             "params and MACs at 3x224x224, layers of the deployed model, 'ratio': accuracy / ResNet34's of the seed")
+    pub.table("task2", agg, title)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for _, r in agg.iterrows():
+        ax.errorbar(r.macs / 1e9, r.accuracy, yerr=r.accuracy_std if r.seeds > 1 else None, fmt="o", capsize=3,
+                    label=f"{r.row} ({int(r.layers)} layers)")
+    ax.set(xlabel="GMACs at 3x224x224", ylabel="test accuracy", xscale="log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(wrap(f"Task 2: accuracy against MACs, {title.split(';')[0][10:]}", 80), fontsize=8)
+    pub.figure("task2_acc_vs_macs.png", fig)
+    cols = ["row", "layers", "params", "macs", "accuracy", "accuracy_std", "f1", "ratio", "ratio_std", "seeds"]
+    pub.section("task2", f"{title}\n\n{markdown(agg[cols])}")
+
+
+def task2_sweep_tables(args, jobs, records, pub):
+    """ResNet34 and the shallow nets at every budget (first seed); shallow_kd at the teacher's."""
+    df = task2_frame(args, jobs, records)
+    val = df[df.row == "resnet34"].set_index("epochs")["val_best"].to_dict()
+    sat = saturation(val)
+    verdict = (f"ResNet34 saturates at {sat} epochs (doubling gains under 1 point of validation accuracy)" if sat
+               else f"ResNet34 is not saturated within {sorted(val)} epochs; shallow_kd learns from the longest")
+    table = df.pivot_table(index="epochs", columns="row", values="accuracy")
+    for row in [r for r in table.columns if r != "resnet34"]:
+        table[f"{row} / resnet34"] = table[row] / table["resnet34"]
+    table = table.reset_index()
+    title = (f"Task 2 budget sweep on {setting(args, args.seeds[:1]).replace(f' {args.backbone} backbone', '')}; "
+             f"{verdict}; test accuracy")
+    pub.table("task2_sweep", table, title)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for row in [r for r in ["resnet34", "shallow", "shallow_deep", "shallow_kd"] if r in table]:
+        ax.plot(table.epochs, table[row], marker="o", label=row)
+    ax.set(xlabel="epochs", ylabel="test accuracy", xscale="log")
+    ax.set_xticks(table.epochs, [str(e) for e in table.epochs])
+    ax.minorticks_off()
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(wrap(title, 80), fontsize=8)
+    pub.figure("task2_sweep.png", fig)
+    text = markdown(table.astype({"epochs": str}))
+    pub.section("task2-sweep", f"{title}\n\n{text}")
+    pub.section("task2-headline", f"{title} ([every model and the Task 2 table](docs/task2.md))\n\n{text}")

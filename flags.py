@@ -15,7 +15,7 @@ from utils.errors import MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Parser, UserError, a
 from utils.run_folder import run_folder_of
 
 # The share of subset draws that take a single channel, for the models that draw subsets by
-# default: the budget sweep's choice at the budget where plain_zero saturates (docs/task1.md).
+# default: the budget sweep's choice at the budget where plain_zero saturates (docs/task1-results.md, from scratch).
 # A model left out draws every subset size equally often.
 SINGLE_PROB = {"dwg": 0.5}
 

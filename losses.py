@@ -107,8 +107,8 @@ class SandwichLoss:
         draws = self.draw(names)
         for i, keep in enumerate(draws):
             rows = self.rows(i, len(x))
-            reduced = x.index_select(1, torch.tensor(keep, device=x.device))
+            reduced, part = x.index_select(1, torch.tensor(keep, device=x.device)), target
             if rows is not None:
                 reduced, part = reduced.index_select(0, rows.to(x.device)), target[rows.to(target.device)]
             out = forward(reduced, tuple(names[j] for j in keep), sync=i == len(draws) - 1)
-            yield soft_cross_entropy(out, target if rows is None else part), None
+            yield soft_cross_entropy(out, part), None

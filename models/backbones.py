@@ -94,8 +94,7 @@ def imagenet_state_dict(name):
     weights = torchvision.models.get_model_weights(name).DEFAULT
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     if os.path.isfile(path):
-        state = read_state_dict(path)
-        return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+        return torchvision_state(read_state_dict(path))
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as exc:
@@ -118,6 +117,11 @@ def read_state_dict(path):
 
 
 # torchvision's released DenseNet files name "norm1" as "norm.1"; torchvision renames them on load.
+def torchvision_state(state):
+    """The state dict in a weights file's mapping: itself, or the one it holds as ``state_dict``."""
+    return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+
+
 _LEGACY_DENSENET = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
 
 

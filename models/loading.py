@@ -6,7 +6,7 @@ import os
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import check_classes, load_checkpoint
+from utils.checkpoint import check_classes, checked, load_checkpoint
 from utils.errors import UserError
 
 from .registry import create_model, list_models
@@ -111,13 +111,13 @@ def pretrained_state(path, backbone, stem_name):
     channel set (``for_channels``): the body as it ran on every channel (BatchNorm's full-set
     statistics) and the stem's kernel for them (a plain stem's as it is, ``dwg``'s generated one)
     as ``<stem_name>.weight``. Any other file is read as a torchvision state dict."""
-    from .backbones import read_state_dict  # backbones imports this module's function lazily too
+    from .backbones import read_state_dict, torchvision_state  # backbones imports this module lazily too
 
     file = best_of(path)
     state = read_state_dict(file)
     if not {"model", "config", "classes", "state_dict"} <= set(state):
-        return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
-    ckpt = load_checkpoint(file)
+        return torchvision_state(state)
+    ckpt = checked(state, file)
     if ckpt["model"] not in list_models(task=1):
         raise UserError(f"--pretrained {path}: a checkpoint of {ckpt['model']!r}, not of a Task 1 model; "
                         "pretrain with train_dw.py (e.g. --model plain_zero) or pass a torchvision state dict")

@@ -71,6 +71,11 @@ def load_checkpoint(path):
                         f"objects whose loading could run code ({str(exc).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read checkpoint {path}: truncated or corrupt ({exc})") from None
+    return checked(ckpt, path)
+
+
+def checked(ckpt, path):
+    """A loaded checkpoint of ``path`` whose fields all hold (``check_fields``), with its path."""
     check_fields(mapping_of(path, ckpt, "the checkpoint"), path)
     ckpt.setdefault("args", {})
     ckpt["path"] = path

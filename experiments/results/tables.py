@@ -8,7 +8,7 @@ import pandas as pd
 
 from utils.errors import UserError
 from utils.files import replace_all
-from utils.report import markdown, pasted, plt, plus_minus
+from utils.report import markdown, page_path, pasted, plt, plus_minus
 from utils.validate import read_rows
 
 from .records import accuracy, identity, machine
@@ -33,7 +33,7 @@ def sections(part, args):
 
 def page(args, section):
     name = PAGES.get(section) or PAGES[next(p for p in ("task1-sweep", "task1-lr", "task1") if section.startswith(p))]
-    return args.docs if os.path.isfile(args.docs) else os.path.normpath(os.path.join(args.docs, name))
+    return page_path(args.docs, name)
 
 
 class Publication:

@@ -167,10 +167,12 @@ def train_one_epoch(run, state, loader, epoch, *, mix=None, progress=None, start
 
 def device_batch(run, x, y, mix):
     """A loaded batch on the device, normalised, mixed, with the channels this step trains on."""
-    x, y = normalize(x.to(run.ctx.device, non_blocking=True)), y.to(run.ctx.device, non_blocking=True)
+    stats, bands = (run.spec.stats, run.spec.bands) if run.spec is not None else (None, DEFAULT_VOCAB)
+    x = normalize(x.to(run.ctx.device, non_blocking=True), stats)
+    y = y.to(run.ctx.device, non_blocking=True)
     if mix is not None:
         x, y = mix(x, y)
-    x, names = select(x, run.train_combo, DEFAULT_VOCAB) if run.train_combo else (x, tuple(DEFAULT_VOCAB))
+    x, names = select(x, run.train_combo, bands) if run.train_combo else (x, tuple(bands))
     if run.augment is not None:
         x, names = run.augment(x, names, generator=run.chan_gen)
     return x, names, y
@@ -226,8 +228,9 @@ def optimizer_step(state, net):
 
 
 @torch.no_grad()
-def evaluate(model, loader, ctx, combos=("RGB",), vocab=DEFAULT_VOCAB, amp_dtype=None, desc="eval"):
-    """Predictions for every channel combination, each batch loaded once.
+def evaluate(model, loader, ctx, combos=("RGB",), vocab=DEFAULT_VOCAB, amp_dtype=None, desc="eval", stats=None):
+    """Predictions for every channel combination, each batch loaded once (``vocab``: the data's
+    bands, in order; ``stats`` a multi-band root's, for ``normalize``).
 
     Returns ``{combo: (targets, top)}`` as numpy arrays, ``top`` the five best classes of each
     image, best first (``top[:, 0]`` the prediction), gathered over all ranks when distributed
@@ -237,7 +240,7 @@ def evaluate(model, loader, ctx, combos=("RGB",), vocab=DEFAULT_VOCAB, amp_dtype
     preds = {c: [] for c in combos}
     targets = []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None if ctx.main else True):
-        x = normalize(x.to(ctx.device, non_blocking=True))
+        x = normalize(x.to(ctx.device, non_blocking=True), stats)
         targets.append(y.numpy())
         for combo in combos:
             xc, names = select(x, combo, vocab)
@@ -255,8 +258,8 @@ def evaluate_split(model, spec, split, img_size, combos, ctx, batch_size=128, wo
     """Metrics rows (one per combination) for ``model`` on a split of the data at ``img_size``, and
     ``evaluate``'s predictions."""
     dataset = build_dataset(spec, split, img_size, limit=limit)
-    results = evaluate(model, eval_loader(dataset, batch_size, workers, ctx, decode), ctx, combos,
-                       desc=f"{split} {img_size}px")
+    results = evaluate(model, eval_loader(dataset, batch_size, workers, ctx, decode), ctx, combos, spec.bands,
+                       desc=f"{split} {img_size}px", stats=spec.stats)
     rows = [{"combo": c, "img_size": img_size, "images": len(t),
              **classification_metrics(t, top, len(spec.classes))} for c, (t, top) in results.items()]
     return rows, results

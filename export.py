@@ -6,9 +6,10 @@ The model is deployed first: for a Task 1 model, a plain network for those chann
 kernel for them as an ordinary convolution, its BatchNorm statistics for that set); for Task 2,
 re-parameterised branches folded. The batch dimension stays dynamic; the image size is fixed
 (default: the checkpoint's training size). The exported model takes images normalised with the
-ImageNet mean and standard deviation of the channels it was exported for, in that order (the
-.json file beside it says so), and is checked against PyTorch on a real image of the data:
-the largest logit difference must stay under --atol.
+ImageNet mean and standard deviation of the channels it was exported for, in that order (a
+multi-band model: its training split's, per band; the .json file beside it says so), and is
+checked against PyTorch on a real image of the data: the largest logit difference must stay
+under --atol.
 """
 import json
 import os
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 
 from data import build_dataset, describe_root
-from data.channels import parse_combo, select
+from data.channels import RGB, combo_name, parse_combo, select
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, normalize
 from flags import add_data_root, add_no_ema
 from models import inference_form
-from models.loading import best_of, model_from_checkpoint
+from models.loading import admit_bands, best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, choice_list, cli, img_side
 
@@ -32,7 +33,9 @@ FORMATS = ("onnx", "torch", "weights")
 def parse_args(argv):
     p = Parser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="best.pt / last.pt, or a run folder (its best.pt)")
-    p.add_argument("--channels", default="RGB", help="the combination the exported model takes, e.g. RG")
+    p.add_argument("--channels", default=None,
+                   help="the combination the exported model takes, e.g. RG or B04+B03+B02 (default: RGB, or "
+                        "every band of a multi-band checkpoint)")
     p.add_argument("--formats", default="onnx,torch", type=choice_list(FORMATS),
                    help="comma-separated: onnx (.onnx), torch (.pt2), weights (<model>_weights.pt: the "
                         "checkpoint without optimizer and RNG states, loadable by every script)")
@@ -51,16 +54,16 @@ def deployed_for(model, channels):
     try:
         return inference_form(model, channels)
     except ValueError:
-        raise UserError(f"--channels {''.join(channels)}: this is a Task 2 model, it takes RGB only") from None
+        raise UserError(f"--channels {combo_name(channels)}: this is a Task 2 model, it takes RGB only") from None
 
 
 def check_image(args, ckpt, size):
     """A ``[1, 3, size, size]`` image of the data (or --image) through the evaluation transform."""
     if args.image:
-        return load_image(args.image, size), args.image
-    spec = describe_root(args.data_root or ckpt["data"])
+        return load_image(args.image, size, ckpt.get("bands")), args.image
+    spec = describe_root(args.data_root or ckpt["data"], ckpt.get("bands"))
     dataset = build_dataset(spec, "test", size, limit=1)
-    return normalize(dataset[0][0].unsqueeze(0)), f"the first test image of {spec.name}"
+    return normalize(dataset[0][0].unsqueeze(0), spec.stats), f"the first test image of {spec.name}"
 
 
 def export_onnx(net, example, path):
@@ -84,15 +87,20 @@ def export_torch(net, example, path):
 
 def sidecar(ckpt, channels, size):
     """What the exported model expects, enough to prepare an image without this repository:
-    decode to 8-bit RGB (EXIF orientation applied), resize the shorter side to ``resize``
+    decode as ``decode`` says (8-bit RGB, EXIF orientation applied; or a multi-band file's
+    ``bands``), resize the shorter side to ``resize``
     (bilinear, antialiased), crop the centre ``crop`` x ``crop``, keep ``channels`` in that order,
     multiply by ``scale``, subtract ``mean`` and divide by ``std`` per channel; NCHW float32."""
-    idx = ["RGB".index(c) for c in channels]
-    return {"model": ckpt["model"], "checkpoint": ckpt["path"], "channels": "".join(channels),
+    bands = ckpt.get("bands")
+    names = bands["names"] if bands else RGB
+    idx = [list(names).index(c) for c in channels]
+    norm = ({"decode": "8-bit RGB, EXIF orientation applied", "scale": 1 / 255,
+             "mean": list(np.take(IMAGENET_MEAN, idx)), "std": list(np.take(IMAGENET_STD, idx))} if not bands else
+            {"decode": f"{bands['dtype']} bands {', '.join(names)} (multi-band TIFF or .npy), as float", "scale": 1.0,
+             "bands": list(names), "mean": list(np.take(bands["mean"], idx)), "std": list(np.take(bands["std"], idx))})
+    return {"model": ckpt["model"], "checkpoint": ckpt["path"], "channels": combo_name(channels),
             "img_size": size, "input": "image", "output": "logits", "layout": "NCHW float32",
-            "decode": "8-bit RGB, EXIF orientation applied", "resize": eval_resize(size),
-            "interpolation": "bilinear", "antialias": True, "crop": size, "scale": 1 / 255,
-            "mean": list(np.take(IMAGENET_MEAN, idx)), "std": list(np.take(IMAGENET_STD, idx)),
+            "resize": eval_resize(size), "interpolation": "bilinear", "antialias": True, "crop": size, **norm,
             "classes": ckpt["classes"], "how": " ".join(sidecar.__doc__.split())}
 
 
@@ -118,7 +126,10 @@ def main(argv=None):
     args = parse_args(argv)
     ckpt = load_checkpoint(best_of(args.checkpoint))
     model = model_from_checkpoint(ckpt, args.ema).eval()
-    channels = tuple(parse_combo(args.channels, getattr(model, "vocab", "RGB")))
+    bands = tuple(ckpt["bands"]["names"]) if ckpt.get("bands") else RGB  # the images' bands, in order
+    if ckpt.get("bands"):
+        admit_bands(model, bands, ckpt["bands"].get("wavelengths"), ckpt["path"])
+    channels = parse_combo(args.channels or ("all" if ckpt.get("bands") else "RGB"), bands)
     size = image_size(ckpt, args.img_size)
     out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "export")
     try:
@@ -141,8 +152,9 @@ def export_graphs(args, ckpt, model, channels, size, out):
     passed its check: a failed export leaves an earlier one in the folder whole, its .json still true."""
     net = deployed_for(model, channels)
     image, source = check_image(args, ckpt, size)
-    x, _ = select(image, "".join(channels), getattr(model, "vocab", "RGB"))
-    stem = os.path.join(out, f"{ckpt['model']}_{''.join(channels)}")
+    bands = tuple(ckpt["bands"]["names"]) if ckpt.get("bands") else RGB
+    x, _ = select(image, "+".join(channels), bands)
+    stem = os.path.join(out, f"{ckpt['model']}_{combo_name(channels)}")
     written = {}
     try:
         with torch.no_grad():

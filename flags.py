@@ -238,7 +238,7 @@ def resolve_args(args, given, parser, default_model):
         args.model = args.model or default_model
         args.lr = args.lr if args.lr is not None else DEFAULT_LR[args.opt]
         if args.train_channels and "val_combos" not in given:  # a model that sees only R is judged on R
-            args.val_combos = args.train_channels
+            args.val_combos = args.train_channels.replace(",", "+")  # one set, however its names were joined
         if "single_prob" not in given and args.channel_aug in (None, "subset", "sandwich"):
             args.single_prob = SINGLE_PROB.get(args.model)
         return args, None

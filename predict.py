@@ -7,7 +7,8 @@ and their probabilities.
 Folders are searched for images (JPEG, PNG, BMP, WebP, TIFF); a file that cannot be read is
 reported at the end, after every other file is predicted, and the exit status is then 2. Images
 go through the evaluation transform of the checkpoint's training size; a Task 1 model sees only
-the channels named by ``--channels`` (any combination of R, G, B, in that order). An ONNX model
+the channels named by ``--channels`` (any combination of R, G, B, in that order; of a multi-band
+checkpoint's bands, e.g. B04+B03+B02, default all of them). An ONNX model
 takes the preprocessing and the channels written beside it by export.py. Class names come from
 the checkpoint (``classes.txt`` of its data, or the wnids).
 """
@@ -19,18 +20,19 @@ import sys
 import torch
 from torchvision.transforms import v2 as T
 
-from data.channels import parse_combo, select
+from data.bands import read_array
+from data.channels import RGB, parse_combo, select
 from data.datasets import decode_image, eval_resize, load_image
 from flags import add_device, add_no_ema
 from models import inference_form
-from models.loading import best_of, model_from_checkpoint
+from models.loading import admit_bands, best_of, model_from_checkpoint
 from utils.checkpoint import image_size, load_checkpoint
 from utils.distributed import resolve_device
 from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, cli, img_side
 from utils.files import write_atomic
 from utils.validate import file_field, mapping_of
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".npy")
 
 
 def parse_args(argv):
@@ -69,14 +71,18 @@ class CheckpointModel:
 
     def __init__(self, path, channels, img_size, device, ema=True):
         ckpt = load_checkpoint(best_of(path))
-        self.model = inference_form(model_from_checkpoint(ckpt, ema)).to(device)
-        self.vocab = getattr(self.model, "vocab", "RGB")
-        self.combo = "".join(parse_combo(channels or "RGB", self.vocab))
+        self.bands = ckpt.get("bands")  # a multi-band root's: the files' bands, their statistics
+        self.vocab = tuple(self.bands["names"]) if self.bands else RGB  # the images' bands, in order
+        model = model_from_checkpoint(ckpt, ema)
+        if self.bands:
+            admit_bands(model, self.vocab, self.bands.get("wavelengths"), ckpt["path"])
+        self.model = inference_form(model).to(device)
+        self.combo = parse_combo(channels or ("all" if self.bands else "RGB"), self.vocab)
         self.size, self.device, self.classes = image_size(ckpt, img_size), device, ckpt["classes"]
 
     @torch.no_grad()
     def __call__(self, path):
-        x, names = select(load_image(path, self.size).to(self.device), self.combo, self.vocab)
+        x, names = select(load_image(path, self.size, self.bands).to(self.device), "+".join(self.combo), self.vocab)
         return self.model(x, names)[0].float().cpu()
 
 
@@ -90,16 +96,19 @@ def read_sidecar(path):
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, not UTF-8, a 5000-digit number
         raise UserError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     channels = file_field(path, meta, "channels", str)
+    bands = tuple(file_field(path, meta, "bands", list, each=str)) if "bands" in meta else RGB
     try:
-        parse_combo(channels, "RGB")
+        kept = parse_combo(channels, bands)
     except UserError as exc:
         raise UserError(f"{path}: field 'channels': {exc}") from None
+    # A multi-band export standardises raw values (uint16 and the like): a mean of thousands.
+    span = 1e7 if "bands" in meta else 10
     crop = file_field(path, meta, "crop", int, low=8, high=MAX_IMG_SIZE)
     file_field(path, meta, "resize", int, low=crop, high=eval_resize(MAX_IMG_SIZE))
     file_field(path, meta, "antialias", bool)
     file_field(path, meta, "scale", float, low=1e-6, high=1)
-    file_field(path, meta, "mean", list, low=-10, high=10, each=float, length=len(channels))
-    file_field(path, meta, "std", list, low=1e-6, high=10, each=float, length=len(channels))
+    file_field(path, meta, "mean", list, low=-span, high=span, each=float, length=len(kept))
+    file_field(path, meta, "std", list, low=1e-6, high=span, each=float, length=len(kept))
     if not file_field(path, meta, "classes", list, each=str):
         raise UserError(f"{path}: field 'classes' is empty")
     file_field(path, meta, "input", str)
@@ -114,7 +123,7 @@ def check_graph(path, session, meta, meta_path):
         raise UserError(f"{meta_path}: field 'input' {meta['input']!r} is not an input of {path} "
                         f"({', '.join(inputs)})")
     fixed = [(what, want, got) for what, want, got in zip(
-        ("channels", "height", "width"), (len(meta["channels"]), meta["crop"], meta["crop"]), inputs[meta["input"]][1:])
+        ("channels", "height", "width"), (len(meta["mean"]), meta["crop"], meta["crop"]), inputs[meta["input"]][1:])
              if isinstance(got, int) and got != want]
     classes = session.get_outputs()[0].shape[-1]
     if isinstance(classes, int) and classes != len(meta["classes"]):
@@ -134,7 +143,8 @@ class OnnxModel:
         if not os.path.isfile(meta_path):
             raise UserError(f"{path}: no {meta_path} beside it (export.py writes one); it says how to prepare images")
         meta = read_sidecar(meta_path)
-        if channels and "".join(parse_combo(channels, "RGB")) != meta["channels"]:
+        self.bands = tuple(meta.get("bands", RGB))
+        if channels and parse_combo(channels, self.bands) != parse_combo(meta["channels"], self.bands):
             raise UserError(f"{path} was exported for channels {meta['channels']}, not {channels}")
         if img_size and img_size != meta["crop"]:
             raise UserError(f"{path} was exported for {meta['crop']}px images, not --img-size {img_size}")
@@ -148,10 +158,11 @@ class OnnxModel:
         check_graph(path, self.session, meta, meta_path)
         self.geometry = T.Compose([T.Resize(meta["resize"], interpolation=T.InterpolationMode.BILINEAR,
                                             antialias=meta["antialias"]), T.CenterCrop(meta["crop"])])
-        self.keep = ["RGB".index(c) for c in meta["channels"]]
+        self.keep = [self.bands.index(c) for c in parse_combo(meta["channels"], self.bands)]
 
     def __call__(self, path):
-        x = self.geometry(decode_image(path))[self.keep].float() * self.meta["scale"]
+        image = decode_image(path) if "bands" not in self.meta else read_array(path, len(self.bands))[0]
+        x = self.geometry(image)[self.keep].float() * self.meta["scale"]
         x = (x - torch.tensor(self.meta["mean"]).view(-1, 1, 1)) / torch.tensor(self.meta["std"]).view(-1, 1, 1)
         return torch.from_numpy(self.session.run(None, {self.meta["input"]: x[None].numpy()})[0][0])
 

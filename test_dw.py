@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pandas as pd
 
-from data import DEFAULT_COMBOS, describe_root, parse_combo_list
+from data import DEFAULT_COMBOS, DEFAULT_VOCAB, combo_name, default_combos, describe_root, parse_combo, parse_combo_list
 from data.loaders import default_workers
 from engine import evaluate_split
 from flags import add_data_root, add_decode, add_device, add_limit, add_no_ema, add_workers
-from models.loading import check_distinct, load_model
+from models.loading import admit_bands, check_distinct, load_model
 from models.registry import model_task
 from utils import distributed
 from utils.checkpoint import data_root, image_size, load_checkpoint
@@ -40,7 +40,10 @@ def parse_args(argv):
                         "(they train identically; the fill rule acts only when channels are missing)")
     add_no_ema(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--combos", default=",".join(DEFAULT_COMBOS), type=non_empty)
+    p.add_argument("--combos", default=None, type=non_empty,
+                   help="comma-separated channel sets, names joined by '+' (B04+B03+B02), 'all', 'all-B10' "
+                        f"(default: {','.join(DEFAULT_COMBOS)} for photos; for other bands all, RGB, each band "
+                        "alone and each left out)")
     p.add_argument("--img-sizes", default=None, type=int_list(8, MAX_IMG_SIZE),
                    help="comma-separated (default: the training size)")
     p.add_argument("--out", default=None,
@@ -78,12 +81,13 @@ def per_class_table(predictions, classes):
     return pd.DataFrame(rows)
 
 
-def class_losses(per_class, combos, full="RGB", top=5):
-    """The classes that lose most when channels are missing: accuracy on ``full`` minus the mean
-    over the reduced combinations (first image size), largest first."""
+def class_losses(per_class, combos, bands=tuple(DEFAULT_VOCAB), top=5):
+    """The classes that lose most when channels are missing: accuracy on the full set minus the
+    mean over the reduced combinations (first image size), largest first."""
     part = per_class[per_class.img_size == per_class.img_size.iloc[0]]
     part = part[part.images > 0]  # a class with no test image has no accuracy to lose
-    reduced = [c for c in combos if set(c) != set(full)]
+    full = next((c for c in combos if set(parse_combo(c, bands)) == set(bands)), None)
+    reduced = [c for c in combos if set(parse_combo(c, bands)) != set(bands)]
     if full not in part or not reduced:
         return pd.DataFrame()
     table = part[["class", "name", full]].copy()
@@ -116,7 +120,8 @@ def write_confusions(predictions, df, classes, out, title):
     """Confusion matrices at the first image size: the full set's and the worst combination's."""
     size = df.img_size.iloc[0]
     part = df[df.img_size == size]
-    wanted = dict.fromkeys(c for c in ("RGB", part.loc[part.accuracy.idxmin(), "combo"]) if c in predictions[size])
+    wanted = dict.fromkeys(c for c in (part.combo.iloc[0], part.loc[part.accuracy.idxmin(), "combo"])
+                           if c in predictions[size])
     paths = []
     for combo in wanted:
         targets, top = predictions[size][combo]
@@ -126,11 +131,13 @@ def write_confusions(predictions, df, classes, out, title):
 
 
 def print_complexity(model, model_name):
-    row = complexity_row(model)
-    print(f"\ncomplexity of {model_name} at 3x224x224: {row['params'] / 1e6:.3f} M params, "
+    vocab = tuple(getattr(model, "vocab", "RGB"))
+    row = complexity_row(model, vocab)
+    print(f"\ncomplexity of {model_name} at {len(vocab)}x224x224: {row['params'] / 1e6:.3f} M params, "
           f"{row['macs'] / 1e9:.3f} GMACs, {row['flops'] / 1e9:.3f} GFLOPs, "
           f"fwd/bwd {row['fwd_bwd_mb']:.1f} MB, {row['layers']} weighted layers")
-    costs = [stem_cost(model, combo) for combo in ("RGB", "RG", "R")]
+    costs = [{**stem_cost(model, vocab[:n]), "channels": combo_name(vocab[:n])}
+             for n in dict.fromkeys((len(vocab), 2, 1)) if n <= len(vocab)]
     print("stem against a plain convolution of the same shape (MACs at 224 px):")
     print(pd.DataFrame(costs).to_markdown(index=False))
     return row, costs
@@ -142,7 +149,8 @@ def evaluate_checkpoint(path, spec, args, ctx):
     if model_task(ckpt["model"]) != 1:
         raise UserError(f"{ckpt['path']} is a Task 2 model ({ckpt['model']!r}): evaluate it with test_rrdb.py")
     model = model.to(ctx.device)
-    combos = parse_combo_list(args.combos, getattr(model, "vocab", "RGB"))
+    admit_bands(model, spec.bands, spec.wavelengths, ckpt["path"])
+    combos = parse_combo_list(args.combos or ",".join(default_combos(spec.bands, spec.wavelengths)), spec.bands)
     rows, predictions = [], {}
     for size in args.img_sizes or [image_size(ckpt)]:
         size_rows, predictions[size] = evaluate_split(model, spec, args.split, size, combos, ctx,
@@ -169,10 +177,10 @@ def report_one(ckpt, model, rows, predictions, spec, args, out):
               f"{ckpt['model']}: {args.split} accuracy per channel combination ({spec.name})")
     per_class = per_class_table(predictions, spec.classes)
     per_class.to_csv(os.path.join(out, "per_class.csv"), index=False, float_format="%.4f")
-    losers = class_losses(per_class, combos)
+    losers = class_losses(per_class, combos, spec.bands)
     if len(losers):
-        print(f"\nclasses that lose most without every channel (accuracy on RGB minus the mean over "
-              f"{', '.join(c for c in combos if set(c) != set('RGB'))}; {df.img_size.iloc[0]}px):")
+        print(f"\nclasses that lose most without every channel (accuracy on {losers.columns[2]} minus the mean over "
+              f"the {len(combos) - 1} other combinations; {df.img_size.iloc[0]}px):")
         print(fmt_table(losers))
     confusions = write_confusions(predictions, df, spec.classes, out, ckpt["model"])
     mistakes = top_confusions(predictions, spec.classes)
@@ -225,7 +233,7 @@ def main(argv=None):
     check_distinct(args.checkpoints, "--checkpoints")
     ctx = distributed.init(args.device)
     first = load_checkpoint(args.checkpoints[0])
-    spec = describe_root(data_root(args.data_root, first))
+    spec = describe_root(data_root(args.data_root, first), first.get("bands"))
     evaluated = [evaluate_checkpoint(p, spec, args, ctx) for p in args.checkpoints]
     if not ctx.main:
         return 0

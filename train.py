@@ -18,8 +18,17 @@ import torch
 from torchvision.transforms import v2 as T
 
 import models
-from data import DEFAULT_VOCAB, build_dataset, describe_root, list_fingerprint, parse_combo, parse_combo_list
-from data.channels import AUGMENTATIONS
+from data import (
+    DEFAULT_COMBOS,
+    build_dataset,
+    combo_name,
+    default_combos,
+    describe_root,
+    list_fingerprint,
+    parse_combo,
+    parse_combo_list,
+)
+from data.channels import AUGMENTATIONS, RGB, vocab_names
 from data.loaders import default_workers, eval_loader, train_loader
 from engine import EMA, Run, State, StopRequest, evaluate, train_one_epoch
 from flags import build_parser, describe_recipe, given_flags, model_config, resolve_args, resolved
@@ -76,7 +85,7 @@ def run_steps(args, resume, ctx, replacing=False):
     """The run in steps, each a function below in this order; the run it replaces is set aside,
     and its config written, only once every step that can refuse the run has passed."""
     prepare(args)
-    spec, val_combos, train_combo = describe_data(args, ctx)
+    spec, val_combos, train_combo = describe_data(args, ctx, resume)
     model, config = build_model(args, spec, resume, ctx, train_combo)
     run = Run(model, args=args, ctx=ctx, spec=spec, config=config, val_combos=val_combos, train_combo=train_combo)
     build_criterion(run)
@@ -88,7 +97,9 @@ def run_steps(args, resume, ctx, replacing=False):
         earlier_log(os.path.join(args.out, "log.csv"), log_header(val_combos), state.epoch)
         if replacing:  # only now: a refusal above leaves the old run where it was
             set_aside_run(args.out)
-        write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(resolved(args, config), f, indent=2))
+        # the threads change a CPU run's arithmetic, so its numbers: tables say them (experiments/results)
+        written = {**resolved(args, config), "threads": torch.get_num_threads()}
+        write_atomic(os.path.join(args.out, "config.json"), lambda f: json.dump(written, f, indent=2))
         print(banner(run))
     StopRequest.install_handlers()
     return train_epochs(run, state, resume, replacing)
@@ -106,11 +117,18 @@ def prepare(args):
 
 
 
-def describe_data(args, ctx):
-    """-> (the data's description, the combinations validated, the one trained on or None)."""
-    spec = describe_root(args.data_root)
-    val_combos = parse_combo_list(args.val_combos, DEFAULT_VOCAB)
-    train_combo = "".join(parse_combo(args.train_channels, DEFAULT_VOCAB)) if args.train_channels else None
+def describe_data(args, ctx, resume=None):
+    """-> (the data's description, the combinations validated, the one trained on or None). A
+    multi-band root (``bands.txt``) is judged by default on its own sets (``default_combos``)."""
+    spec = describe_root(args.data_root, resume.get("bands") if resume is not None else None)
+    if spec.stats is not None and models.registry.model_task(args.model) != 1:
+        raise UserError(f"{args.model!r} is a Task 2 model, which takes RGB photos; {spec.root} holds "
+                        f"{len(spec.bands)} bands (bands.txt)")
+    given = args.val_combos  # the flag as given: the data decides what the default stands for
+    if spec.bands != RGB and given == ",".join(DEFAULT_COMBOS):
+        given = ",".join(default_combos(spec.bands, spec.wavelengths))
+    val_combos = parse_combo_list(given, spec.bands)
+    train_combo = combo_name(parse_combo(args.train_channels, spec.bands)) if args.train_channels else None
     if ctx.main and spec.synthetic:
         print("data: built-in synthetic shapes (no DATA_ROOT configured)")
     distributed.barrier(ctx)
@@ -122,6 +140,9 @@ def build_model(args, spec, resume, ctx, train_combo=None):
     """-> (the model, its constructor's arguments), with the weights it starts from; a pretrained
     stem that will only see ``train_combo`` is adapted to it (``FilledStem.inherit_for``)."""
     config = model_config(args)
+    if spec.bands != RGB and models.registry.model_task(args.model) == 1:  # the data's bands, unless told
+        config.setdefault("vocab", list(spec.bands))
+        config.update(band_wavelengths(args.model, config, spec))
     seed_everything(args.seed)
     # A resumed run's weights are its checkpoint's: --pretrained and --init-from are its history.
     start = {**config, "pretrained": None} if resume is not None and "pretrained" in config else config
@@ -133,6 +154,7 @@ def build_model(args, spec, resume, ctx, train_combo=None):
     config.pop("pretrained", None)  # the checkpoint carries the weights themselves
     if args.channel_aug is None:
         args.channel_aug = getattr(model, "channel_aug", "none")
+    check_bands(model, spec, resume, train_combo)
     check_input_size(model, args.img_size, ctx.device)
     if args.pretrained and resume is None and train_combo and hasattr(model.stem, "inherit_for"):
         model.stem.inherit_for(train_combo)
@@ -147,17 +169,40 @@ def build_model(args, spec, resume, ctx, train_combo=None):
 
 
 
+def band_wavelengths(model, config, spec):
+    """``{"wavelengths": ...}`` of the vocabulary's bands from the data's bands.txt, where the model
+    takes them and was not given them; else nothing."""
+    names = vocab_names(config["vocab"]) if isinstance(config["vocab"], (str, list, tuple)) else ()
+    takes = "wavelengths" in models.registry.resolved_config(model)
+    if "wavelengths" in config or spec.wavelengths is None or not takes or not set(names) <= set(spec.bands):
+        return {}
+    return {"wavelengths": [spec.wavelengths[spec.bands.index(n)] for n in names]}
+
+
+
+def check_bands(model, spec, resume, train_combo):
+    """A Task 1 model must know each band it trains on by name (else every step would fail)."""
+    vocab = getattr(model, "vocab", RGB)
+    unknown = [b for b in (parse_combo(train_combo, spec.bands) if train_combo else spec.bands) if b not in vocab]
+    if unknown:
+        given = f"{resume['path']} (its config)" if resume is not None else "--model-opt vocab"
+        raise UserError(f"{given} names channels {', '.join(vocab)}; the data's band {unknown[0]!r} is not "
+                        f"one of them (the data has {combo_name(spec.bands)}; train on fewer with --train-channels)")
+
+
+
 @torch.no_grad()
 def check_input_size(model, size, device):
     """One forward pass at ``size`` before training, so that a size too small for the body fails
     with a line that says so rather than a traceback in the first step."""
     was_training = model.training
     try:
-        model.eval()(torch.zeros(1, 3, size, size, device=device))
+        names = [model.vocab] if hasattr(model, "vocab") else []
+        model.eval()(torch.zeros(1, len(getattr(model, "vocab", RGB)), size, size, device=device), *names)
     except RuntimeError as exc:
         raise UserError(f"--img-size {size} is too small for this model ({str(exc).splitlines()[0]})") from None
-    except ValueError as exc:  # e.g. a --model-opt vocab of other channels than the data's R, G, B
-        raise UserError(f"this model does not take the data's RGB images: {exc}") from None
+    except ValueError as exc:
+        raise UserError(f"this model does not take the data's images: {exc}") from None
     finally:
         model.train(was_training)
 
@@ -170,7 +215,7 @@ def build_criterion(run):
     if args.single_prob is not None and args.channel_aug not in ("subset", "sandwich"):
         raise UserError(f"--single-prob {args.single_prob:g} changes how subsets are drawn; this run trains with "
                         f"--channel-aug {args.channel_aug} (add --channel-aug subset or sandwich, or drop it)")
-    if args.channel_aug == "sandwich" and run.train_combo:
+    if args.channel_aug == "sandwich" and run.train_combo and len(parse_combo(run.train_combo, run.spec.bands)) == 1:
         raise UserError(f"--train-channels {run.train_combo} trains one fixed combination; "
                         "pass --channel-aug none instead of the sandwich")
     run.criterion = LabelLoss(args.label_smoothing)
@@ -305,7 +350,8 @@ def checkpoint(run, state):
             "epoch_tally": list(state.tally) if state.step and state.tally else None,
             "criterion": run.criterion.state_dict() if hasattr(run.criterion, "state_dict") else None,
             "rng": rng_state(), "chan_gen": run.chan_gen.get_state(), "lists": run.lists,
-            "ema": state.ema.state_dict() if state.ema is not None else None}
+            "ema": state.ema.state_dict() if state.ema is not None else None,
+            **({"bands": run.spec.record()} if run.spec.stats is not None else {})}
 
 
 
@@ -368,7 +414,8 @@ def validate(run, state, val_loader, epoch):
     if epoch % args.val_every and epoch != args.epochs:
         return {c: float("nan") for c in run.val_combos}
     results = evaluate(state.ema.module if state.ema is not None else run.net, val_loader, ctx, run.val_combos,
-                       DEFAULT_VOCAB, run.amp_dtype, desc="val (EMA)" if state.ema is not None else "val")
+                       run.spec.bands, run.amp_dtype, desc="val (EMA)" if state.ema is not None else "val",
+                       stats=run.spec.stats)
     return {c: classification_metrics(t, p, len(run.spec.classes))["accuracy"] for c, (t, p) in results.items()}
 
 

@@ -20,6 +20,9 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from utils.errors import UserError
 
+from .bands import STATS_IMAGES, band_stats, read_array, read_bands
+from .channels import RGB, RGB_WAVELENGTHS, combo_name
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
@@ -50,9 +53,13 @@ def reference_transform(img_size, train):
         transforms_v1.ToTensor(), transforms_v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def normalize(x):
+def normalize(x, stats=None):
     """``uint8`` images (on any device) to float, scaled and normalised as ImageNet models expect;
-    ``x[:, i]`` is channel ``i`` of RGB."""
+    ``x[:, i]`` is channel ``i`` of RGB. With ``stats`` (a multi-band root's, ``data/bands.py``)
+    float images in their own units, each band standardised."""
+    if stats is not None:
+        mean, std = (torch.tensor(stats[k], device=x.device).view(1, -1, 1, 1) for k in ("mean", "std"))
+        return (x.float() - mean) / std
     if x.dtype != torch.uint8:  # normalising twice would pass silently
         raise TypeError(f"normalize expects uint8 images, got {x.dtype}")
     mean, std = _scaled_stats(x.device)
@@ -65,9 +72,22 @@ def _scaled_stats(device):
     return tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
 
 
-def load_image(path, img_size):
-    """One file as the evaluation pipeline sees it: ``[1, 3, S, S]`` float, normalised."""
-    return normalize(build_transform(img_size, train=False)(decode_image(path)).unsqueeze(0))
+def load_image(path, img_size, bands=None):
+    """One file as the evaluation pipeline sees it: ``[1, 3, S, S]`` float, normalised; with
+    ``bands`` (a checkpoint's record of a multi-band root) ``[1, bands, S, S]``."""
+    if bands is None:
+        return normalize(build_transform(img_size, train=False)(decode_image(path)).unsqueeze(0))
+    x = read_band_image(path, bands)
+    return normalize(build_transform(img_size, train=False)(x).unsqueeze(0), bands)
+
+
+def read_band_image(path, bands):
+    """A multi-band file as ``read_array`` reads it, refused unless its dtype is the training images'."""
+    x, dtype = read_array(path, len(bands["mean"]))
+    if dtype != bands["dtype"]:
+        raise UserError(f"cannot read image {path}: its pixels are {dtype}, the training images' "
+                        f"{bands['dtype']}; one dtype per data root (convert the files)")
+    return x
 
 
 def to_rgb(img, path="image"):
@@ -223,9 +243,10 @@ def evenly_spaced(items, limit):
 
 
 class ListDataset(torch.utils.data.Dataset):
-    """Images named by a mini-ImageNet list file, returned as ``(tensor[3,H,W], label)``."""
+    """Images named by a mini-ImageNet list file, returned as ``(tensor[3,H,W], label)``; with
+    ``bands`` (a multi-band root) float ``[bands, H, W]`` arrays (``data/bands.py``)."""
 
-    def __init__(self, root, split, classes, transform, limit=None):
+    def __init__(self, root, split, classes, transform, limit=None, bands=None):
         self.list_path = os.path.join(root, f"{split}.txt")
         entries = evenly_spaced(read_list(self.list_path, len(classes)), limit)
         self.samples = []
@@ -236,18 +257,23 @@ class ListDataset(torch.utils.data.Dataset):
             self.samples.append((path, label))
         self.classes = classes
         self.transform = transform
+        self.bands = bands
 
     def __len__(self):
         return len(self.samples)
 
+    def decode(self, path):
+        return decode_image(path) if self.bands is None else read_band_image(path, self.bands)
+
     def __getitem__(self, i):
         path, label = self.samples[i]
-        return self.transform(decode_image(path)), label
+        return self.transform(self.decode(path)), label
 
     def encoded(self, i):
-        """``(image before decoding and transform, label, path)``: see ``encoded_image``."""
+        """``(image before decoding and transform, label, path)``: see ``encoded_image``; a
+        multi-band image decoded here."""
         path, label = self.samples[i]
-        return encoded_image(path), label, path
+        return (encoded_image(path) if self.bands is None else self.decode(path)), label, path
 
 
 SYNTHETIC_SHAPES = ("disc", "square", "ring")
@@ -299,18 +325,32 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
 @dataclass
 class DataSpec:
-    """What a run trained on: enough to rebuild its evaluation data and label its outputs."""
+    """What a run trained on: enough to rebuild its evaluation data and label its outputs.
+    ``bands``: the channels' names in file order; ``wavelengths`` theirs in nm (or None);
+    ``stats`` a multi-band root's per-band mean, std and dtype (None for photos)."""
     root: str
     classes: list
     synthetic: bool
+    bands: tuple = RGB
+    wavelengths: tuple = RGB_WAVELENGTHS
+    stats: dict = None
 
     @property
     def name(self):
         return "synthetic shapes (built-in)" if self.synthetic else self.root
 
+    def record(self):
+        """The checkpoint's ``bands`` field (None for photos, whose normalisation is fixed)."""
+        if self.stats is None:
+            return None
+        return {"names": list(self.bands), "wavelengths": None if self.wavelengths is None else list(self.wavelengths),
+                **self.stats}
 
-def describe_root(root):
-    """Check a data root and read its classes; ``synthetic`` selects the built-in set."""
+
+def describe_root(root, bands=None):
+    """Check a data root and read its classes; ``synthetic`` selects the built-in set. A
+    multi-band root's statistics are ``bands`` (a checkpoint's record of them) when given, else
+    computed on its training split."""
     if root == SYNTHETIC:
         classes = [f"{c} {s}" for c in SYNTHETIC_COLOURS for s in SYNTHETIC_SHAPES]
         return DataSpec(root, classes, True)
@@ -319,14 +359,32 @@ def describe_root(root):
                         f"or use '{SYNTHETIC}' for the built-in data)")
     train = read_list(os.path.join(root, "train.txt"))
     classes = read_classes(root, train)
-    return DataSpec(root, classes, False)
+    named = read_bands(root)
+    if named is None:
+        if bands is not None:
+            raise UserError(f"{root} holds RGB photos (no bands.txt); the checkpoint was trained on bands "
+                            f"{combo_name(bands['names'])}")
+        return DataSpec(root, classes, False)
+    names, waves = named
+    if bands is not None:
+        if list(names) != list(bands["names"]):
+            raise UserError(f"{os.path.join(root, 'bands.txt')}: bands {combo_name(names)}, the checkpoint's "
+                            f"{combo_name(bands['names'])}: evaluate on data with the bands it trained on")
+        stats = {k: bands[k] for k in ("mean", "std", "dtype")}
+    else:
+        paths = [os.path.join(root, rel) for rel, _, _ in evenly_spaced(train, STATS_IMAGES)]
+        missing = next((p for p in paths if not os.path.isfile(p)), None)
+        if missing:
+            raise UserError(f"missing image {missing} (listed in {os.path.join(root, 'train.txt')})")
+        stats = band_stats(paths, len(names))
+    return DataSpec(root, classes, False, names, waves, stats)
 
 
 def build_dataset(spec, split, img_size, train=False, limit=None, seed=0):
     transform = build_transform(img_size, train)
     if spec.synthetic:
         return SyntheticShapes(split, transform, seed=seed, limit=limit)
-    return ListDataset(spec.root, split, spec.classes, transform, limit=limit)
+    return ListDataset(spec.root, split, spec.classes, transform, limit=limit, bands=spec.stats)
 
 
 def list_fingerprint(*datasets):

@@ -10,30 +10,42 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.channels import DEFAULT_VOCAB
+from data.channels import DEFAULT_VOCAB, RGB, RGB_WAVELENGTHS, vocab_names
 from utils.errors import UserError
 from utils.validate import check
 
 from .backbones import build_backbone
 from .norm import combo_index, convert_to_combo_bn, freeze_combo_bn, num_combos
 from .registry import register
-from .stems import ChannelHyperStem, FilledStem, SeedDWGStem
+from .stems import ChannelHyperStem, FilledStem, SeedDWGStem, interpolation
+
+# Batches a row of BatchNorm statistics needs before evaluation trusts it (with momentum 0.1 its
+# start is then under 60% of it). Among 13 bands the sandwich draws one set of twelve about once in
+# 170 subsets: a 60-epoch EuroSAT run leaves such rows at 0-3 batches, and with them dwg lost half
+# its accuracy on a band left out. Higher (20) took from short RGB runs the rows that had trained.
+MIN_SEEN = 5
 
 
 class ChannelClassifier(nn.Module):
     """``stem(x, channels)`` then ``body``. With ``combo_bn`` every BatchNorm of the body keeps
-    running statistics per channel set (``models/norm.py``); a set that never went through the
-    model in training is evaluated with the full set's statistics."""
+    running statistics per channel set (``models/norm.py``); a set that went through the model
+    in training fewer than ``MIN_SEEN`` times is evaluated with the full set's statistics."""
 
     def __init__(self, stem, body, vocab, channel_aug, combo_bn=False):
         super().__init__()
         self.stem, self.body = stem, body
-        self.vocab, self.channel_aug = vocab, channel_aug
+        self.vocab, self.channel_aug = tuple(vocab), channel_aug
         self._combo_bns = []
         if combo_bn:
             self._combo_bns = convert_to_combo_bn(self.body, num_combos(self.vocab))
             self.register_buffer("combo_seen", torch.zeros(num_combos(self.vocab), dtype=torch.long,
                                                            device=self.stem_device()))
+
+    def add_bands(self, wavelengths):
+        """Bands this model never trained on, ``{name: nm}`` (``ChannelHyperStem.add_bands``)."""
+        if not hasattr(self.stem, "add_bands"):
+            raise ValueError(f"a {type(self.stem).__name__} makes no kernel for a band it never trained on")
+        self.stem.add_bands(wavelengths)
 
     @property
     def combo_bn(self):
@@ -46,7 +58,7 @@ class ChannelClassifier(nn.Module):
         k = combo_index(channels, self.vocab)
         if self.training:
             self.combo_seen[k] += 1
-        elif not self.combo_seen[k]:
+        elif self.combo_seen[k] < MIN_SEEN:
             k = num_combos(self.vocab) - 1
         self._combo_bns[0].selector.index = k  # shared by every layer
 
@@ -71,23 +83,49 @@ class ChannelClassifier(nn.Module):
         return nn.Sequential(stem, model.body).eval()
 
 
-# Bounds on the options (--model-opt): a vocabulary of V channels keeps BatchNorm statistics for
-# 2^V - 1 channel sets; hypernetwork sizes far above any design here, far below a failed allocation.
-MAX_VOCAB, MAX_HYPER = 8, 4096
+# Bounds on the options (--model-opt): channel names (models/norm.py keeps 3V - 2 rows of BatchNorm
+# statistics for V of them); hypernetwork sizes far above any design here, far below a failed allocation.
+MAX_VOCAB, MAX_HYPER = 256, 4096
 
 
-def check_options(backbone, vocab, pretrained, combo_bn, base=True, **sizes):
+def check_options(backbone, vocab, pretrained, combo_bn, base=True, wavelengths=None, **sizes):
     """TypeError or ValueError for an option a Task 1 model cannot be built with."""
     check("backbone", backbone, str)
-    check("vocab", vocab, str)
-    if not 1 <= len(vocab) <= MAX_VOCAB or len(set(vocab)) != len(vocab):
-        raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct channel letters, got {vocab!r}")
+    names = list(vocab_names(vocab))
+    bad = [n for n in names if not n or set(n) & set("+, \t") or n == "all"]
+    if not 1 <= len(names) <= MAX_VOCAB or len(set(names)) != len(names) or bad:
+        raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct channel names (no '+', ',' or space), "
+                         f"got {vocab!r}")
+    if wavelengths is not None and (not isinstance(wavelengths, (list, tuple)) or len(wavelengths) != len(names)
+                                    or not all(isinstance(w, (int, float)) and 0 < w < 1e7 for w in wavelengths)):
+        raise ValueError(f"wavelengths must be one positive number (nm) per channel of {names}, got {wavelengths!r}")
     if pretrained is not None:
         check("pretrained", pretrained, str)
     for name, value in {"combo_bn": combo_bn, "base": base}.items():
         check(name, value, bool)
     for name, value in sizes.items():
         check(name, value, int, 1, MAX_HYPER)
+
+
+def default_wavelengths(vocab, wavelengths):
+    """Photos' R, G, B have nominal wavelengths (``data.channels.RGB_WAVELENGTHS``)."""
+    if wavelengths is None and tuple(vocab) == RGB:
+        return RGB_WAVELENGTHS
+    return wavelengths
+
+
+def adapt_stem(weight, vocab, wavelengths):
+    """A pretrained RGB kernel ``[out, 3, k, k]`` for a stem over other channels: each channel
+    takes the RGB slices mixed by its wavelength (``stems.interpolation``; without wavelengths
+    their mean), all scaled by 3/V so that the full set's response keeps its size (timm's
+    ``adapt_input_conv`` repeats and scales alike)."""
+    if weight.shape[1] != 3 or tuple(vocab) == RGB:
+        return weight
+    if wavelengths is None:
+        mix = torch.full((len(vocab), 3), 1 / 3)
+    else:
+        mix = torch.stack([interpolation(RGB_WAVELENGTHS, w) for w in wavelengths])
+    return torch.einsum("vc,ocij->ovij", mix, weight) * (3 / len(vocab))
 
 
 def check_stem(weight, shape, source):
@@ -99,11 +137,14 @@ def check_stem(weight, shape, source):
 
 def _register_plain(name, fill, channel_aug, doc):
     """An ordinary stem over the full vocabulary in front of the body; ``fill`` for missing channels."""
-    def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False):
-        check_options(backbone, vocab, pretrained, combo_bn)
+    def factory(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None, combo_bn=False,
+                wavelengths=None):
+        check_options(backbone, vocab, pretrained, combo_bn, wavelengths=wavelengths)
+        vocab = vocab_names(vocab)
         body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
         stem = FilledStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, vocab, fill)
         if stem_weight is not None:
+            stem_weight = adapt_stem(stem_weight, vocab, wavelengths)
             check_stem(stem_weight, stem.conv.weight.shape, pretrained)
             stem.conv.weight.data.copy_(stem_weight)
         return ChannelClassifier(stem, body, vocab, channel_aug, combo_bn)
@@ -120,17 +161,20 @@ _register_plain("plain_dropout", "zero", "dropout",
 
 @register("dwg", task=1)
 def dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None,
-        embed_dim=32, hidden=64, templates=16, base=True, combo_bn=True):
+        embed_dim=32, hidden=64, templates=16, base=True, combo_bn=True, wavelengths=None):
     """Our channel-adaptive stem with BatchNorm statistics per channel set, trained as a sandwich.
 
-    ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics.
+    ``base=False`` is the earlier stem (templates only); ``combo_bn=False`` shares statistics;
+    ``wavelengths`` (nm, one per channel; R, G, B have nominal ones) let it take unseen bands.
     """
-    check_options(backbone, vocab, pretrained, combo_bn, base, embed_dim=embed_dim, hidden=hidden,
+    check_options(backbone, vocab, pretrained, combo_bn, base, wavelengths, embed_dim=embed_dim, hidden=hidden,
                   templates=templates)
+    vocab = vocab_names(vocab)
     body, shape, stem_weight = build_backbone(backbone, num_classes, pretrained)
     stem = ChannelHyperStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding,
-                            vocab, embed_dim, hidden, templates, base)
+                            vocab, embed_dim, hidden, templates, base, default_wavelengths(vocab, wavelengths))
     if stem_weight is not None and base:
+        stem_weight = adapt_stem(stem_weight, vocab, wavelengths)
         check_stem(stem_weight, (shape.out_channels, len(vocab), shape.kernel_size, shape.kernel_size), pretrained)
         stem.load_state_dict({"conv.weight": stem_weight}, strict=False)
     return ChannelClassifier(stem, body, vocab, "sandwich", combo_bn)
@@ -140,6 +184,7 @@ def dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=Non
 def seed_dwg(num_classes, backbone="densenet121", vocab=DEFAULT_VOCAB, pretrained=None):
     """The original design (kernel from per-image channel means), batched, trained with shuffling."""
     check_options(backbone, vocab, pretrained, False)
+    vocab = vocab_names(vocab)
     body, shape, _ = build_backbone(backbone, num_classes, pretrained)
     stem = SeedDWGStem(shape.out_channels, shape.kernel_size, shape.stride, shape.padding, len(vocab))
     return ChannelClassifier(_Positional(stem, len(vocab)), body, vocab, channel_aug="shuffle")

@@ -6,10 +6,14 @@ import os
 import torch
 import torch.nn as nn
 
+from data.channels import vocab_names
 from utils.checkpoint import check_classes, checked, load_checkpoint
 from utils.errors import UserError
 
+from .channel_models import default_wavelengths
+from .norm import combo_index, combo_table, num_combos
 from .registry import create_model, list_models
+from .stems import interpolation
 
 
 def model_from_checkpoint(ckpt, ema=True):
@@ -87,8 +91,12 @@ def init_from(model, path, classes):
     check_classes(ckpt, classes)
     if ckpt.get("deployed"):
         raise UserError(f"{path} holds a deployed model; start from a training checkpoint")
+    weights = ckpt["state_dict"]
+    old_vocab = vocab_names(ckpt["config"].get("vocab", "RGB"))
+    if hasattr(model, "vocab") and old_vocab != model.vocab:
+        weights = onto_vocab(weights, old_vocab, ckpt["config"].get("wavelengths"), model)
     try:
-        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+        result = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
         raise UserError(f"{path}: weights of {ckpt['model']!r} do not fit this model ({_first_reason(exc)})") from None
     state = model.state_dict()
@@ -102,6 +110,75 @@ def init_from(model, path, classes):
     new = sorted({k.rsplit(".", 1)[0] for k in result.missing_keys})
     print(f"initialised from {path} ({ckpt['model']}): {loaded} of {total} tensors loaded"
           + (f"; new: {', '.join(new)}" if new else ""))
+    return model
+
+
+def onto_vocab(state, old_vocab, old_waves, model):
+    """A Task 1 state dict over ``old_vocab`` rewritten for ``model``'s vocabulary (``--init-from``
+    onto more or other channels). A channel of both keeps its weights; a new one's embedding is
+    interpolated by wavelength from the old channels (``stems.interpolation``; their mean where
+    either side has no wavelengths) and its base kernel starts at zero, so that on the old
+    channels the model computes what it computed (a new channel alone is then seen as the old
+    stem sees a grey image). BatchNorm rows (``norm.combo_table``): a set of old channels takes
+    its old row (a size's shared row: the mean of the old rows of that size), any other the old
+    full set's, marked unseen."""
+    old_waves = old_waves or default_wavelengths(old_vocab, None)
+    new_waves = getattr(model.stem, "wavelengths", None)
+    state = dict(state)
+    if "stem.embed.weight" in state:
+        old = state["stem.embed.weight"]
+        rows = [old[old_vocab.index(c)] if c in old_vocab else
+                (interpolation(old_waves, new_waves[i]) @ old if old_waves and new_waves else old.mean(0))
+                for i, c in enumerate(model.vocab)]
+        state["stem.embed.weight"] = torch.stack(rows)
+    if state.get("stem.base") is not None:
+        old = state["stem.base"]
+        state["stem.base"] = torch.stack([old[old_vocab.index(c)] if c in old_vocab else torch.zeros_like(old[0])
+                                          for c in model.vocab])
+    if "combo_seen" in state:
+        source = combo_sources(old_vocab, model.vocab)
+        for key in [k for k in state if k == "combo_seen" or k.rsplit(".", 1)[-1] in COMBO_BUFFERS]:
+            value = state[key]
+            if value.shape[0] != num_combos(old_vocab):
+                continue
+            state[key] = torch.stack([value[rows].float().mean(0).to(value.dtype) if seen else
+                                      (value[rows[0]] if value.is_floating_point() else torch.zeros_like(value[0]))
+                                      for rows, seen in source])
+    return state
+
+
+COMBO_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def combo_sources(old_vocab, new_vocab):
+    """For each BatchNorm row of ``new_vocab``: (the old rows it is made from, whether it was seen)."""
+    old_table, full = combo_table(old_vocab), num_combos(old_vocab) - 1
+    sources = []
+    for key in combo_table(new_vocab):
+        if isinstance(key, int):  # a size's shared row: the old sets of that size
+            rows = sorted({combo_index(k, old_vocab) for k in old_table if not isinstance(k, int) and len(k) == key
+                           and k <= set(old_vocab)})
+            sources.append((rows, True) if rows else ([full], False))
+        elif key <= set(old_vocab):
+            sources.append(([combo_index(key, old_vocab)], True))
+        else:
+            sources.append(([full], False))
+    return sources
+
+
+def admit_bands(model, bands, wavelengths, where):
+    """Let ``model`` take the data's ``bands`` it never trained on, by their ``wavelengths``
+    (``ChannelClassifier.add_bands``); one line naming ``where`` when it cannot."""
+    unseen = [b for b in bands if b not in getattr(model, "vocab", bands)]
+    if not unseen:
+        return model
+    if wavelengths is None or not hasattr(model, "add_bands"):
+        raise UserError(f"{where} never trained on band {unseen[0]!r}, and the data gives no wavelength "
+                        "(bands.txt) for the model to make a kernel from")
+    try:
+        model.add_bands({b: wavelengths[list(bands).index(b)] for b in unseen})
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
     return model
 
 

@@ -8,20 +8,50 @@ combination (Yu et al.'s switchable BN, statistics only; the affine parameters s
 makes evaluation see what training saw.
 
 Combinations are channel *sets*: a permutation shares its set's statistics, as the stem's
-output does not depend on the order.
+output does not depend on the order. With many channels the sets of a size share a row
+(``combo_table``), so the rows grow as 3V - 2, not 2^V - 1.
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
+def combo_table(vocab):
+    """-> ``{channel set: row}`` of a vocabulary, each set a ``frozenset`` of names, or an ``int``
+    (a size) for the sets of that size that have no row of their own.
+
+    Every set would need 2^V - 1 rows (8,191 for 13 bands). Instead each single channel, each
+    set of all channels but one, and the full set keep their own row, and the sets of each other
+    size share one: 3V - 2 rows. Up to three channels that is every set, in the order of their
+    bit masks (so that RGB keeps its 7 rows as they were); the full set is always the last row.
+    """
+    return _table(tuple(vocab))
+
+
+@functools.lru_cache
+def _table(vocab):  # every forward pass looks its set up
+    v = len(vocab)
+    masks = sorted(m for m in range(1, 2 ** v) if bin(m).count("1") in (1, v - 1)) if v > 1 else []
+    keys = [frozenset(vocab[i] for i in range(v) if m >> i & 1) for m in masks]
+    keys += list(range(2, v - 1)) + [frozenset(vocab)]
+    return {k: i for i, k in enumerate(dict.fromkeys(keys))}
+
+
 def combo_index(channels, vocab):
-    """Row of a channel set: the bit mask of its vocabulary positions, minus one."""
-    return sum(1 << vocab.index(c) for c in set(channels)) - 1
+    """Row of a channel set (a set with a channel the vocabulary lacks: the full set's)."""
+    table = combo_table(vocab)
+    key = frozenset(channels)
+    if key in table:
+        return table[key]
+    if key <= set(vocab):
+        return table[len(key)]
+    return table[frozenset(vocab)]
 
 
 def num_combos(vocab):
-    return 2 ** len(vocab) - 1
+    return len(combo_table(vocab))
 
 
 class ComboSelector:

@@ -35,9 +35,11 @@ class ChannelHyperStem(nn.Module):
     """
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, vocab="RGB",
-                 embed_dim=32, hidden=64, templates=16, base=True):
+                 embed_dim=32, hidden=64, templates=16, base=True, wavelengths=None):
         super().__init__()
-        self.vocab = vocab
+        self.vocab, self.wavelengths = tuple(vocab), wavelengths and tuple(wavelengths)
+        # Bands named at evaluation that the vocabulary lacks, with their wavelengths (add_bands).
+        self.extra = {}
         self.out_channels, self.kernel_size = out_channels, kernel_size
         self.stride, self.padding = stride, padding
         self.embed = nn.Embedding(len(vocab), embed_dim)
@@ -75,6 +77,29 @@ class ChannelHyperStem(nn.Module):
         self._cache.clear()
         return super().train(mode)
 
+    def add_bands(self, wavelengths):
+        """Let the stem take bands it never trained on, each known by its wavelength (``{name: nm}``):
+        such a band's embedding and base kernel are interpolated between the two vocabulary
+        bands nearest in wavelength (the nearest one beyond either end)."""
+        if self.wavelengths is None:
+            raise ValueError("this model's channels have no wavelengths, so it cannot take other bands")
+        self.extra.update({k: float(v) for k, v in wavelengths.items() if k not in self.vocab})
+        self._selectors.clear()
+        self._cache.clear()
+
+    def weights_of(self, channels):
+        """``[n, V]``: each channel as a mix of vocabulary channels (one-hot for its own)."""
+        rows = torch.zeros(len(channels), len(self.vocab))
+        for i, c in enumerate(channels):
+            if c in self.vocab:
+                rows[i, self.vocab.index(c)] = 1
+            elif c in self.extra:
+                rows[i] = interpolation(self.wavelengths, self.extra[c])
+            else:
+                raise ValueError(f"channel {c!r} is not one of this model's ({', '.join(self.vocab)}) "
+                                 "and has no wavelength it could be made from")
+        return rows
+
     def selector(self, channels, device):
         """``([n, 2, V], [n, V])`` for this combination, built once since they depend on names only.
 
@@ -85,14 +110,11 @@ class ChannelHyperStem(nn.Module):
         """
         key = (tuple(channels), device)
         if key not in self._selectors:
-            n, idx = len(channels), [self.vocab.index(c) for c in channels]
-            sel = torch.zeros(n, 2, len(self.vocab), device=device)
-            sel[range(n), 0, idx] = 1
-            sel[:, 1, idx] = 1 / n
-            fill = torch.full((n, len(self.vocab)), 1 / n, device=device)
-            fill[:, idx] = 0
-            fill[range(n), idx] = 1
-            self._selectors[key] = sel, fill
+            n, own = len(channels), self.weights_of(channels)
+            sel = torch.stack([own, own.sum(0).expand_as(own) * (1 / n)], 1)
+            # A band made from its neighbours stands in for them as far as it is made of them.
+            missing = (1 - own.sum(0)).clamp(min=0)
+            self._selectors[key] = sel.to(device), (own + missing * (1 / n)).to(device)
         return self._selectors[key]
 
     def kernel(self, channels):
@@ -173,7 +195,7 @@ class FilledStem(nn.Module):
         super().__init__()
         if fill not in ("zero", "mean"):
             raise ValueError(f"unknown fill {fill!r}")
-        self.vocab, self.fill = vocab, fill
+        self.vocab, self.fill = tuple(vocab), fill
         self.conv = nn.Conv2d(len(vocab), out_channels, kernel_size, stride, padding, bias=False)
 
     def expand(self, x, channels):
@@ -208,6 +230,25 @@ class FilledStem(nn.Module):
 
     def forward(self, x, channels):
         return self.conv(self.expand(x, channels))
+
+
+def interpolation(wavelengths, wavelength):
+    """``[V]`` weights that mix the bands of ``wavelengths`` into one at ``wavelength``: linear
+    between its two neighbours, all on the nearest one beyond either end."""
+    waves = torch.tensor(wavelengths, dtype=torch.float64)
+    weights = torch.zeros(len(waves), dtype=torch.float64)
+    below, above = waves <= wavelength, waves >= wavelength
+    if not below.any() or not above.any():
+        weights[(waves - wavelength).abs().argmin()] = 1
+        return weights.float()
+    lo = torch.where(below, waves, -torch.inf).argmax()
+    hi = torch.where(above, waves, torch.inf).argmin()
+    if lo == hi:
+        weights[lo] = 1
+    else:
+        t = (wavelength - waves[lo]) / (waves[hi] - waves[lo])
+        weights[lo], weights[hi] = 1 - t, t
+    return weights.float()
 
 
 @torch.no_grad()

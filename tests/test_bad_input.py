@@ -315,8 +315,8 @@ def bound_cases(w):
     return [("train_dw", [*TINY, "--epochs", "1" + "0" * 20], "argument --epochs: must be at most 100000"),
             ("train_dw", [*TINY, "--seed", "1" + "0" * 20], "argument --seed: must be at most 9223372036854775807"),
             ("test_rrdb", ["--checkpoints", ck, "--workers", "100000"], "argument --workers: must be at most 256"),
-            ("train_dw", [*TINY, "--out", typo, "--model", "dwg", "--model-opt", "vocab='RGBXYZ'"],
-             "does not take the data's RGB images"),
+            ("train_dw", [*TINY, "--out", typo, "--model", "dwg", "--model-opt", "vocab='XYZ'"],
+             "the data's band 'R' is not one of them"),
             ("predict", ["--checkpoint", ck, "--out", ck, image], "is one of the files it reads"),
             ("predict", ["--checkpoint", ck, "--out", str(w["file"]), image], "exists and is not a table predict.py"),
             ("results", ["--part", "task1-lr", "--update-docs", "--docs", str(w["base"] / "pages"), "--out", typo],
@@ -374,7 +374,7 @@ def model_option_cases(w):
             ("train_dw", [*dwg, "templates=1000000"], "templates must be in [1, 4096], got 1000000"),
             ("train_dw", [*dwg, "hidden=-3"], "hidden must be in [1, 4096], got -3"),
             ("train_dw", [*dwg, "embed_dim=2.5"], "embed_dim must be an integer, got 2.5 (float)"),
-            ("train_dw", [*dwg, "vocab='RGBRGB'"], "vocab must be 1 to 8 distinct channel letters")]
+            ("train_dw", [*dwg, "vocab='RGBRGB'"], "vocab must be 1 to 256 distinct channel names")]
 
 
 def sidecar_cases(w):

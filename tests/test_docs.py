@@ -143,3 +143,13 @@ def test_publishing_to_missing_pages_replaces_no_table(tmp_path, capsys):
     assert exc.value.code == 2 and len(err) == 1 and "to update its task1 section" in err[0]
     assert {k: file_hashes(v) for k, v in published.items()} == before
     assert not (tmp_path / "runs").exists()
+
+
+def test_front_page_docs_and_results_driver_stay_short():
+    """The sizes a reader can hold: the README a front page, each docs page one subject, the
+    results driver a list of runs rather than a framework."""
+    sizes = {os.path.basename(p): len(open(p).read()) for p in PAGES}
+    assert sizes["README.md"] <= 10_000
+    assert max(n for name, n in sizes.items() if name != "README.md") <= 30_000
+    driver = glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True)
+    assert sum(len(open(p).read().splitlines()) for p in driver) <= 1_000

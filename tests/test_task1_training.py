@@ -13,6 +13,7 @@ import train_dw
 from data.datasets import normalize
 from engine import Run, State, train_one_epoch
 from losses import LabelLoss, SandwichLoss, soft_cross_entropy
+from models.channel_models import MIN_SEEN
 from models.loading import init_from
 from models.norm import ComboBatchNorm2d, combo_index
 from utils.checkpoint import save_atomic
@@ -157,7 +158,7 @@ def test_each_channel_set_uses_its_own_batchnorm_statistics():
     model = _tiny_dwg().eval()
     x = torch.randn(4, 3, 16, 16)
     sets = {"RGB": [0, 1, 2], "RB": [0, 2], "R": [0], "G": [1]}
-    model.combo_seen.fill_(1)
+    model.combo_seen.fill_(MIN_SEEN)
     with torch.no_grad():
         before = {c: model(x[:, i], tuple(c)) for c, i in sets.items()}
         k = combo_index("R", "RGB")
@@ -165,9 +166,18 @@ def test_each_channel_set_uses_its_own_batchnorm_statistics():
             if isinstance(bn, ComboBatchNorm2d):
                 bn.running_mean[k] += 1.0
         after = {c: model(x[:, i], tuple(c)) for c, i in sets.items()}
-    assert not torch.allclose(after["R"], before["R"])
-    for c in ("RGB", "RB", "G"):
-        torch.testing.assert_close(after[c], before[c])
+        assert not torch.allclose(after["R"], before["R"])
+        for c in ("RGB", "RB", "G"):
+            torch.testing.assert_close(after[c], before[c])
+        # a row trained on too few batches is not trusted: R is then evaluated with RGB's statistics
+        model.combo_seen[k] = MIN_SEEN - 1
+        untrusted = model(x[:, [0]], ("R",))
+        model.combo_seen[k] = MIN_SEEN
+        for bn in model.modules():
+            if isinstance(bn, ComboBatchNorm2d):
+                bn.running_mean[k] = bn.running_mean[-1]
+                bn.running_var[k] = bn.running_var[-1]
+        torch.testing.assert_close(untrusted, model(x[:, [0]], ("R",)))
 
 
 def test_a_set_never_seen_falls_back_to_the_full_set_statistics():

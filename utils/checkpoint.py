@@ -33,6 +33,7 @@ FIELDS = {
     "epoch_tally": {"kind": list, "each": float, "length": 5, "optional": True},
     "criterion": {"kind": dict, "optional": True}, "data": {"kind": str, "optional": True},
     "deployed": {"kind": bool, "optional": True}, "averaged": {"kind": bool, "optional": True},
+    "bands": {"kind": dict, "optional": True},
 }
 # Fields inside those above, checked when the field that holds them is there.
 INNER = {
@@ -46,6 +47,8 @@ INNER = {
     ("rng", "python"): {"kind": list, "length": 3}, ("rng", "numpy"): {"kind": list, "length": 5},
     ("rng", "torch"): {"kind": torch.Tensor},
     ("criterion", "steps"): {"kind": int, "low": 0},
+    ("bands", "names"): {"kind": list, "each": str}, ("bands", "mean"): {"kind": list, "each": float},
+    ("bands", "std"): {"kind": list, "each": float}, ("bands", "dtype"): {"kind": str},
 }
 RESUME = ("epoch", "step", "best_acc", "optimizer", "scheduler", "args")
 # Checkpoints written before RNG states were stored as lists hold a numpy array (data, no code).

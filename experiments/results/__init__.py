@@ -1,6 +1,6 @@
 """The tables and figures of docs/, every row trained and evaluated by the entry scripts:
 
-    python -m experiments.results --part task1|task1-sweep|task1-lr|task2|task2-sweep [--plan] [--update-docs]
+    python -m experiments.results --part task1|task1-sweep|task1-lr|task2|task2-sweep|bands [--plan] [--update-docs]
 
 What each part trains is in runs.py, one script and its flags per row; this command adds the
 budget they share. Runs go to ``<out>/<task>/<row>-e<epochs>-s<seed>/`` (``--jobs`` at once, each
@@ -19,9 +19,10 @@ from utils.report import check_doc_sections
 
 from .jobs import run_jobs, status
 from .records import Records, identity
-from .runs import lr_jobs, sweep_jobs, task1_jobs, task2_jobs, task2_sweep_jobs
+from .runs import bands_jobs, lr_jobs, sweep_jobs, task1_jobs, task2_jobs, task2_sweep_jobs
 from .tables import (
     Publication,
+    bands_tables,
     lr_tables,
     page,
     saturation,
@@ -34,7 +35,7 @@ from .tables import (
 
 PARTS = {"task1": (task1_jobs, task1_tables), "task1-sweep": (sweep_jobs, sweep_tables),
          "task1-lr": (lr_jobs, lr_tables), "task2": (task2_jobs, task2_tables),
-         "task2-sweep": (task2_sweep_jobs, task2_sweep_tables)}
+         "task2-sweep": (task2_sweep_jobs, task2_sweep_tables), "bands": (bands_jobs, bands_tables)}
 
 
 def parse_args(argv):
@@ -42,7 +43,7 @@ def parse_args(argv):
     p.add_argument("--part", default="task1", choices=list(PARTS),
                    help="task1: the headline rows at --epochs; task1-sweep: every candidate and specialist at every "
                         "--budgets; task1-lr: plain_zero at every --lrs; task2: the Task 2 rows; task2-sweep: ResNet34 "
-                        "and the shallow nets at every --budgets")
+                        "and the shallow nets at every --budgets; bands: a multi-band root's rows (docs/multiband.md)")
     add_data_root(p, "synthetic")
     p.add_argument("--backbone", default="small", help="Task 1's body: small|resnet18|densenet121")
     p.add_argument("--pretrained", default=None, help="Task 1 rows fine-tune these weights (imagenet, or our "
@@ -78,7 +79,7 @@ def parse_args(argv):
     args.tag = f"-{args.tag.strip('-')}" if args.tag.strip("-") else ""
     args.results = args.results or ("results" if args.update_docs else os.path.join(args.runs, "tables"))
     args.figs = args.figs or ("figs" if args.update_docs else os.path.join(args.runs, "figs"))
-    task = "task2" if args.part.startswith("task2") else "task1" + args.tag
+    task = "task2" if args.part.startswith("task2") else ("bands" if args.part == "bands" else "task1") + args.tag
     args.records = args.records or os.path.join("results", f"{task}_runs.json")
     args.own_records = os.path.join(args.runs, f"records-{task}.json")
     return args
@@ -97,14 +98,13 @@ def teacher_epochs(args, records):
 
 def plan(args, jobs, records):
     print(f"plan: {len(jobs)} runs of --part {args.part} (nothing is trained, evaluated or written)\n")
-    counts = {}
+    counts, left = {}, 0
     for j in jobs:
         done = all(records.find(r, j.seed, j.epochs, identity(args, j, r)) for r, _ in j.evals)
         state = "recorded" if done else status(args, j)
         counts[state] = counts.get(state, 0) + 1
+        left += j.epochs * (state not in ("recorded", "finished"))
         print(f"{state:>15}  {j.script} {' '.join(j.all_flags)} --out {j.out}")
-    left = sum(j.epochs for j in jobs if status(args, j) != "finished" and not all(
-        records.find(r, j.seed, j.epochs, identity(args, j, r)) for r, _ in j.evals))
     print(f"\n{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {left} epochs to train")
 
 

@@ -33,12 +33,17 @@ def recipe(job):
     return {k: v for k, v in recipe_of(job.script, job.all_flags).items() if k not in NO_EFFECT}
 
 
-def machine(jobs):
-    """Where runs train, as titles say it: 'CPU proxy' only where it is one, with the threads of
-    each run (they change a CPU run's arithmetic, and so its numbers)."""
+def machine(jobs, out=None):
+    """Where runs train, as titles say it: 'CPU proxy' only where it is one, with the threads per
+    run (they change a CPU run's numbers): ``out``'s config.json's, else those of ``jobs`` at once."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU proxy, {os.cpu_count()}-core CPU, {max(1, (os.cpu_count() or 1) // jobs)} thread(s) per run"
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            threads = max(1, int(json.load(f)["threads"]))
+    except (TypeError, OSError, ValueError, KeyError):  # no run yet, or a config of another kind
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    return f"CPU proxy, {os.cpu_count()}-core CPU, {threads} thread(s) per run"
 
 
 def data_identity(root):
@@ -62,7 +67,7 @@ def identity(args, job=None, row=None):
         return data
     as_model = dict(job.evals)[row]
     made = {"recipe": recipe(job), "eval": {"as": as_model, "combos": job.combos, "sizes": job.sizes},
-            "data": data, "machine": machine(args.jobs)}
+            "data": data, "machine": machine(args.jobs, job.out)}
     if job.after is not None:  # a distilled run is made by its teacher's recipe too
         made["teacher"] = recipe(job.after)
     return json.loads(json.dumps(made, sort_keys=True, default=str))

@@ -7,6 +7,9 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from data import combo_name, default_combos, read_bands, rgb_of
+from utils.errors import UserError
+
 SINGLE = ["R", "G", "B"]
 COMBOS = ["RGB", "RG", "RB", "GB", "R", "G", "B", "BGR"]  # BGR: RGB permuted, a check never averaged in
 DISTINCT = COMBOS[:7]
@@ -28,6 +31,11 @@ TASK1_ROWS = [*SPECIALISTS, "dwg"]  # the headline (plain_mean: plain_zero's che
 SWEEP_ROWS = [*SPECIALISTS, *CANDIDATES]
 # The headline rows also evaluated at other sizes, and those sizes as shares of the training size.
 SIZE_ROWS, SIZE_SHARES = {"plain_zero", "dwg"}, (0.75, 1.0, 1.5)
+
+# Multi-band data (bands.txt): dwg on every band; the plain model on all of them, zero-filled where
+# some are missing (the expert on all bands too); an expert on RGB. Validated every fifth epoch.
+BANDS = {"dwg": ["--model", "dwg"], "plain_zero": ["--model", "plain_zero", "--val-combos", "all"],
+         "expert-RGB": ["--model", "plain_zero", "--train-channels", None]}  # the data's RGB bands
 
 # Task 2: ResNet34 and the networks of at most four weighted layers, same recipe; shallow_kd is
 # shallow distilled from the ResNet34 of its seed (and, in the sweep, of the budget it saturates at).
@@ -98,6 +106,20 @@ def lr_jobs(args):
     train at the one with the best RGB validation accuracy (``--lr``)."""
     return [task1_job(argparse.Namespace(**{**vars(args), "lr": lr}), "task1-lr", "plain_zero", args.seeds[0],
                       args.epochs) for lr in args.lrs]
+
+
+def bands_jobs(args):
+    """--part bands: every row of ``BANDS`` at --epochs, every seed, judged on the data's sets
+    (``default_combos``: all bands, RGB, each alone, each left out)."""
+    bands, waves = read_bands(args.data_root) or (None, None)
+    if bands is None:
+        raise UserError(f"--part bands takes a multi-band data root; {args.data_root} has no bands.txt")
+    rgb, combos = rgb_of(bands, waves), tuple(default_combos(bands, waves))
+    body = ["--val-every", "5", "--backbone", args.backbone] + ["--pretrained", args.pretrained] * bool(args.pretrained)
+    return [Job("bands", row, s, args.epochs, "train_dw.py",
+                (*[combo_name(rgb) if f is None else f for f in flags], *budget(args, s, args.epochs), *body),
+                os.path.join(args.runs, "bands" + args.tag, f"{row}-e{args.epochs}-s{s}"), combos, (args.img_size,),
+                evals=((row, None),)) for s in args.seeds for row, flags in BANDS.items() if rgb or row != "expert-RGB"]
 
 
 def task2_job(args, part, row, seed, epochs, teacher=None):

@@ -6,6 +6,7 @@ import os
 
 import pandas as pd
 
+from data.datasets import evenly_spaced, read_list
 from utils.errors import UserError
 from utils.files import replace_all
 from utils.report import markdown, page_path, pasted, plt, plus_minus
@@ -17,7 +18,7 @@ from .runs import CANDIDATES, COMBOS, SINGLE
 # The page of each section a part pastes into (a tagged one's, e.g. task1-resnet18, by its prefix).
 PAGES = {"task1-headline": "../README.md", "task1-sweep-headline": "../README.md", "task2-headline": "../README.md",
          "task1": "task1-results.md", "task1-sweep": "task1-results.md", "task1-lr": "task1-results.md",
-         "task2": "task2.md", "task2-sweep": "task2.md"}
+         "task2": "task2.md", "task2-sweep": "task2.md", "bands": "multiband.md"}
 EXPERT = "expert (its channel)"
 
 
@@ -28,11 +29,12 @@ def sections(part, args):
     return {"task1": ["task1" + args.tag, *["task1-headline"] * front],
             "task1-sweep": ["task1-sweep" + args.tag, *["task1-sweep-headline"] * front],
             "task1-lr": ["task1-lr" + args.tag], "task2": ["task2"],
-            "task2-sweep": ["task2-sweep", "task2-headline"]}[part]
+            "task2-sweep": ["task2-sweep", "task2-headline"], "bands": ["bands" + args.tag]}[part]
 
 
 def page(args, section):
-    name = PAGES.get(section) or PAGES[next(p for p in ("task1-sweep", "task1-lr", "task1") if section.startswith(p))]
+    name = PAGES.get(section) or PAGES[next(p for p in ("task1-sweep", "task1-lr", "task1", "bands")
+                                            if section.startswith(p))]
     return page_path(args.docs, name)
 
 
@@ -296,7 +298,6 @@ def task2_tables(args, jobs, records, pub):
                     label=f"{r.row} ({int(r.layers)} layers)")
     ax.set(xlabel="GMACs at 3x224x224", ylabel="test accuracy", xscale="log")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     ax.set_title(wrap(f"Task 2: accuracy against MACs, {title.split(';')[0][10:]}", 80), fontsize=8)
     pub.figure("task2_acc_vs_macs.png", fig)
     cols = ["row", "layers", "params", "macs", "accuracy", "accuracy_std", "f1", "ratio", "ratio_std", "seeds"]
@@ -324,9 +325,36 @@ def task2_sweep_tables(args, jobs, records, pub):
     ax.set_xticks(table.epochs, [str(e) for e in table.epochs])
     ax.minorticks_off()
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     ax.set_title(wrap(title, 80), fontsize=8)
     pub.figure("task2_sweep.png", fig)
     text = markdown(table.astype({"epochs": str}))
     pub.section("task2-sweep", f"{title}\n\n{text}")
     pub.section("task2-headline", f"{title} ([every model and the Task 2 table](docs/task2.md))\n\n{text}")
+
+
+def bands_tables(args, jobs, records, pub):
+    """Multi-band data: each row on all bands, RGB, each band alone and each left out (means over
+    the bands, then mean ± sd over the seeds), every set in the full table; a figure of each band alone."""
+    df, combos = frame(args, jobs, records), jobs[0].combos
+    images = len(evenly_spaced(read_list(os.path.join(args.data_root, "test.txt")), args.limit))
+    full = mean_std(df, ["row", "combo"], ["accuracy", "f1"])
+    alone = [c for c in combos if "+" not in c and not c.startswith("all")]
+    kinds = {k: cs for k, cs in [("all", ["all"]), ("RGB", [c for c in combos[1:2] if "+" in c]), ("alone", alone),
+                                 ("left_out", [c for c in combos if c.startswith("all-")])] if cs}
+    per_seed = pd.concat([df[df.combo.isin(cs)].groupby(["row", "seed"], sort=False).accuracy.mean().rename(k)
+                          for k, cs in kinds.items()], axis=1).reset_index()
+    table = mean_std(per_seed, ["row"], list(kinds))
+    shown = table[["row"]].assign(**{k: [plus_minus(m, sd if n > 1 else None, ".3f") for m, sd, n in zip(
+        table[k], table[k + "_std"], table.seeds)] for k in kinds})
+    title = (f"{setting(args, epochs=args.epochs)}; small sample: {images} test images, one is {100 / images:.1f} "
+             f"points; test accuracy, mean ± sd over the seeds; alone and left_out: means over the {len(alone)} bands")
+    pub.table("bands" + args.tag, full, f"{title}; every set")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for row, part in full[full.combo.isin(alone)].groupby("row", sort=False):
+        ax.errorbar(range(len(part)), part.accuracy, yerr=part.accuracy_std.fillna(0), marker="o", capsize=2, label=row)
+    ax.set_xticks(range(len(alone)), alone, fontsize=7)
+    ax.set(xlabel="the one band given", ylabel="test accuracy", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax.set_title(wrap(f"Each band alone: {title.split('; test accuracy')[0]}", 100), fontsize=7)
+    pub.figure(f"bands{args.tag}.png", fig)
+    pub.section("bands" + args.tag, f"{title}\n\n{markdown(shown)}")

@@ -25,11 +25,14 @@ STATS_IMAGES = 2000  # images read for the per-band statistics, evenly spaced ov
 def read_bands(root):
     """-> (names, wavelengths or None) from ``<root>/bands.txt``, or None when there is none."""
     path = os.path.join(root, "bands.txt")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
+    try:  # a folder or a link to nothing in its place is a mistake, not a photo root
+        with open(path, encoding="utf-8-sig", newline=None) as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else 'not text'}") from None
     names, waves, where = [], [], {}
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        lines = f.read().split("\n")
     for lineno, line in enumerate(lines, 1):
         parts = line.split()
         if not parts:
@@ -79,7 +82,8 @@ def read_array(path, bands):
     try:
         array = np.load(path, allow_pickle=False) if suffix == ".npy" else tifffile.imread(path)
     except (OSError, ValueError, EOFError, tifffile.TiffFileError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+        kind = "a NumPy array" if suffix == ".npy" else "a TIFF image"
+        raise UserError(f"cannot read image {path}: not {kind} ({str(exc).splitlines()[0][:120]})") from None
     if array.dtype.kind not in "uif":
         raise UserError(f"cannot read image {path}: pixels of dtype {array.dtype}, not integers or floats")
     if array.ndim == 2 and bands == 1:

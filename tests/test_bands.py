@@ -211,6 +211,15 @@ def bad_roots(base):
     variant("dtypes", lambda r: np.save(r / "images/c0/1.npy", np.ones((20, 20, 4), np.float32)),
             "its pixels are float32, those of")
 
+    variant("text", lambda r: (r / "images/c0/0.npy").write_text("hello"), "0.npy: not a NumPy array")
+
+    def folder(root):
+        (root / "bands.txt").unlink()
+        (root / "bands.txt").mkdir()
+    variant("folder", folder, "cannot read")
+    variant("dangling", lambda r: ((r / "bands.txt").unlink(), (r / "bands.txt").symlink_to(r / "gone.txt")),
+            "bands.txt: No such file or directory")
+
     def png16(root):
         Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(root / "images/c0/0.png")
         text = (root / "train.txt").read_text().replace("images/c0/0.npy", "images/c0/0.png")

@@ -183,15 +183,15 @@ def paired_gaps(df):
 
 
 def epoch_cost(args, row):
-    """The bench's price of an epoch of ``row`` (its validation included) against plain_zero's,
-    each run alone, for this data, size, batch and the row's flags; None if not timed."""
+    """The bench's price of an epoch of ``row`` (validating as often as its recipe does) against
+    plain_zero's, each run alone, for this data, size, batch and the row's flags; None if not timed."""
     path = os.path.join(args.bench, "epoch.json")
     if not os.path.exists(path):
         return None
     for r in read_rows(path, ("data", "img_size", "batch")):
         if (r.get("row"), r["data"], r["img_size"], r["batch"]) == (row, identity(args)["name"], args.img_size,
                                                                 args.batch_size) and r.get("flags") == CANDIDATES[row]:
-            return r["epoch_ratio_to_plain"]
+            return r["val_every_epoch_ratio"]
     return None
 
 
@@ -214,7 +214,7 @@ def sweep_tables(args, jobs, records, pub):
     text = gap_table(args, gaps, sorted(gaps.epochs.unique()))
     pub.section("task1-sweep" + args.tag, f"{title}; gap in points to the specialist (plain_zero on RGB, each expert "
                 f"on its channel; positive: ahead), mean ± sd of the per-seed differences; 'epoch cost': an epoch "
-                f"with its validation against plain_zero's, from python -m bench --parts epoch, each run alone\n\n"
+                f"validating as its recipe does, against plain_zero's, from python -m bench --parts epoch, alone\n\n"
                 f"{text}\n\nTest accuracy, mean over the seeds:\n\n{accuracy_table(agg)}")
     if "task1-sweep-headline" in sections("task1-sweep", args):
         shown = [e for e in (args.headline_budgets or [30, sat]) if e in set(gaps.epochs)]

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Under pytest-xdist the workers share the cores: each (and every script it runs) gets its share,
@@ -96,3 +97,13 @@ def pytest_sessionfinish(session, exitstatus):
     changed = sorted(p for p in {*before, *after} if before.get(p) != after.get(p))
     print(f"\nthe test suite changed files of the repository: {', '.join(changed)}", file=sys.stderr)
     session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A script called in-process (the bench sets its --threads) must not change the threads, and
+    so the arithmetic, of the tests that run after it on the same worker."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+

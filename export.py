@@ -23,7 +23,7 @@ from data.channels import RGB, combo_name, parse_combo, select
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_resize, load_image, normalize
 from flags import add_data_root, add_no_ema
 from models import inference_form
-from models.loading import admit_bands, best_of, model_from_checkpoint
+from models.loading import best_of, model_and_bands
 from utils.checkpoint import image_size, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, at_least, choice_list, cli, img_side
 
@@ -125,11 +125,9 @@ def _temporary(path):
 def main(argv=None):
     args = parse_args(argv)
     ckpt = load_checkpoint(best_of(args.checkpoint))
-    model = model_from_checkpoint(ckpt, args.ema).eval()
-    bands = tuple(ckpt["bands"]["names"]) if ckpt.get("bands") else RGB  # the images' bands, in order
-    if ckpt.get("bands"):
-        admit_bands(model, bands, ckpt["bands"].get("wavelengths"), ckpt["path"])
-    channels = parse_combo(args.channels or ("all" if ckpt.get("bands") else "RGB"), bands)
+    model, bands = model_and_bands(ckpt, args.ema)
+    model.eval()
+    channels = parse_combo(args.channels or "all", bands)
     size = image_size(ckpt, args.img_size)
     out = args.out or os.path.join(os.path.dirname(ckpt["path"]), "export")
     try:

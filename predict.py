@@ -25,7 +25,7 @@ from data.channels import RGB, parse_combo, select
 from data.datasets import decode_image, eval_resize, load_image
 from flags import add_device, add_no_ema
 from models import inference_form
-from models.loading import admit_bands, best_of, model_from_checkpoint
+from models.loading import best_of, model_and_bands
 from utils.checkpoint import image_size, load_checkpoint
 from utils.distributed import resolve_device
 from utils.errors import MAX_IMG_SIZE, Parser, UserError, at_least, cli, img_side
@@ -72,12 +72,9 @@ class CheckpointModel:
     def __init__(self, path, channels, img_size, device, ema=True):
         ckpt = load_checkpoint(best_of(path))
         self.bands = ckpt.get("bands")  # a multi-band root's: the files' bands, their statistics
-        self.vocab = tuple(self.bands["names"]) if self.bands else RGB  # the images' bands, in order
-        model = model_from_checkpoint(ckpt, ema)
-        if self.bands:
-            admit_bands(model, self.vocab, self.bands.get("wavelengths"), ckpt["path"])
+        model, self.vocab = model_and_bands(ckpt, ema)  # the images' bands, in order
         self.model = inference_form(model).to(device)
-        self.combo = parse_combo(channels or ("all" if self.bands else "RGB"), self.vocab)
+        self.combo = parse_combo(channels or "all", self.vocab)
         self.size, self.device, self.classes = image_size(ckpt, img_size), device, ckpt["classes"]
 
     @torch.no_grad()

@@ -15,8 +15,6 @@ import torch
 
 from utils.errors import UserError
 
-from .channels import RGB, RGB_WAVELENGTHS
-
 SUFFIXES = (".tif", ".tiff", ".npy")
 FORBIDDEN = set("+, \t")
 STATS_IMAGES = 2000  # images read for the per-band statistics, evenly spaced over the split
@@ -65,11 +63,6 @@ def _wavelength(text, path, lineno):
     if not 1 <= value <= 1e6:  # also refuses nan and inf
         raise UserError(f"{path}:{lineno}: wavelength {text!r} is not a number of nanometres")
     return value
-
-
-def rgb_bands():
-    """The bands of a root without ``bands.txt``: RGB photos, their nominal wavelengths."""
-    return RGB, RGB_WAVELENGTHS
 
 
 def read_array(path, bands):

@@ -6,7 +6,7 @@ import os
 import torch
 import torch.nn as nn
 
-from data.channels import vocab_names
+from data.channels import RGB, vocab_names
 from utils.checkpoint import check_classes, checked, load_checkpoint
 from utils.errors import UserError
 
@@ -180,6 +180,16 @@ def admit_bands(model, bands, wavelengths, where):
     except ValueError as exc:
         raise UserError(f"{where}: {exc}") from None
     return model
+
+
+def model_and_bands(ckpt, ema=True):
+    """A checkpoint's model and the bands of its images in file order (R, G, B for photos); a
+    multi-band model is made to take every band of its data (``admit_bands``)."""
+    model, bands = model_from_checkpoint(ckpt, ema), ckpt.get("bands")
+    if not bands:
+        return model, RGB
+    names = tuple(bands["names"])
+    return admit_bands(model, names, bands.get("wavelengths"), ckpt["path"]), names
 
 
 def pretrained_state(path, backbone, stem_name):
